@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine (Python 3.10+ with venv):
+#   make demo   -> creates .venv, installs otel-rl, trains CartPole, writes TensorBoard under ./runs/
+#   make test   -> creates .venv, installs otel-rl[test], runs the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	touch $@
+
+$(VENV)/.demo: $(VENV)/.created pyproject.toml
+	$(PY) -m pip install -q -e '.[tensorboard,demo]'
+	touch $@
+
+$(VENV)/.test: $(VENV)/.created pyproject.toml
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.demo
+	$(PY) examples/cartpole_pg.py
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,159 @@
+"""The otel-rl demo: REINFORCE on gymnasium's CartPole, in numpy, instrumented only
+through the OpenTelemetry meter API.
+
+    python examples/cartpole_pg.py                      # TensorBoard under ./runs/
+    python examples/cartpole_pg.py --config my.yaml     # any otel-rl config
+
+One training step = one policy update on a batch of episodes. Every metric
+is an OTel instrument; ``otel_rl.set_step`` stamps the step on each point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import gymnasium as gym
+import numpy as np
+from opentelemetry import metrics
+
+import otel_rl
+
+
+class LinearSoftmaxPolicy:
+    """pi(a|s) = softmax(W^T [s, 1])."""
+
+    def __init__(self, obs_dim: int, n_actions: int, rng: np.random.Generator) -> None:
+        self.w = rng.normal(0.0, 0.01, size=(obs_dim + 1, n_actions))
+        self.rng = rng
+
+    def probs(self, feats: np.ndarray) -> np.ndarray:
+        logits = feats @ self.w
+        logits -= logits.max(axis=-1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def act(self, feats: np.ndarray) -> int:
+        return int(self.rng.choice(self.w.shape[1], p=self.probs(feats)))
+
+
+def features(obs: np.ndarray) -> np.ndarray:
+    return np.append(obs, 1.0)
+
+
+def rollout(env, policy: LinearSoftmaxPolicy, seed: int):
+    obs, _ = env.reset(seed=seed)
+    feats, actions, rewards = [], [], []
+    done = False
+    while not done:
+        f = features(obs)
+        a = policy.act(f)
+        obs, r, terminated, truncated, _ = env.step(a)
+        feats.append(f)
+        actions.append(a)
+        rewards.append(r)
+        done = terminated or truncated
+    return np.array(feats), np.array(actions), np.array(rewards)
+
+
+def discounted(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    out = np.zeros_like(rewards)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
+
+
+def update(policy, episodes, gamma: float, lr: float):
+    """One REINFORCE step with a normalized-return baseline; returns (loss, entropy, grad_norm)."""
+    feats = np.concatenate([e[0] for e in episodes])
+    actions = np.concatenate([e[1] for e in episodes])
+    returns = np.concatenate([discounted(e[2], gamma) for e in episodes])
+    adv = (returns - returns.mean()) / (returns.std() + 1e-8)
+    probs = policy.probs(feats)
+    onehot = np.eye(policy.w.shape[1])[actions]
+    logp = np.log(probs[np.arange(len(actions)), actions] + 1e-12)
+    loss = float(-(logp * adv).mean())
+    entropy = float(-(probs * np.log(probs + 1e-12)).sum(axis=1).mean())
+    grad = -feats.T @ ((onehot - probs) * adv[:, None]) / len(actions)
+    policy.w -= lr * grad
+    return loss, entropy, float(np.linalg.norm(grad))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="otel-rl YAML config (default: TensorBoard under --log-dir)")
+    parser.add_argument("--log-dir", default="runs", help="TensorBoard log dir (default: runs)")
+    parser.add_argument("--run-name", default=None, help="run id (default: cartpole-pg-<time>)")
+    parser.add_argument("--iterations", type=int, default=150, help="policy updates (default: 150)")
+    parser.add_argument("--episodes-per-iter", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    config = args.config or {"tensorboard": {"enabled": True, "log_dir": args.log_dir}}
+    if args.config is None:
+        config["run_name"] = args.run_name or time.strftime("cartpole-pg-%Y%m%d-%H%M%S")
+    pipeline = otel_rl.init(config)
+
+    meter = metrics.get_meter("otel_rl.demo.cartpole")
+    reward = meter.create_gauge("reward/mean", description="mean episode return")
+    reward_max = meter.create_gauge("reward/max")
+    ep_len = meter.create_gauge("episode/length", unit="steps")
+    loss_g = meter.create_gauge("loss")
+    entropy_g = meter.create_gauge("entropy", unit="nats")
+    grad_g = meter.create_gauge("grad_norm")
+    lr_g = meter.create_gauge("lr")
+    returns_h = meter.create_histogram("episode/return_dist")
+    env_steps = meter.create_counter("env_steps", unit="steps")
+    timing = {phase: meter.create_gauge(f"timing/{phase}", unit="s") for phase in ("rollout", "update", "step")}
+
+    env = gym.make("CartPole-v1")
+    policy = LinearSoftmaxPolicy(4, 2, np.random.default_rng(args.seed))
+    t_start = time.perf_counter()
+    for it in range(args.iterations):
+        otel_rl.set_step(it)
+        t0 = time.perf_counter()
+        episodes = [rollout(env, policy, seed=args.seed * 100_000 + it * args.episodes_per_iter + k)
+                    for k in range(args.episodes_per_iter)]
+        t1 = time.perf_counter()
+        lr = args.lr * (1.0 - 0.5 * it / max(1, args.iterations))
+        loss, entropy, grad_norm = update(policy, episodes, gamma=0.99, lr=lr)
+        t2 = time.perf_counter()
+
+        totals = [float(e[2].sum()) for e in episodes]
+        for total in totals:
+            returns_h.record(total)
+        reward.set(float(np.mean(totals)))
+        reward_max.set(max(totals))
+        ep_len.set(float(np.mean([len(e[2]) for e in episodes])))
+        loss_g.set(loss)
+        entropy_g.set(entropy)
+        grad_g.set(grad_norm)
+        lr_g.set(lr)
+        env_steps.add(sum(len(e[2]) for e in episodes))
+        timing["rollout"].set(t1 - t0)
+        timing["update"].set(t2 - t1)
+        timing["step"].set(time.perf_counter() - t0)
+        if it % 10 == 0 or it == args.iterations - 1:
+            print(f"step {it:4d}  reward {np.mean(totals):7.1f}  loss {loss:+.4f}  entropy {entropy:.3f}",
+                  flush=True)
+
+    env.close()
+    where = pipeline.describe()
+    otel_rl.shutdown()
+    print(f"\ntrained {args.iterations} steps in {time.perf_counter() - t_start:.1f}s (run {pipeline.run_name})")
+    print("telemetry written to:")
+    for line in where:
+        print(f"  {line}")
+    if any(line.startswith("tensorboard") for line in where):
+        log_dir = pipeline.config.backends["tensorboard"].log_dir
+        print(f"view it with:\n  tensorboard --logdir {log_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""One config (YAML file, dict or env) for the whole pipeline.
+
+Precedence for every field: explicit value, then its env var (``OTEL_RL_*`` or
+the standard ``OTEL_*``), then the default; resolved when the config object is
+built, never at import. Errors name the field, the bad value and what is
+allowed::
+
+    tensorboard:
+      enabled: true
+      log_dir: runs
+    otlp:
+      enabled: false          # defaults to true when OTEL_EXPORTER_OTLP_ENDPOINT is set
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the field and what is allowed."""
+
+
+def _cast(var: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"env {var}={raw!r}: expected a boolean (true/false/1/0)")
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"env {var}={raw!r}: expected {kind.__name__}") from exc
+
+
+def env_default(var: str, default: Any, kind: type = str, scale: float = 1.0) -> Any:
+    """A dataclass field whose default comes from env var ``var`` when set (``scale`` converts units)."""
+
+    def factory() -> Any:
+        raw = os.environ.get(var)
+        if raw is None or raw == "":
+            return default
+        value = _cast(var, raw, kind)
+        return value * scale if scale != 1.0 else value
+
+    return dataclasses.field(default_factory=factory, metadata={"env": var})
+
+
+def _check_type(path: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        if value is None and type(None) in args:
+            return None
+        return _check_type(path, value, next(a for a in args if a is not type(None)))
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not allowed; allowed: {', '.join(map(repr, args))}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
+    """Build frozen dataclass ``cls`` from ``data``, checking names and types."""
+    if data is None:
+        data = {}
+    if dataclasses.is_dataclass(data) and isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown field; allowed: {', '.join(sorted(fields))}")
+    kwargs = {k: _check_type(f"{path}.{k}", v, hints[k]) for k, v in data.items()}
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check(path)
+    return obj
+
+
+def positive(path: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{path}: must be > 0, got {value!r}")
+
+
+def default_run_name() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Top-level settings (every backend section is separate, see :func:`load_config`).
+
+    - ``run_name``: the run id on every point (env ``OTEL_RL_RUN_NAME``, else ``otel_rl.run.id`` from
+      ``OTEL_RESOURCE_ATTRIBUTES``, else ``run-<time>-<pid>``).
+    - ``service_name``: OTel ``service.name`` (env ``OTEL_SERVICE_NAME``, default ``otel-rl``);
+      ``OTEL_RESOURCE_ATTRIBUTES`` is honored too.
+    - ``export_interval_s``: seconds between exports (env ``OTEL_METRIC_EXPORT_INTERVAL``, in ms).
+    - ``cardinality_limit``: attribute sets (i.e. steps) per metric per export interval.
+    - ``flush_every_steps``: export early once this many new steps are pending, so bursts
+      stay under ``cardinality_limit``.
+    - ``max_queue_points``: per-sink queue bound; past it batches are dropped and counted.
+    """
+
+    run_name: str = env_default("OTEL_RL_RUN_NAME", None)
+    service_name: str = env_default("OTEL_SERVICE_NAME", "otel-rl")
+    export_interval_s: float = env_default("OTEL_METRIC_EXPORT_INTERVAL", 1.0, float, scale=1e-3)
+    cardinality_limit: int = 20_000
+    flush_every_steps: int = 2_000
+    max_queue_points: int = 1_000_000
+
+    def validate(self, path: str) -> None:
+        positive(f"{path}.export_interval_s", self.export_interval_s)
+        for name in ("cardinality_limit", "flush_every_steps", "max_queue_points"):
+            positive(f"{path}.{name}", getattr(self, name))
+        if self.flush_every_steps >= self.cardinality_limit:
+            raise ConfigError(f"{path}.flush_every_steps: must be below cardinality_limit "
+                              f"({self.cardinality_limit}), got {self.flush_every_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A validated config: pipeline settings plus one config object per backend section."""
+
+    pipeline: PipelineConfig
+    backends: dict[str, Any]
+
+    def enabled(self) -> dict[str, Any]:
+        return {name: cfg for name, cfg in self.backends.items() if getattr(cfg, "enabled", False)}
+
+
+def load_config(source: "Config | Mapping[str, Any] | str | Path | None" = None) -> Config:
+    """Build a :class:`Config` from a dict, a YAML file path, or nothing (all defaults).
+
+    Top-level keys are the pipeline fields plus one section per backend name.
+    """
+    from otel_rl.exporters import registry
+
+    if isinstance(source, Config):
+        return source
+    if isinstance(source, (str, Path)):
+        import yaml
+
+        path = Path(source)
+        try:
+            source = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r}: invalid YAML: {exc}") from exc
+    if source is not None and not isinstance(source, Mapping):
+        raise ConfigError(f"config: expected a mapping, a YAML path or a Config, got {source!r}")
+    source = dict(source or {})
+    known = registry.names()
+    pipeline_fields = {f.name for f in dataclasses.fields(PipelineConfig)}
+    unknown = sorted(set(source) - pipeline_fields - set(known))
+    if unknown:
+        raise ConfigError(
+            f"config.{unknown[0]}: unknown key; backends: {', '.join(known)}; "
+            f"settings: {', '.join(sorted(pipeline_fields))}")
+    pipeline = build(PipelineConfig, {k: v for k, v in source.items() if k in pipeline_fields}, "config")
+    backends = {name: build(registry.config_class(name), source.get(name), name) for name in known}
+    return Config(pipeline, backends)

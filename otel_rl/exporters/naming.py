@@ -1,0 +1,96 @@
+"""The one place that maps OTel series to backend keys (STYLE.md #3).
+
+A series is a metric name plus its non-step attributes. Each backend has a
+:class:`NameRules` row: legal characters, maximum length, path rules. The
+:class:`NameMapper` applies the row, caches the result, and detects two
+different series that map to the same key: the later one gets a stable
+``_h<hash>`` suffix and the collision is logged once, so no values are mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NameRules:
+    """How one backend spells keys. ``illegal`` matches characters to replace with ``_``."""
+
+    backend: str
+    max_len: int | None = None
+    illegal: re.Pattern | None = None
+    #: Backends that treat keys as paths (MLflow) refuse ``..``, leading ``/`` and ``//``.
+    path_like: bool = False
+
+
+RULES: dict[str, NameRules] = {
+    # TensorBoard tags are free-form strings; "/" groups them in the UI.
+    "tensorboard": NameRules("tensorboard"),
+    # MLflow: ^[/\w.\- :]*$, <= 250 chars, not path-like (verl#119, NeMo-RL#1068).
+    "mlflow": NameRules("mlflow", 250, re.compile(r"[^/\w.\- :]"), path_like=True),
+    # W&B keys: "/" groups panels; other characters are kept, but control chars break the UI.
+    "wandb": NameRules("wandb", 255, re.compile(r"[\x00-\x1f]")),
+    # SwanLab keys: letters, digits, "_", "-", ".", "/" and spaces; at most 255.
+    "swanlab": NameRules("swanlab", 255, re.compile(r"[^\w.\-/ ]")),
+}
+
+
+def series_key(name: str, attributes: tuple[tuple[str, str], ...] = (), suffix: str = "") -> str:
+    """The backend-neutral key: ``name[/k=v,k2=v2][/suffix]``."""
+    key = name
+    if attributes:
+        key += "/" + ",".join(f"{k}={v}" for k, v in attributes)
+    if suffix:
+        key += "/" + suffix
+    return key
+
+
+class NameMapper:
+    """Maps series keys to one backend's legal keys; one instance per sink."""
+
+    def __init__(self, backend: str) -> None:
+        if backend not in RULES:
+            raise ValueError(f"no name rules for backend {backend!r}; known: {sorted(RULES)}")
+        self.rules = RULES[backend]
+        self._cache: dict[str, str] = {}
+        self._owner: dict[str, str] = {}
+        self.collisions = 0
+
+    def key(self, name: str, attributes: tuple[tuple[str, str], ...] = (), suffix: str = "") -> str:
+        neutral = series_key(name, attributes, suffix)
+        mapped = self._cache.get(neutral)
+        if mapped is None:
+            mapped = self._map(neutral)
+            self._cache[neutral] = mapped
+        return mapped
+
+    def _map(self, neutral: str) -> str:
+        rules = self.rules
+        mapped = neutral
+        if rules.illegal is not None:
+            mapped = rules.illegal.sub("_", mapped)
+        if rules.path_like:
+            mapped = re.sub(r"/{2,}", "/", mapped).strip("/")
+            mapped = mapped.replace("..", "__") or "_"
+        if rules.max_len is not None and len(mapped) > rules.max_len:
+            mapped = mapped[: rules.max_len - 9] + "_h" + _short_hash(neutral)
+        if mapped != neutral:
+            _log.warning("%s: key %r renamed to %r (backend naming rules)", rules.backend, neutral, mapped)
+        owner = self._owner.setdefault(mapped, neutral)
+        if owner != neutral:
+            self.collisions += 1
+            disambiguated = mapped[: (rules.max_len or len(mapped) + 9) - 9] + "_h" + _short_hash(neutral)
+            _log.warning("%s: keys %r and %r both map to %r; the second is logged as %r",
+                         rules.backend, owner, neutral, mapped, disambiguated)
+            mapped = disambiguated
+            self._owner[mapped] = neutral
+        return mapped
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.blake2s(text.encode(), digest_size=4).hexdigest()[:7]

@@ -1,0 +1,96 @@
+"""The internal per-step records that every sink consumes.
+
+Every source (the in-process SDK's ``MetricsData``, later the collector's OTLP
+protobuf) is translated into these, and nothing else knows about backends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramValue:
+    """A distribution at one step.
+
+    ``buckets`` are ``(left, right, count)`` in increasing order; a bucket
+    covers ``(left, right]``. The outer edges may be ``-inf``/``+inf`` (OTel
+    explicit buckets are open-ended): :meth:`finite_buckets` clamps them to
+    min/max. ``min``/``max`` are NaN when the source did not record them.
+    """
+
+    count: int
+    sum: float
+    min: float
+    max: float
+    buckets: tuple[tuple[float, float, int], ...]
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count if self.count else math.nan
+
+    def scalars(self) -> dict[str, float]:
+        """The scalar view used by backends without a histogram type."""
+        return {"count": float(self.count), "sum": self.sum, "mean": self.mean,
+                "min": self.min, "max": self.max}
+
+    def finite_buckets(self) -> list[tuple[float, float, int]]:
+        """Buckets with open outer edges clamped to min/max; empty open-ended buckets dropped."""
+        lo = self.min if math.isfinite(self.min) else None
+        hi = self.max if math.isfinite(self.max) else None
+        out = []
+        for left, right, count in self.buckets:
+            if not (math.isfinite(left) and math.isfinite(right)):
+                if not count:
+                    continue
+                if not math.isfinite(left):
+                    left = min(lo, right) if lo is not None else right
+                if not math.isfinite(right):
+                    right = max(hi, left) if hi is not None else left
+            out.append((left, right, count))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One value of one series at one training step.
+
+    ``name`` is the OTel metric name; ``attributes`` are the point attributes
+    other than the step, sorted, as ``(key, str(value))`` pairs. ``kind`` is
+    ``"gauge"``, ``"sum"`` or ``"histogram"``; ``time`` is Unix seconds.
+    """
+
+    run: str
+    name: str
+    step: int
+    value: Union[float, HistogramValue]
+    time: float
+    kind: str = "gauge"
+    attributes: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunParams:
+    """Hyperparameters of a run (flattened ``key -> bool|int|float|str``)."""
+
+    run: str
+    params: dict[str, Any]
+    time: float
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one export hands to a sink: points sorted by (run, step), plus params."""
+
+    points: list[Point] = field(default_factory=list)
+    params: list[RunParams] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.points) + len(self.params)
+
+    def runs(self) -> list[str]:
+        seen = dict.fromkeys(p.run for p in self.params)
+        seen.update(dict.fromkeys(p.run for p in self.points))
+        return list(seen)

@@ -1,0 +1,183 @@
+"""The embedded (in-process) pipeline: SDK MeterProvider -> one reader -> fan-out to sinks.
+
+::
+
+    instruments (step attribute) --> MeterProvider --> StepReader (DELTA, own thread)
+        --> Translator (once) --> SinkWorker queue per sink --> TensorBoard | W&B | ...
+        --> PeriodicExportingMetricReader --> OTLP (standard exporter), when enabled
+
+One reader feeds every record sink, so recording cost does not grow with the
+number of backends, and the batch is translated once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+
+from otel_rl import _step
+from otel_rl.config import Config, default_run_name, load_config
+from otel_rl.delivery import SinkWorker
+from otel_rl.exporters import registry
+from otel_rl.exporters.base import DELTA_TEMPORALITY, RecordExporter
+from otel_rl.exporters.translate import Translator
+from otel_rl.semconv import RUN_ID
+
+_log = logging.getLogger(__name__)
+
+
+class Fanout:
+    """Translates each collected ``MetricsData`` once and queues it for every sink."""
+
+    def __init__(self, sinks: list[RecordExporter], max_queue_points: int) -> None:
+        self.translator = Translator()
+        self._lock = threading.Lock()
+        self.workers = [SinkWorker(sink, max_queue_points) for sink in sinks]
+
+    def export(self, metrics_data) -> None:
+        with self._lock:
+            batch = self.translator.translate_sdk(metrics_data)
+        if batch:
+            for worker in self.workers:
+                worker.submit(batch)
+
+    def flush(self, timeout_s: float) -> bool:
+        ok = all([worker.drain(timeout_s) for worker in self.workers])
+        return all([worker.sink.force_flush() for worker in self.workers]) and ok
+
+    def shutdown(self, timeout_s: float) -> None:
+        for worker in self.workers:
+            worker.stop(timeout_s)
+            worker.sink.shutdown()
+
+
+class StepReader(MetricReader):
+    """Collects every ``interval_s``, or sooner when :meth:`request_collect` is called."""
+
+    def __init__(self, fanout: Fanout, interval_s: float, cardinality_limit: int) -> None:
+        super().__init__(preferred_temporality=DELTA_TEMPORALITY,
+                         cardinality_limits={cls: cardinality_limit for cls in DELTA_TEMPORALITY})
+        self._fanout = fanout
+        self._interval_s = interval_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._shutdown_once = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="otel-rl-reader", daemon=True)
+        self._thread.start()
+
+    def _receive_metrics(self, metrics_data, timeout_millis: float = 10_000, **kwargs) -> None:
+        if metrics_data is not None:
+            self._fanout.export(metrics_data)
+
+    def request_collect(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.collect()
+            except Exception:  # keep collecting; one bad cycle must not end telemetry
+                _log.exception("collect failed")
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        self.collect(timeout_millis=timeout_millis)
+        return self._fanout.flush(timeout_millis / 1e3)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs) -> None:
+        if not self._shutdown_once.acquire(blocking=False):
+            return
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_millis / 1e3)
+        try:
+            self.collect(timeout_millis=timeout_millis)
+        finally:
+            self._fanout.shutdown(timeout_millis / 1e3)
+
+
+def resolve_resource(config: Config) -> Resource:
+    """Resource from ``OTEL_RESOURCE_ATTRIBUTES``/``OTEL_SERVICE_NAME`` plus the run id."""
+    env = OTELResourceDetector().detect().attributes
+    run = config.pipeline.run_name or env.get(RUN_ID) or default_run_name()
+    return Resource.create({"service.name": config.pipeline.service_name, RUN_ID: str(run)})
+
+
+class Pipeline:
+    """Owns the MeterProvider, the readers and the sinks of one process."""
+
+    def __init__(self, config: Config | dict | str | None = None) -> None:
+        self.config = load_config(config)
+        pcfg = self.config.pipeline
+        self.resource = resolve_resource(self.config)
+        self.run_name = str(self.resource.attributes[RUN_ID])
+        sinks, readers = [], []
+        for name, backend_config in self.config.enabled().items():
+            exporter = registry.create(name, backend_config)
+            if isinstance(exporter, RecordExporter):
+                sinks.append(exporter)
+            else:
+                readers.append(PeriodicExportingMetricReader(
+                    exporter, export_interval_millis=pcfg.export_interval_s * 1e3))
+        self.fanout = Fanout(sinks, pcfg.max_queue_points)
+        self.reader = StepReader(self.fanout, pcfg.export_interval_s, pcfg.cardinality_limit)
+        self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[self.reader, *readers],
+                                            shutdown_on_exit=True)
+        self.step_meter_provider = _step.StepMeterProvider(self.meter_provider)
+        self._pending_steps = 0
+        self._closed = False
+        _step.add_step_listener(self._on_step)
+        _log.info("otel-rl: run %r -> %s", self.run_name, ", ".join(self.describe()) or "no sinks")
+
+    @property
+    def sinks(self) -> list[RecordExporter]:
+        return [w.sink for w in self.fanout.workers]
+
+    def describe(self) -> list[str]:
+        """Where the data goes, one line per sink."""
+        lines = []
+        for sink in self.sinks:
+            where = getattr(sink, "run_dir", None)
+            lines.append(f"{sink.name}: {where(self.run_name)}" if where else sink.name)
+        return lines
+
+    def get_meter(self, name: str, version: str | None = None):
+        """A meter whose instruments stamp the current step (see :func:`otel_rl.set_step`)."""
+        return self.step_meter_provider.get_meter(name, version)
+
+    def _on_step(self, step: int) -> None:
+        self._pending_steps += 1
+        if self._pending_steps >= self.config.pipeline.flush_every_steps:
+            self._pending_steps = 0
+            self.reader.request_collect()
+
+    def collect_now(self) -> None:
+        """Collect and queue everything recorded so far (on the calling thread)."""
+        self._pending_steps = 0
+        self.reader.collect()
+
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        """Export everything recorded so far and wait until every sink wrote it."""
+        return self.meter_provider.force_flush(timeout_millis=timeout_s * 1e3)
+
+    def stats(self) -> dict[str, Any]:
+        """Self-metrics: per-sink point counts, plus translation overflow."""
+        out: dict[str, Any] = {w.sink.name: w.stats.as_dict() for w in self.fanout.workers}
+        out["overflow_points"] = self.fanout.translator.overflow_points
+        return out
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Flush and close every sink; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        _step.remove_step_listener(self._on_step)
+        self.meter_provider.shutdown(timeout_millis=timeout_s * 1e3)
