@@ -26,5 +26,9 @@ demo: $(VENV)/.demo
 test: $(VENV)/.test
 	$(PY) -m pytest -q
 
+# Benchmarks (not timed tests). BENCH_ARGS="--steps 100000" for a quick run.
+bench: $(VENV)/.test
+	$(PY) bench/memory.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) runs

@@ -11,6 +11,7 @@ is an OTel instrument; ``otel_rl.set_step`` stamps the step on each point.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes-per-iter", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dump-values", metavar="PATH",
+                        help="also write every logged value as JSON {metric: {step: value}} (for tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = gym.make("CartPole-v1")
     policy = LinearSoftmaxPolicy(4, 2, np.random.default_rng(args.seed))
+    logged: dict[str, dict[int, float]] = {}
     t_start = time.perf_counter()
     for it in range(args.iterations):
         otel_rl.set_step(it)
@@ -127,22 +131,32 @@ def main(argv: list[str] | None = None) -> int:
         totals = [float(e[2].sum()) for e in episodes]
         for total in totals:
             returns_h.record(total)
-        reward.set(float(np.mean(totals)))
-        reward_max.set(max(totals))
-        ep_len.set(float(np.mean([len(e[2]) for e in episodes])))
-        loss_g.set(loss)
-        entropy_g.set(entropy)
-        grad_g.set(grad_norm)
-        lr_g.set(lr)
-        env_steps.add(sum(len(e[2]) for e in episodes))
-        timing["rollout"].set(t1 - t0)
-        timing["update"].set(t2 - t1)
-        timing["step"].set(time.perf_counter() - t0)
+        values = {
+            "reward/mean": (reward, float(np.mean(totals))),
+            "reward/max": (reward_max, max(totals)),
+            "episode/length": (ep_len, float(np.mean([len(e[2]) for e in episodes]))),
+            "loss": (loss_g, loss),
+            "entropy": (entropy_g, entropy),
+            "grad_norm": (grad_g, grad_norm),
+            "lr": (lr_g, lr),
+            "timing/rollout": (timing["rollout"], t1 - t0),
+            "timing/update": (timing["update"], t2 - t1),
+            "timing/step": (timing["step"], time.perf_counter() - t0),
+        }
+        for name, (gauge, value) in values.items():
+            gauge.set(value)
+            logged.setdefault(name, {})[it] = value
+        n_steps = sum(len(e[2]) for e in episodes)
+        env_steps.add(n_steps)
+        logged.setdefault("env_steps", {})[it] = logged.get("env_steps", {}).get(it - 1, 0) + n_steps
         if it % 10 == 0 or it == args.iterations - 1:
             print(f"step {it:4d}  reward {np.mean(totals):7.1f}  loss {loss:+.4f}  entropy {entropy:.3f}",
                   flush=True)
 
     env.close()
+    if args.dump_values:
+        with open(args.dump_values, "w") as f:
+            json.dump(logged, f)
     where = pipeline.describe()
     otel_rl.shutdown()
     print(f"\ntrained {args.iterations} steps in {time.perf_counter() - t_start:.1f}s (run {pipeline.run_name})")

@@ -10,6 +10,7 @@ problem").
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -20,6 +21,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 #: The point attribute that carries the training step. Prometheus sinks strip it.
 STEP_ATTRIBUTE = "step"
+#: See otel_rl.semconv.NONFINITE_ATTRIBUTE (defined here to avoid an import cycle).
+NONFINITE_ATTRIBUTE = "otel_rl.nonfinite"
 
 _lock = threading.Lock()
 _current_step: int | None = None
@@ -76,6 +79,15 @@ def _stamp(attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return stamped
 
 
+def encode_nonfinite(amount: float, attributes: Mapping[str, Any] | None):
+    """(0, attributes + nonfinite marker) for NaN/inf, which the SDK would drop; else unchanged."""
+    if isinstance(amount, float) and not math.isfinite(amount):
+        marked = dict(attributes or {})
+        marked[NONFINITE_ATTRIBUTE] = "nan" if amount != amount else ("inf" if amount > 0 else "-inf")
+        return 0.0, marked
+    return amount, attributes
+
+
 class _StepCounter(api.Counter):
     def __init__(self, inner: api.Counter) -> None:
         self._inner = inner
@@ -109,6 +121,7 @@ class _StepGauge(api._Gauge):  # the API exports Gauge as _Gauge (still experime
 
     def set(self, amount: int | float, attributes: Mapping[str, Any] | None = None,
             context: Context | None = None) -> None:
+        amount, attributes = encode_nonfinite(amount, attributes)
         self._inner.set(amount, _stamp(attributes), context)
 
 

@@ -1,15 +1,23 @@
 """A NeMo-RL-style facade over the OTel pipeline.
 
 ``Logger(cfg).log_metrics({"loss": 0.3}, step=7)`` costs the training thread
-one bounded-queue append: a recorder thread turns the dict into OTel gauge
-points (``step`` attribute) off the hot path, so the values travel the same
-OTel stream as instrument users' (and over OTLP to a collector).
+one queue append: a recorder thread turns the dict into OTel gauge points
+(``step`` attribute) off the hot path, so the values travel the same OTel
+stream as instrument users' (and over OTLP to a collector).
+
+The queue is bounded (``max_pending_calls``). When the recorder falls behind
+(a loop logging tens of thousands of steps per second), the training thread
+records the call itself into the SDK instead: slower for that call, but memory
+stays bounded, nothing is dropped and nothing waits on a backend. Those calls
+are counted in :attr:`Logger.inline_calls`.
 
 Input rules (documented in README, "Bad input"):
 
 - nested dicts are flattened with ``/``; ``prefix`` is prepended as ``prefix/key``;
 - bool, int, float, and 1-element numpy/torch values are recorded as float;
-  NaN and +-inf are recorded as they are (a NaN loss is worth seeing);
+  NaN and +-inf arrive as they are (a NaN loss is worth seeing): OTel SDKs drop
+  non-finite measurements, so they travel as 0 plus an ``otel_rl.nonfinite``
+  attribute that translation turns back into the value;
 - names are sanitized into OTel's instrument-name set ``[A-Za-z][-_./A-Za-z0-9]*``
   (at most 255): other characters become ``_``; a name not starting with a letter
   gets an ``m_`` prefix; one warning per renamed key;
@@ -29,6 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from otel_rl import _step
+from otel_rl._step import encode_nonfinite
 from otel_rl.config import Config
 from otel_rl.pipeline import Pipeline
 from otel_rl.semconv import HPARAMS_METRIC, STEP_ATTRIBUTE
@@ -69,18 +78,22 @@ def _hparam_value(value: Any) -> bool | int | float | str:
 class Logger:
     """``Logger(cfg)``: ``log_metrics``, ``log_hyperparams``, ``finish``; cfg as for :func:`otel_rl.init`."""
 
-    def __init__(self, cfg: Config | dict | str | None = None, *, pipeline: Pipeline | None = None) -> None:
+    def __init__(self, cfg: Config | dict | str | None = None, *, pipeline: Pipeline | None = None,
+                 max_pending_calls: int = 10_000) -> None:
+        if max_pending_calls < 1:
+            raise ValueError(f"max_pending_calls must be >= 1, got {max_pending_calls!r}")
         self._owns_pipeline = pipeline is None
         self.pipeline = pipeline or Pipeline(cfg)
         self._meter = self.pipeline.meter_provider.get_meter("otel_rl.logger")
-        self._limit = self.pipeline.config.pipeline.max_queue_points
+        self._limit = max_pending_calls
         self._flush_every = self.pipeline.config.pipeline.flush_every_steps
         self._queue: deque = deque()
         self._gauges: dict[str, Any] = {}
         self._names: dict[str, str | None] = {}
         self._owners: dict[str, str] = {}
         self._warned: set[str] = set()
-        self.dropped_calls = 0
+        self._create_lock = threading.Lock()
+        self.inline_calls = 0
         self._stop = threading.Event()
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="otel-rl-recorder", daemon=True)
@@ -93,13 +106,14 @@ class Logger:
         step = _step.check_step(step)
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping of name -> value, got {type(metrics).__name__}")
-        if len(self._queue) >= self._limit:
-            self.dropped_calls += 1
-            self._warn("queue", "recorder queue full (%d calls); log_metrics calls are being dropped "
-                       "and counted in Logger.dropped_calls", self._limit)
-            return
-        self._queue.append((step, prefix, dict(metrics)))
         _step.set_step(step)
+        if len(self._queue) < self._limit:
+            self._queue.append((step, prefix, dict(metrics)))
+            return
+        self.inline_calls += 1
+        self._warn("queue", "recorder queue full (%d calls): recording on the calling thread "
+                   "(counted in Logger.inline_calls)", self._limit)
+        self._record(step, prefix, metrics)
 
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         """Record the run's hyperparameters (nested dicts flattened with ``/``)."""
@@ -144,12 +158,15 @@ class Logger:
                 if steps >= self._flush_every:  # keep a burst under the cardinality limit
                     self.pipeline.collect_now()
                     steps = 0
-            attributes = {STEP_ATTRIBUTE: step}
-            for key, value in flatten(metrics, prefix).items():
-                number = self._number(key, value)
-                name = self._name(key)
-                if number is not None and name is not None:
-                    self._gauge(name).set(number, attributes)
+            self._record(step, prefix, metrics)
+
+    def _record(self, step: int, prefix: str, metrics: Mapping[str, Any]) -> None:
+        attributes = {STEP_ATTRIBUTE: step}
+        for key, value in flatten(metrics, prefix).items():
+            number = self._number(key, value)
+            name = self._name(key)
+            if number is not None and name is not None:
+                self._gauge(name).set(*encode_nonfinite(number, attributes))
 
     def _number(self, key: str, value: Any) -> float | None:
         if isinstance(value, (int, float)):
@@ -185,7 +202,10 @@ class Logger:
     def _gauge(self, name: str):
         gauge = self._gauges.get(name)
         if gauge is None:
-            gauge = self._gauges[name] = self._meter.create_gauge(name)
+            with self._create_lock:  # the training thread records too when the queue is full
+                gauge = self._gauges.get(name)
+                if gauge is None:
+                    gauge = self._gauges[name] = self._meter.create_gauge(name)
         return gauge
 
     def _warn(self, key: str, message: str, *args: Any) -> None:

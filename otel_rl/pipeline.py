@@ -125,8 +125,10 @@ class Pipeline:
             if isinstance(exporter, RecordExporter):
                 sinks.append(exporter)
             else:
+                # Its own thread; bursts beyond cardinality_limit steps per interval overflow.
                 readers.append(PeriodicExportingMetricReader(
-                    exporter, export_interval_millis=pcfg.export_interval_s * 1e3))
+                    exporter, export_interval_millis=pcfg.export_interval_s * 1e3,
+                    cardinality_limits={cls: pcfg.cardinality_limit for cls in DELTA_TEMPORALITY}))
         self.fanout = Fanout(sinks, pcfg.max_queue_points)
         self.reader = StepReader(self.fanout, pcfg.export_interval_s, pcfg.cardinality_limit)
         self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[self.reader, *readers],

@@ -7,7 +7,7 @@ same rules to all of them:
 - **step**: the ``step`` point attribute; a point without one gets the latest
   step seen for its run (0 before any), so step-less gauges (GPU, process)
   land at the current step.
-- **gauges**: the value as-is.
+- **gauges**: the value as-is; an ``otel_rl.nonfinite`` attribute restores NaN/inf.
 - **sums** (counters, up-down counters): the backend shows the running total
   per series. DELTA points are added up; CUMULATIVE points without a step are
   already totals; CUMULATIVE points *with* a step hold that step's increment
@@ -28,12 +28,20 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from otel_rl.exporters.records import Batch, HistogramValue, Point, RunParams
-from otel_rl.semconv import HPARAMS_METRIC, OVERFLOW_ATTRIBUTE, RUN_ID, STEP_ATTRIBUTE
+from otel_rl.semconv import (
+    HPARAMS_METRIC,
+    NONFINITE_ATTRIBUTE,
+    OVERFLOW_ATTRIBUTE,
+    RUN_ID,
+    STEP_ATTRIBUTE,
+)
 
 _log = logging.getLogger(__name__)
 
 DELTA, CUMULATIVE = "delta", "cumulative"
 _DEFAULT_RUN = "default"
+_RESERVED = frozenset({STEP_ATTRIBUTE, NONFINITE_ATTRIBUTE})
+_NONFINITE = frozenset({"nan", "inf", "-inf"})
 #: Bound on per-series state (running totals, cumulative de-duplication).
 MAX_TRACKED = 100_000
 
@@ -109,6 +117,8 @@ class Translator:
     def translate_sdk(self, metrics_data) -> Batch:
         """Translate an SDK ``MetricsData`` into one sorted :class:`Batch`."""
         batch = Batch()
+        if metrics_data is None:  # a DELTA collect with nothing new
+            return batch
         for rm in metrics_data.resource_metrics:
             run = run_of(rm.resource.attributes)
             for sm in rm.scope_metrics:
@@ -164,7 +174,7 @@ class Translator:
             step = self._latest_step.get(run, 0)
         elif step > self._latest_step.get(run, -1):
             self._latest_step[run] = step
-        rest = tuple(sorted((k, str(v)) for k, v in attributes.items() if k != STEP_ATTRIBUTE))
+        rest = tuple(sorted((k, str(v)) for k, v in attributes.items() if k not in _RESERVED))
         return step, rest
 
     def number(self, batch: Batch, run: str, name: str, kind: str, temporality: str | None,
@@ -176,9 +186,10 @@ class Translator:
         wall = time_ns / 1e9
         if name == HPARAMS_METRIC:
             batch.params.append(RunParams(run, {k: v for k, v in (attributes or {}).items()
-                                                if k != STEP_ATTRIBUTE}, wall))
+                                                if k not in _RESERVED}, wall))
             return
-        value = float(value)
+        marker = (attributes or {}).get(NONFINITE_ATTRIBUTE)
+        value = float(marker) if marker in _NONFINITE else float(value)
         if kind == "sum":
             value = self._sum_total(run, name, rest, step, temporality, attributes, value)
             if value is None:

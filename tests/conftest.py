@@ -1,0 +1,64 @@
+"""Shared test helpers: reading real backends back."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_tensorboard(run_dir: Path) -> dict:
+    """{"scalars": {tag: {step: value}}, "histograms": {tag: {step: ndarray[k,3]}}, "tensors": tags},
+    read with TensorBoard's own EventAccumulator (no downsampling)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = {}
+    for tag in tags["scalars"]:
+        series = {}
+        for ev in acc.Scalars(tag):
+            series[ev.step] = ev.value
+        scalars[tag] = series
+    histograms = {}
+    for tag in tags["tensors"]:
+        events = acc.Tensors(tag)
+        if tag.startswith("_hparams_"):
+            continue
+        histograms[tag] = {ev.step: tensor_util.make_ndarray(ev.tensor_proto) for ev in events}
+    return {"scalars": scalars, "histograms": histograms, "tensors": list(tags["tensors"]),
+            "summary_metadata": {t: acc.SummaryMetadata(t) for t in tags["tensors"]}}
+
+
+def read_hparams(run_dir: Path) -> dict:
+    """The HParams plugin's session-start hparams, decoded with the plugin's own protos."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    meta = acc.SummaryMetadata("_hparams_/session_start_info")
+    data = plugin_data_pb2.HParamsPluginData.FromString(meta.plugin_data.content)
+    out = {}
+    for key, value in data.session_start_info.hparams.items():
+        kind = value.WhichOneof("kind")
+        out[key] = getattr(value, kind)
+    return out
+
+
+def f32_close(a: float, b: float) -> bool:
+    """Equal within float32 precision (TensorBoard stores scalars as float32)."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b or math.isclose(a, b, rel_tol=2 ** -23, abs_tol=1e-30)
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,107 @@
+"""Config: errors name the field and what is allowed; env precedence; YAML."""
+
+from __future__ import annotations
+
+import pytest
+
+import otel_rl
+from otel_rl import ConfigError, load_config
+from otel_rl.exporters import MissingExtraError
+from otel_rl.exporters.base import require
+from otel_rl.pipeline import resolve_resource
+
+
+def test_defaults_enable_tensorboard_only(monkeypatch):
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = load_config()
+    assert list(cfg.enabled()) == ["tensorboard"]
+    assert cfg.backends["tensorboard"].log_dir == "runs"
+    assert cfg.pipeline.export_interval_s == 1.0
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"tensorbord": {}}, r"config.tensorbord: unknown key; backends: otlp, tensorboard"),
+    ({"tensorboard": {"log_dirr": "x"}}, r"tensorboard.log_dirr: unknown field; allowed: enabled, log_dir"),
+    ({"tensorboard": {"enabled": "yes"}}, r"tensorboard.enabled: expected true or false, got 'yes'"),
+    ({"otlp": {"protocol": "udp"}}, r"otlp.protocol: 'udp' is not allowed; allowed: 'grpc', 'http/protobuf'"),
+    ({"export_interval_s": 0}, r"config.export_interval_s: must be > 0, got 0"),
+    ({"export_interval_s": "fast"}, r"config.export_interval_s: expected a number, got 'fast'"),
+    ({"flush_every_steps": 30_000}, r"config.flush_every_steps: must be below cardinality_limit"),
+    ({"tensorboard": []}, r"tensorboard: expected a mapping of fields"),
+    ([1, 2], r"config: expected a mapping, a YAML path or a Config"),
+])
+def test_errors_name_the_field_and_the_allowed_values(source, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(source)
+
+
+def test_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run_name: exp1\ntensorboard:\n  log_dir: /tmp/tb\nexport_interval_s: 2\n")
+    cfg = load_config(path)
+    assert cfg.pipeline.run_name == "exp1" and cfg.pipeline.export_interval_s == 2.0
+    assert cfg.backends["tensorboard"].log_dir == "/tmp/tb"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tensorboard: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_env_precedence_explicit_then_env_then_default(monkeypatch):
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "250")  # standard var, milliseconds
+    monkeypatch.setenv("OTEL_RL_RUN_NAME", "from-env")
+    cfg = load_config()
+    assert cfg.pipeline.export_interval_s == 0.25 and cfg.pipeline.run_name == "from-env"
+    cfg = load_config({"export_interval_s": 3, "run_name": "explicit"})
+    assert cfg.pipeline.export_interval_s == 3.0 and cfg.pipeline.run_name == "explicit"
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "soon")
+    with pytest.raises(ConfigError, match="OTEL_METRIC_EXPORT_INTERVAL='soon'"):
+        load_config()
+
+
+def test_standard_otel_env_for_service_name_resource_and_otlp(monkeypatch):
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "trainer")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "otel_rl.run.id=job-17,k8s.pod.name=p0")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.delenv("OTEL_RL_RUN_NAME", raising=False)
+    cfg = load_config()
+    assert sorted(cfg.enabled()) == ["otlp", "tensorboard"]
+    resource = resolve_resource(cfg)
+    assert resource.attributes["service.name"] == "trainer"
+    assert resource.attributes["otel_rl.run.id"] == "job-17"
+    assert resource.attributes["k8s.pod.name"] == "p0"
+    assert not load_config({"otlp": {"enabled": False}}).backends["otlp"].enabled
+
+
+def test_missing_optional_package_names_the_extra():
+    with pytest.raises(MissingExtraError, match=r"pip install 'otel-rl\[wandb\]'"):
+        require("otel_rl_no_such_module", "wandb")
+
+
+def test_import_otel_rl_loads_no_backend_sdk(python):
+    import subprocess
+
+    code = ("import sys, otel_rl; bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('tensorboard', 'wandb', 'swanlab', 'mlflow', 'pynvml')]; print(bad); assert not bad")
+    assert subprocess.run([python, "-c", code], capture_output=True).returncode == 0
+
+
+def test_public_api_is_the_contract():
+    assert {"init", "shutdown", "set_step", "get_step", "Logger", "load_config"} <= set(otel_rl.__all__)
+    assert all(hasattr(otel_rl, name) for name in otel_rl.__all__)
+
+
+def test_cli_check_config(tmp_path, capsys):
+    from otel_rl.cli import main
+
+    good = tmp_path / "good.yaml"
+    good.write_text("tensorboard:\n  log_dir: out\n")
+    assert main(["check-config", str(good)]) == 0
+    assert "'log_dir': 'out'" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("wandbb: {}\n")
+    assert main(["check-config", str(bad)]) == 2
+    assert "config.wandbb: unknown key" in capsys.readouterr().err
