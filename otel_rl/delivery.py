@@ -15,9 +15,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from opentelemetry.sdk.metrics.export import MetricExportResult
-
-from otel_rl.exporters.base import RecordExporter
+from otel_rl.exporters.base import Outcome, RecordExporter
 from otel_rl.exporters.records import Batch
 
 _log = logging.getLogger(__name__)
@@ -37,10 +35,16 @@ class SinkStats:
 
 
 class SinkWorker:
-    """Delivers batches to one sink in order, retrying failures with exponential backoff."""
+    """Delivers batches to one sink in order, retrying transient failures with exponential backoff.
 
-    def __init__(self, sink: RecordExporter, max_queue_points: int, max_retries: int = 5,
-                 backoff_s: float = 0.5, max_backoff_s: float = 8.0) -> None:
+    A batch the sink refuses for good (:class:`~otel_rl.exporters.base.PermanentError`) is
+    dropped and counted. A transient failure is retried, backing off up to ``max_backoff_s``,
+    until ``max_retries`` (None: for as long as the sink is down; new batches queue behind it,
+    bounded by ``max_queue_points``) or until :meth:`stop` runs out of time.
+    """
+
+    def __init__(self, sink: RecordExporter, max_queue_points: int, max_retries: int | None = None,
+                 backoff_s: float = 0.25, max_backoff_s: float = 8.0) -> None:
         self.sink = sink
         self.stats = SinkStats()
         self._max_queue_points = max_queue_points
@@ -51,6 +55,7 @@ class SinkWorker:
         self._cv = threading.Condition()
         self._busy = False
         self._stopping = False
+        self._abandon = False  # set when stop() timed out: stop retrying
         self._thread = threading.Thread(target=self._run, name=f"otel-rl-sink-{sink.name}", daemon=True)
         self._thread.start()
 
@@ -85,13 +90,12 @@ class SinkWorker:
         drained = self.drain(timeout_s)
         with self._cv:
             self._stopping = True
-            self._cv.notify_all()
-        self._thread.join(max(0.1, timeout_s))
-        if not drained:
-            with self._cv:
+            if not drained:
+                self._abandon = True
                 lost = self.stats.queued_points
-                self.stats.dropped_points += lost
-            _log.error("%s: shutdown timed out; %d queued points not delivered", self.sink.name, lost)
+                _log.error("%s: shutdown timed out; %d queued points not delivered", self.sink.name, lost)
+            self._cv.notify_all()
+        self._thread.join(5.0)
         return drained
 
     def _run(self) -> None:
@@ -100,6 +104,12 @@ class SinkWorker:
                 while not self._queue and not self._stopping:
                     self._cv.wait()
                 if not self._queue:
+                    return
+                if self._abandon:  # stop() timed out: count what is left as dropped
+                    n = sum(len(b) for b in self._queue)
+                    self._queue.clear()
+                    self.stats.queued_points -= n
+                    self.stats.dropped_points += n
                     return
                 batch = self._queue.popleft()
                 self._busy = True
@@ -118,14 +128,18 @@ class SinkWorker:
 
     def _deliver(self, batch: Batch) -> bool:
         delay = self._backoff_s
-        for attempt in range(self._max_retries + 1):
-            if self.sink.export_batch(batch) is MetricExportResult.SUCCESS:
+        attempt = 0
+        while True:
+            outcome = self.sink.try_write(batch)
+            if outcome is Outcome.OK:
                 return True
+            attempt += 1
             self.stats.failed_attempts += 1
-            if self.sink.closed or attempt == self._max_retries:
+            if outcome is Outcome.DROP or (self._max_retries is not None and attempt > self._max_retries):
                 break
-            time.sleep(delay)
+            with self._cv:  # sleep, but wake early when stop() gives up waiting
+                if self._cv.wait_for(lambda: self._abandon, timeout=delay):
+                    break
             delay = min(delay * 2, self._max_backoff_s)
-        _log.error("%s: giving up on a batch of %d points after %d attempts", self.sink.name,
-                   len(batch), attempt + 1)
+        _log.error("%s: dropped a batch of %d points after %d attempts", self.sink.name, len(batch), attempt)
         return False

@@ -9,6 +9,7 @@ FAILURE after shutdown, and a harmless double shutdown.
 
 from __future__ import annotations
 
+import enum
 import importlib
 import logging
 import threading
@@ -41,6 +42,18 @@ DELTA_TEMPORALITY = {
 
 class MissingExtraError(ImportError):
     """An optional backend package is not installed."""
+
+
+class PermanentError(Exception):
+    """A write the backend refused for good (e.g. HTTP 4xx): retrying cannot help."""
+
+
+class Outcome(enum.Enum):
+    """What the delivery layer should do with a batch after one write attempt."""
+
+    OK = "ok"
+    RETRY = "retry"  # transient: connection refused, timeout, 5xx, 429
+    DROP = "drop"  # permanent refusal, or the exporter is shut down
 
 
 def require(module: str, extra: str):
@@ -78,19 +91,28 @@ class RecordExporter(MetricExporter):
         return self.export_batch(batch)
 
     def export_batch(self, batch: Batch) -> MetricExportResult:
-        """Write an already translated batch (the pipeline's fan-out path). Never raises."""
+        """Write an already translated batch. Never raises."""
+        ok = self.try_write(batch) is Outcome.OK
+        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
+
+    def try_write(self, batch: Batch) -> Outcome:
+        """One write attempt, classified for the delivery layer. Never raises."""
         with self._lock:
             if self._closed:
                 _log.warning("%s: export after shutdown; %d records not written", self.name, len(batch))
-                return MetricExportResult.FAILURE
+                return Outcome.DROP
             if not batch:
-                return MetricExportResult.SUCCESS
+                return Outcome.OK
             try:
                 self.write(batch)
-            except Exception:
-                _log.exception("%s: write failed (%d records)", self.name, len(batch))
-                return MetricExportResult.FAILURE
-        return MetricExportResult.SUCCESS
+            except PermanentError as exc:
+                _log.error("%s: backend refused %d records: %s", self.name, len(batch), exc)
+                return Outcome.DROP
+            except Exception as exc:  # transient by default: the delivery layer retries
+                _log.warning("%s: write failed (%d records), will retry: %s", self.name, len(batch),
+                             exc, exc_info=_log.isEnabledFor(logging.DEBUG))
+                return Outcome.RETRY
+        return Outcome.OK
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         with self._lock:
@@ -115,7 +137,9 @@ class RecordExporter(MetricExporter):
 
     @abstractmethod
     def write(self, batch: Batch) -> None:
-        """Write one batch; raise on failure (the caller logs and reports FAILURE)."""
+        """Write one batch. Raise :class:`PermanentError` for a refusal that retrying cannot
+        fix, any other exception for a transient failure. A retried batch is passed again
+        as the same object, so a sink that writes in chunks can resume where it stopped."""
 
     def flush(self) -> None:
         """Make everything written so far durable/visible."""

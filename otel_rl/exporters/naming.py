@@ -26,6 +26,8 @@ class NameRules:
     illegal: re.Pattern | None = None
     #: Backends that treat keys as paths (MLflow) refuse ``..``, leading ``/`` and ``//``.
     path_like: bool = False
+    #: Characters the backend trims from both ends (SwanLab), trimmed here so we know the key.
+    strip: str = ""
 
 
 RULES: dict[str, NameRules] = {
@@ -35,16 +37,18 @@ RULES: dict[str, NameRules] = {
     "mlflow": NameRules("mlflow", 250, re.compile(r"[^/\w.\- :]"), path_like=True),
     # W&B keys: "/" groups panels; other characters are kept, but control chars break the UI.
     "wandb": NameRules("wandb", 255, re.compile(r"[\x00-\x1f]")),
-    # SwanLab keys: letters, digits, "_", "-", ".", "/" and spaces; at most 255.
-    "swanlab": NameRules("swanlab", 255, re.compile(r"[^\w.\-/ ]")),
+    # SwanLab 0.10.3 keeps any printable key, rejects control characters, trims leading and
+    # trailing "/", "." and whitespace, and cuts keys at 512 characters.
+    "swanlab": NameRules("swanlab", 512, re.compile(r"[\x00-\x1f\x7f]"), strip="/. \t"),
 }
 
 
 def series_key(name: str, attributes: tuple[tuple[str, str], ...] = (), suffix: str = "") -> str:
-    """The backend-neutral key: ``name[/k=v,k2=v2][/suffix]``."""
+    """The backend-neutral key: ``name[/k:v[/k2:v2]][/suffix]`` (legal in every backend,
+    MLflow included, when names and values are)."""
     key = name
     if attributes:
-        key += "/" + ",".join(f"{k}={v}" for k, v in attributes)
+        key += "".join(f"/{k}:{v}" for k, v in attributes)
     if suffix:
         key += "/" + suffix
     return key
@@ -74,6 +78,8 @@ class NameMapper:
         mapped = neutral
         if rules.illegal is not None:
             mapped = rules.illegal.sub("_", mapped)
+        if rules.strip:
+            mapped = mapped.strip(rules.strip) or "_"
         if rules.path_like:
             mapped = re.sub(r"/{2,}", "/", mapped).strip("/")
             mapped = mapped.replace("..", "__") or "_"

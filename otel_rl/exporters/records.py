@@ -53,6 +53,14 @@ class HistogramValue:
         return out
 
 
+def scalar_items(value: "float | HistogramValue") -> list[tuple[str, float]]:
+    """The scalar view of a value: ``[("", v)]``, or for a histogram
+    ``[("count", .), ("sum", .), ("mean", .), ("min", .), ("max", .)]`` without unrecorded min/max."""
+    if not isinstance(value, HistogramValue):
+        return [("", value)]
+    return [(k, v) for k, v in value.scalars().items() if not (k in ("min", "max") and math.isnan(v))]
+
+
 @dataclass(frozen=True, slots=True)
 class Point:
     """One value of one series at one training step.

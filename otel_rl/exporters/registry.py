@@ -31,6 +31,12 @@ _BUILTIN = {
     for spec in (
         BackendSpec("tensorboard", "otel_rl.exporters.tensorboard:TensorBoardExporter",
                     "otel_rl.exporters.tensorboard:TensorBoardConfig", "tensorboard"),
+        BackendSpec("wandb", "otel_rl.exporters.wandb:WandbExporter",
+                    "otel_rl.exporters.wandb:WandbConfig", "wandb"),
+        BackendSpec("swanlab", "otel_rl.exporters.swanlab:SwanlabExporter",
+                    "otel_rl.exporters.swanlab:SwanlabConfig", "swanlab"),
+        BackendSpec("mlflow", "otel_rl.exporters.mlflow:MlflowExporter",
+                    "otel_rl.exporters.mlflow:MlflowConfig", "mlflow"),
         BackendSpec("otlp", "otel_rl.exporters.otlp:OtlpExporter",
                     "otel_rl.exporters.otlp:OtlpConfig", "otlp"),
     )

@@ -9,7 +9,7 @@ from otel_rl.exporters.naming import RULES, NameMapper, series_key
 
 def test_series_key_joins_attributes_and_suffix():
     assert series_key("loss") == "loss"
-    assert series_key("reward", (("env", "a"), ("rank", "0")), "mean") == "reward/env=a,rank=0/mean"
+    assert series_key("reward", (("env", "a"), ("rank", "0")), "mean") == "reward/env:a/rank:0/mean"
 
 
 def test_tensorboard_keeps_names():

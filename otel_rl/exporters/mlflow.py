@@ -1,0 +1,168 @@
+"""MLflow sink: batched ``log_batch`` to a tracking server or the embedded sqlite store.
+
+- Never one request per metric: each export becomes ``log_batch`` requests of at most
+  1,000 metrics and 100 params (the server's limits; mlflow#5269 for per-call cost).
+- Names are mapped into MLflow's set (``^[/\\w.\\- :]*$``, <= 250 chars, not path-like)
+  by :mod:`otel_rl.exporters.naming`; collisions are reported once.
+- Retries live in the shared delivery layer (exponential backoff on connection errors,
+  5xx and 429). MLflow's own client retries are turned down to match, unless you set
+  ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` yourself: its
+  defaults retry one request for minutes (measured: 246 s against a stopped server).
+- The run is created on the first write, on the delivery thread, so a server that is
+  down at start never delays training: data queues and is retried.
+- A 4xx refusal is permanent: the chunk is dropped, counted and logged with the reason.
+- Params are immutable in MLflow: a changed value is logged once as a warning, not sent.
+- Histograms become ``<key>/count|sum|mean|min|max`` scalars. ``inf`` is stored by MLflow
+  as +-1.797e308; NaN is kept.
+- Credentials: MLflow's own ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``/``_TOKEN`` env vars.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from otel_rl.config import env_default, positive
+from otel_rl.exporters.base import PermanentError, RecordExporter, require
+from otel_rl.exporters.naming import NameMapper
+from otel_rl.exporters.records import Batch, scalar_items
+
+_log = logging.getLogger(__name__)
+
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_VALUE = 6000
+RUN_TAG = "otel_rl.run_id"
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """``mlflow:`` section. ``tracking_uri`` (env ``MLFLOW_TRACKING_URI``) defaults to the
+    embedded store ``sqlite:///mlflow.db``; ``experiment`` (env ``MLFLOW_EXPERIMENT_NAME``)."""
+
+    enabled: bool = False
+    tracking_uri: str = env_default("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    experiment: str = env_default("MLFLOW_EXPERIMENT_NAME", "otel-rl")
+    timeout_s: float = 10.0
+
+    def validate(self, path: str) -> None:
+        positive(f"{path}.timeout_s", self.timeout_s)
+
+
+class MlflowExporter(RecordExporter):
+    """One MLflow run per otel-rl run (found again by the ``otel_rl.run_id`` tag)."""
+
+    name = "mlflow"
+
+    def __init__(self, config: MlflowConfig | None = None) -> None:
+        self._mlflow = require("mlflow", "mlflow")
+        super().__init__()
+        self.config = config or MlflowConfig()
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(self.config.timeout_s))))
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=self.config.tracking_uri)
+        self._names = NameMapper("mlflow")
+        self._run_ids: dict[str, str] = {}
+        self._params: dict[tuple[str, str], str] = {}
+        # (batch being retried, chunks of it already sent): a retry resumes, never re-sends.
+        self._resume: tuple[Batch | None, int] = (None, 0)
+        self._cached_chunks: tuple[Batch | None, list] = (None, [])
+
+    def run_dir(self, run: str) -> str:
+        return f"{self.config.tracking_uri} (experiment {self.config.experiment!r}, run {run!r})"
+
+    def run_id(self, run: str) -> str:
+        """The MLflow run id for otel-rl run ``run`` (created on first use)."""
+        run_id = self._run_ids.get(run)
+        if run_id is None:
+            run_id = self._run_ids[run] = self._call(self._find_or_create, run)
+        return run_id
+
+    def _find_or_create(self, run: str) -> str:
+        client = self._client
+        exp = client.get_experiment_by_name(self.config.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(self.config.experiment)
+        found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_TAG}` = '{_quote(run)}'",
+                                   max_results=1)
+        if found:
+            return found[0].info.run_id
+        return client.create_run(exp_id, run_name=run, tags={RUN_TAG: run}).info.run_id
+
+    def _call(self, fn, *args, **kwargs):
+        """Run an MLflow call, classifying its failure for the delivery layer."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as exc:
+            status = exc.get_http_status_code()
+            if 400 <= status < 500 and status != 429:
+                raise PermanentError(f"{exc.error_code}: {exc.message[:500]}") from exc
+            raise
+
+    def write(self, batch: Batch) -> None:
+        previous, done = self._resume
+        start = done if previous is batch else 0
+        chunks = self._chunks(batch)
+        for i in range(start, len(chunks)):
+            run, metrics, params = chunks[i]
+            self._resume = (batch, i)
+            self._call(self._client.log_batch, self.run_id(run), metrics=metrics, params=params,
+                       synchronous=True)
+        self._resume = (None, 0)
+
+    def _chunks(self, batch: Batch) -> list[tuple[str, list, list]]:
+        """The batch as log_batch requests; the same list again for a retried batch."""
+        if self._cached_chunks[0] is batch:
+            return self._cached_chunks[1]
+        from mlflow.entities import Metric, Param
+
+        per_run: dict[str, tuple[list, list]] = {}
+        for params in batch.params:
+            kept = per_run.setdefault(params.run, ([], []))[1]
+            kept.extend(Param(k, v) for k, v in self._new_params(params.run, params.params))
+        for p in batch.points:
+            metrics = per_run.setdefault(p.run, ([], []))[0]
+            ts = int(p.time * 1000)
+            for suffix, value in scalar_items(p.value):
+                key = self._names.key(p.name, p.attributes, suffix)
+                metrics.append(Metric(key, value, ts, p.step))
+        chunks = []
+        for run, (metrics, params) in per_run.items():
+            for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+                chunks.append((run, metrics[i:i + MAX_METRICS_PER_BATCH], []))
+            for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+                chunks.append((run, [], params[i:i + MAX_PARAMS_PER_BATCH]))
+        self._cached_chunks = (batch, chunks)
+        return chunks
+
+    def _new_params(self, run: str, params: dict) -> list[tuple[str, str]]:
+        out = []
+        for key, value in params.items():
+            name = self._names.key(key)
+            text = str(value)[:MAX_PARAM_VALUE]
+            previous = self._params.get((run, name))
+            if previous is None:
+                self._params[(run, name)] = text
+                out.append((name, text))
+            elif previous != text:
+                self._translator.warn_once(f"param:{run}:{name}", "mlflow: param %r of run %r changed "
+                                           "from %r to %r; MLflow params are immutable, keeping the first",
+                                           name, run, previous, text)
+        return out
+
+    def close(self) -> None:
+        for run_id in self._run_ids.values():
+            try:
+                self._client.set_terminated(run_id)
+            except Exception as exc:  # the server may be gone at exit; data is already sent
+                _log.warning("mlflow: could not mark run %s finished: %s", run_id, exc)
+        self._run_ids.clear()
+
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")

@@ -1,0 +1,132 @@
+"""SwanLab sink (modes ``offline``, ``local`` and ``cloud``).
+
+Duplicate steps: SwanLab keeps the *first* value logged for a (key, step) and silently
+drops later ones (SwanLab#1363). This sink defines instead:
+
+- within one export batch, the last value of a (key, step) wins (as TensorBoard shows it);
+- a value for a (key, step) already written by an earlier batch cannot replace the stored
+  one, so it is not sent; it is counted in :attr:`SwanlabExporter.duplicates` and logged
+  once per key. Nothing disappears without a trace. The memory of written (key, step)
+  pairs is bounded (the most recent 200,000).
+
+Other facts (SwanLab 0.10.3): steps lower than the current one are kept; NaN/inf are
+kept; there is no histogram type, so histograms become ``<key>/count|sum|mean|min|max``;
+one run can be open per process, so a batch for another otel-rl run finishes the current
+SwanLab run and starts the next. Hyperparameters go into the run config. SwanLab's
+capture of the process's stdout is turned off (it would record the trainer's prints).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from otel_rl.config import ConfigError, env_default
+from otel_rl.exporters.base import PermanentError, RecordExporter, require
+from otel_rl.exporters.naming import NameMapper
+from otel_rl.exporters.records import Batch, scalar_items
+
+_log = logging.getLogger(__name__)
+
+_WRITTEN_MEMORY = 200_000
+
+
+@dataclass(frozen=True)
+class SwanlabConfig:
+    """``swanlab:`` section. ``mode`` (env ``SWANLAB_MODE``, default ``offline``); ``logdir``
+    (env ``SWANLAB_LOG_DIR``, default ``swanlog``); ``cloud`` needs ``SWANLAB_API_KEY`` or
+    ``api_key_file``."""
+
+    enabled: bool = False
+    project: str = env_default("SWANLAB_PROJECT", "otel-rl")
+    workspace: Optional[str] = env_default("SWANLAB_WORKSPACE", None)
+    mode: Literal["cloud", "offline", "local", "disabled"] = env_default("SWANLAB_MODE", "offline")
+    logdir: str = env_default("SWANLAB_LOG_DIR", "swanlog")
+    api_key_file: Optional[str] = None
+
+    def validate(self, path: str) -> None:
+        if self.mode not in ("cloud", "offline", "local", "disabled"):
+            raise ConfigError(f"{path}.mode: {self.mode!r} is not allowed; allowed: 'cloud', 'offline', "
+                              "'local', 'disabled'")
+        if self.api_key_file is not None and not Path(self.api_key_file).is_file():
+            raise ConfigError(f"{path}.api_key_file: {self.api_key_file!r} is not a readable file")
+
+
+class SwanlabExporter(RecordExporter):
+    """Logs per-step records to SwanLab."""
+
+    name = "swanlab"
+
+    def __init__(self, config: SwanlabConfig | None = None) -> None:
+        self._swanlab = require("swanlab", "swanlab")
+        super().__init__()
+        self.config = config or SwanlabConfig()
+        self._names = NameMapper("swanlab")
+        self._active: tuple[str, Any] | None = None
+        self._written: OrderedDict = OrderedDict()
+        self.duplicates = 0
+
+    def run_dir(self, run: str) -> str:
+        return f"{self.config.logdir} ({self.config.mode}, experiment {run!r})"
+
+    def _run(self, run: str):
+        if self._active is not None and self._active[0] == run:
+            return self._active[1]
+        self._finish_active()
+        swanlab = self._swanlab
+        cfg = self.config
+        if cfg.api_key_file and cfg.mode == "cloud":
+            os.environ.setdefault("SWANLAB_API_KEY", Path(cfg.api_key_file).read_text().strip())
+        Path(cfg.logdir).mkdir(parents=True, exist_ok=True)
+        try:
+            active = swanlab.init(
+                project=cfg.project, workspace=cfg.workspace, experiment_name=run, mode=cfg.mode,
+                logdir=cfg.logdir, reinit=True,
+                settings=swanlab.Settings(terminal=swanlab.Settings.Terminal(proxy_type="none")))
+        except (ValueError, TypeError) as exc:
+            raise PermanentError(f"swanlab.init failed: {exc}") from exc
+        self._active = (run, active)
+        return active
+
+    def write(self, batch: Batch) -> None:
+        for params in batch.params:
+            self._run(params.run).config.update(params.params)
+        for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
+            row: dict[str, float] = {}
+            for p in points:  # later values of the same key overwrite earlier ones
+                for suffix, value in scalar_items(p.value):
+                    row[self._names.key(p.name, p.attributes, suffix)] = value
+            row = self._first_writes(run, step, row)
+            if row:
+                self._run(run).log(row, step=step)
+
+    def _first_writes(self, run: str, step: int, row: dict[str, float]) -> dict[str, float]:
+        kept = {}
+        for key, value in row.items():
+            mark = (run, key, step)
+            if mark in self._written:
+                self.duplicates += 1
+                self._translator.warn_once(
+                    f"dup:{run}:{key}", "swanlab: %r already has a value at step %d; SwanLab keeps "
+                    "the first (SwanLab#1363), so the later value is not sent (counted in "
+                    "duplicates)", key, step)
+                continue
+            self._written[mark] = None
+            if len(self._written) > _WRITTEN_MEMORY:
+                self._written.popitem(last=False)
+            kept[key] = value
+        return kept
+
+    def _finish_active(self) -> None:
+        if self._active is not None:
+            self._active[1].finish()
+            self._active = None
+
+    def close(self) -> None:
+        self._finish_active()
+

@@ -1,0 +1,150 @@
+"""Weights & Biases sink.
+
+Steps: W&B drops any ``step=`` lower than the run's current one (wandb#9449), which
+would lose late points (a rank arriving late, a replay). This sink never passes
+``step=``: every log call carries the training step as the value of the custom step
+metric ``otel_rl/step``, declared as the x-axis of every key (``define_metric``).
+W&B's own ``_step`` then just counts calls, so a step lower than an earlier one is
+stored like any other and charts place it at its step.
+
+Values: histograms become ``wandb.Histogram`` (at most 512 bins), hyperparameters
+go into the run config. Mode ``offline`` needs no key and no network; ``online``
+needs ``WANDB_API_KEY`` (env) or ``api_key_file``. The key is never logged or put
+in the run config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from otel_rl.config import ConfigError, env_default
+from otel_rl.exporters.base import PermanentError, RecordExporter, require
+from otel_rl.exporters.naming import NameMapper
+from otel_rl.exporters.records import Batch, HistogramValue, Point
+
+_log = logging.getLogger(__name__)
+
+#: The custom x-axis of every otel-rl key in W&B.
+STEP_METRIC = "otel_rl/step"
+_MAX_BINS = 512
+
+
+def _default_mode() -> str:
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """``wandb:`` section. ``mode`` defaults to env ``WANDB_MODE``, else ``online`` when
+    ``WANDB_API_KEY`` is set, else ``offline``. ``dir`` gets a ``wandb/`` folder."""
+
+    enabled: bool = False
+    project: str = env_default("WANDB_PROJECT", "otel-rl")
+    entity: Optional[str] = env_default("WANDB_ENTITY", None)
+    mode: Optional[Literal["online", "offline", "disabled"]] = None
+    dir: str = env_default("WANDB_DIR", ".")
+    group: Optional[str] = None
+    api_key_file: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.mode is None:
+            object.__setattr__(self, "mode", _default_mode())
+
+    def validate(self, path: str) -> None:
+        if self.mode not in ("online", "offline", "disabled"):
+            raise ConfigError(f"{path}.mode: {self.mode!r} is not allowed; allowed: 'online', 'offline', "
+                              "'disabled'")
+        if self.api_key_file is not None and not Path(self.api_key_file).is_file():
+            raise ConfigError(f"{path}.api_key_file: {self.api_key_file!r} is not a readable file")
+
+
+def histogram_arrays(hist: HistogramValue) -> tuple[list[int], list[float]] | None:
+    """Contiguous (counts, edges) for ``np_histogram``; gaps become empty bins; None if empty."""
+    buckets = hist.finite_buckets()
+    if not buckets:
+        return None
+    counts, edges = [], [buckets[0][0]]
+    for left, right, count in buckets:
+        if left > edges[-1]:
+            counts.append(0)
+            edges.append(left)
+        counts.append(count)
+        edges.append(max(right, edges[-1]))
+    while len(counts) > _MAX_BINS:  # merge neighbours pairwise until W&B accepts it
+        counts = [sum(counts[i:i + 2]) for i in range(0, len(counts), 2)]
+        edges = edges[::2] + ([edges[-1]] if (len(edges) - 1) % 2 else [])
+    return counts, edges
+
+
+class WandbExporter(RecordExporter):
+    """Logs per-step records to W&B, one W&B run per otel-rl run."""
+
+    name = "wandb"
+
+    def __init__(self, config: WandbConfig | None = None) -> None:
+        self._wandb = require("wandb", "wandb")
+        super().__init__()
+        self.config = config or WandbConfig()
+        self._names = NameMapper("wandb")
+        self._runs: dict[str, Any] = {}
+
+    def run_dir(self, run: str) -> str:
+        active = self._runs.get(run)
+        return str(active.dir) if active is not None else f"{self.config.dir}/wandb ({self.config.mode})"
+
+    def _run(self, run: str):
+        active = self._runs.get(run)
+        if active is None:
+            active = self._runs[run] = self._init(run)
+        return active
+
+    def _init(self, run: str):
+        wandb = self._wandb
+        cfg = self.config
+        if cfg.api_key_file and cfg.mode == "online":
+            os.environ.setdefault("WANDB_API_KEY", Path(cfg.api_key_file).read_text().strip())
+        Path(cfg.dir).mkdir(parents=True, exist_ok=True)
+        try:
+            active = wandb.init(
+                project=cfg.project, entity=cfg.entity, name=run, group=cfg.group, mode=cfg.mode,
+                dir=cfg.dir, reinit="create_new",
+                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
+                                        x_save_requirements=False, save_code=False))
+        except wandb.errors.UsageError as exc:  # e.g. online without a key
+            raise PermanentError(f"wandb.init failed: {exc}") from exc
+        active.define_metric(STEP_METRIC)
+        active.define_metric("*", step_metric=STEP_METRIC)
+        _log.info("wandb: run %r -> %s", run, active.dir)
+        return active
+
+    def write(self, batch: Batch) -> None:
+        for params in batch.params:
+            self._run(params.run).config.update(params.params, allow_val_change=True)
+        for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
+            self._run(run).log(self._row(step, points), commit=True)
+
+    def _row(self, step: int, points) -> dict[str, Any]:
+        row: dict[str, Any] = {STEP_METRIC: step}
+        for p in points:
+            value = self._value(p)
+            if value is not None:
+                row[self._names.key(p.name, p.attributes)] = value
+        return row
+
+    def _value(self, p: Point):
+        if not isinstance(p.value, HistogramValue):
+            return p.value
+        arrays = histogram_arrays(p.value)
+        if arrays is None:
+            return None
+        return self._wandb.Histogram(np_histogram=arrays)
+
+    def close(self) -> None:
+        for run in self._runs.values():
+            run.finish()
+        self._runs.clear()

@@ -1,0 +1,178 @@
+"""Real backends for tests: build each exporter into a temp dir / a real server, and read
+its storage back with the backend's own reader. No mocks."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from conftest import read_hparams, read_tensorboard
+
+BACKENDS = ("tensorboard", "wandb", "swanlab", "mlflow")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with a sqlite store; stopped by pid."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90.0) -> "MlflowServer":
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+        self.proc = subprocess.Popen(
+            [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+             "--default-artifact-root", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("mlflow server did not come up")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def backend_config(name: str, tmp: Path, mlflow_url: str | None = None) -> dict:
+    """The config section that points backend ``name`` at ``tmp`` (or the MLflow server)."""
+    return {
+        "tensorboard": {"enabled": True, "log_dir": str(tmp / "tb")},
+        "wandb": {"enabled": True, "mode": "offline", "dir": str(tmp / "wb"), "project": "test"},
+        "swanlab": {"enabled": True, "mode": "offline", "logdir": str(tmp / "sl"), "project": "test"},
+        "mlflow": {"enabled": True, "tracking_uri": mlflow_url or f"sqlite:///{tmp}/mlflow.db",
+                   "experiment": f"exp-{tmp.name}"},
+    }[name]
+
+
+# -- readers: {key: {step: value}} from each backend's own storage ----------------------------
+
+def read_scalars(name: str, tmp: Path, run: str, mlflow_url: str | None = None) -> dict:
+    return {"tensorboard": lambda: read_tensorboard(tmp / "tb" / run)["scalars"],
+            "wandb": lambda: read_wandb(tmp / "wb", run)["scalars"],
+            "swanlab": lambda: read_swanlab(tmp / "sl", run)["scalars"],
+            "mlflow": lambda: read_mlflow(mlflow_url or f"sqlite:///{tmp}/mlflow.db",
+                                          f"exp-{tmp.name}", run)["scalars"]}[name]()
+
+
+def read_params(name: str, tmp: Path, run: str, mlflow_url: str | None = None) -> dict:
+    return {"tensorboard": lambda: read_hparams(tmp / "tb" / run),
+            "wandb": lambda: read_wandb(tmp / "wb", run)["config"],
+            "swanlab": lambda: read_swanlab(tmp / "sl", run)["config"],
+            "mlflow": lambda: read_mlflow(mlflow_url or f"sqlite:///{tmp}/mlflow.db",
+                                          f"exp-{tmp.name}", run)["params"]}[name]()
+
+
+# `leet inspect --json` writes non-finite floats as strings (JSON has no NaN).
+_JSON_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _wandb_records(run_dir: str) -> list[dict]:
+    wandb_bin = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
+    out = subprocess.run([wandb_bin, "leet", "inspect", run_dir, "--json"], capture_output=True,
+                         text=True, timeout=120, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def read_wandb(wandb_dir: Path, run: str) -> dict:
+    """History rows and config of the offline run named ``run``, via `wandb leet inspect --json`."""
+    for run_dir in sorted(glob.glob(str(wandb_dir / "wandb" / "offline-run-*"))):
+        records = _wandb_records(run_dir)
+        header = next(r for r in records if r["type"] == "run")
+        if header["run"].get("display_name") != run:
+            continue
+        scalars, config, rows = {}, {}, []
+        for r in records:
+            if r["type"] == "history":
+                item = r["history"]["item"]
+                rows.append(item)
+                step = item.get("otel_rl/step")
+                for key, value in item.items():
+                    if not key.startswith("_") and key != "otel_rl/step":
+                        special = _JSON_SPECIAL.get(value) if isinstance(value, str) else None
+                        scalars.setdefault(key, {})[step] = value if special is None else special
+            elif r["type"] in ("run", "config"):
+                update = (r[r["type"]].get("config") or r[r["type"]]).get("update", {})
+                config.update({k: v for k, v in update.items() if k != "_wandb"})
+        return {"scalars": scalars, "config": config, "rows": rows}
+    raise FileNotFoundError(f"no offline W&B run named {run!r} under {wandb_dir}")
+
+
+def read_swanlab(logdir: Path, run: str) -> dict:
+    """Scalars (SwanLab's DataStoreReader + its Record proto) and config of experiment ``run``."""
+    import yaml
+    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+    from swanlab.sdk.internal.core_python.store import DataStoreReader
+    from swanlab.sdk.internal.run.components.config.helper import revert_config
+
+    for run_dir in sorted(glob.glob(str(logdir / "run-*"))):
+        files = glob.glob(os.path.join(run_dir, "*.swanlab"))
+        reader = DataStoreReader()
+        reader.open(files[0])
+        scalars, name = {}, None
+        try:
+            while (raw := reader.scan()) is not None:
+                rec = Record()
+                rec.ParseFromString(raw)
+                if rec.HasField("start"):
+                    name = rec.start.name
+                elif rec.HasField("scalar"):
+                    s = rec.scalar
+                    scalars.setdefault(s.key, {}).setdefault(int(s.step), float(s.value.number))
+        finally:
+            reader.close()
+        if name != run:
+            continue
+        cfg_file = Path(run_dir) / "files" / "config.yaml"
+        config = revert_config(yaml.safe_load(cfg_file.read_text()) or {}) if cfg_file.is_file() else {}
+        return {"scalars": scalars, "config": dict(config)}
+    raise FileNotFoundError(f"no SwanLab experiment named {run!r} under {logdir}")
+
+
+def read_mlflow(tracking_uri: str, experiment: str, run: str) -> dict:
+    """Every metric's full history (get_metric_history) and the params of run ``run``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    (found,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`otel_rl.run_id` = '{run}'")
+    scalars = {}
+    for key in found.data.metrics:
+        history = client.get_metric_history(found.info.run_id, key)
+        scalars[key] = {m.step: m.value for m in history}
+        if len(history) != len(scalars[key]):
+            scalars[key]["duplicates"] = len(history) - len(scalars[key])
+    return {"scalars": scalars, "params": dict(found.data.params), "run_id": found.info.run_id,
+            "status": found.info.status}
