@@ -85,8 +85,12 @@ def update(policy, episodes, gamma: float, lr: float):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="otel-rl YAML config (default: TensorBoard under --log-dir)")
+    parser.add_argument("--config", help="otel-rl YAML config (overrides --backends)")
+    parser.add_argument("--backends", default="tensorboard",
+                        help="comma-separated subset of tensorboard,wandb,swanlab,mlflow (default: tensorboard)")
     parser.add_argument("--log-dir", default="runs", help="TensorBoard log dir (default: runs)")
+    parser.add_argument("--mlflow-uri", default="sqlite:///mlflow.db",
+                        help="MLflow tracking URI (default: the embedded sqlite:///mlflow.db)")
     parser.add_argument("--run-name", default=None, help="run id (default: cartpole-pg-<time>)")
     parser.add_argument("--iterations", type=int, default=150, help="policy updates (default: 150)")
     parser.add_argument("--episodes-per-iter", type=int, default=8)
@@ -97,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    config = args.config or {"tensorboard": {"enabled": True, "log_dir": args.log_dir}}
-    if args.config is None:
-        config["run_name"] = args.run_name or time.strftime("cartpole-pg-%Y%m%d-%H%M%S")
-    pipeline = otel_rl.init(config)
+    try:
+        config = args.config or backends_config(args)
+        pipeline = otel_rl.init(config)
+    except (otel_rl.ConfigError, ValueError, ImportError) as exc:
+        parser.error(str(exc))
 
     meter = metrics.get_meter("otel_rl.demo.cartpole")
     reward = meter.create_gauge("reward/mean", description="mean episode return")
@@ -163,10 +168,35 @@ def main(argv: list[str] | None = None) -> int:
     print("telemetry written to:")
     for line in where:
         print(f"  {line}")
-    if any(line.startswith("tensorboard") for line in where):
-        log_dir = pipeline.config.backends["tensorboard"].log_dir
-        print(f"view it with:\n  tensorboard --logdir {log_dir}")
+    print("view it with:")
+    for name, cfg in pipeline.config.enabled().items():
+        print(f"  {VIEWERS[name](cfg)}" if name in VIEWERS else f"  ({name})")
     return 0
+
+
+VIEWERS = {
+    "tensorboard": lambda c: f"tensorboard --logdir {c.log_dir}",
+    "mlflow": lambda c: f"mlflow ui --backend-store-uri {c.tracking_uri}",
+    "wandb": lambda c: f"wandb sync {c.dir}/wandb/offline-run-*   (offline; or wandb leet)",
+    "swanlab": lambda c: f"swanlab watch {c.logdir}   (needs swanlab[dashboard]; or swanlab sync {c.logdir}/run-*)",
+}
+
+
+def backends_config(args: argparse.Namespace) -> dict:
+    """The config for ``--backends``: each chosen backend enabled, writing under the current dir."""
+    sections = {
+        "tensorboard": {"log_dir": args.log_dir},
+        "wandb": {"mode": "offline", "dir": "."},
+        "swanlab": {"mode": "offline", "logdir": "swanlog"},
+        "mlflow": {"tracking_uri": args.mlflow_uri, "experiment": "otel-rl-demo"},
+    }
+    chosen = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in chosen if b not in sections]
+    if unknown:
+        raise ValueError(f"--backends: unknown backend {unknown[0]!r}; known: {', '.join(sections)}")
+    config = {name: {"enabled": name in chosen, **sections[name]} for name in sections}
+    config["run_name"] = args.run_name or time.strftime("cartpole-pg-%Y%m%d-%H%M%S")
+    return config
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import ROOT, f32_close, read_hparams, read_tensorboard  # noqa: F401
+from conftest import ROOT, f32_close, read_tensorboard
 
 
 def test_demo_writes_every_step_of_every_metric(tmp_path, python):
@@ -45,3 +45,35 @@ def test_demo_default_finishes_and_learns(tmp_path, python):
     first = sum(reward[str(s)] for s in range(10)) / 10
     last = sum(reward[str(s)] for s in range(140, 150)) / 10
     assert last > 3 * first, (first, last)
+
+
+def test_demo_with_all_four_backends(tmp_path, python):
+    from backends import BACKENDS, read_mlflow, read_swanlab, read_tensorboard, read_wandb
+
+    values = tmp_path / "values.json"
+    proc = subprocess.run(
+        [python, str(ROOT / "examples" / "cartpole_pg.py"), "--backends", ",".join(BACKENDS),
+         "--run-name", "demo4", "--iterations", "25", "--dump-values", str(values)],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for hint in ("tensorboard --logdir runs", "mlflow ui --backend-store-uri sqlite:///mlflow.db",
+                 "wandb sync", "swanlab watch swanlog"):
+        assert hint in proc.stdout
+    expected = json.loads(values.read_text())["reward/mean"]
+    stores = {
+        "tensorboard": read_tensorboard(tmp_path / "runs" / "demo4")["scalars"],
+        "wandb": read_wandb(tmp_path, "demo4")["scalars"],
+        "swanlab": read_swanlab(tmp_path / "swanlog", "demo4")["scalars"],
+        "mlflow": read_mlflow(f"sqlite:///{tmp_path}/mlflow.db", "otel-rl-demo", "demo4")["scalars"],
+    }
+    for name, scalars in stores.items():
+        got = scalars["reward/mean"]
+        assert sorted(got) == list(range(25)), name
+        assert all(f32_close(got[int(s)], v) for s, v in expected.items()), name
+
+
+def test_demo_rejects_unknown_backend(tmp_path, python):
+    proc = subprocess.run([python, str(ROOT / "examples" / "cartpole_pg.py"), "--backends", "tensorboard,neptune"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown backend 'neptune'; known: tensorboard, wandb, swanlab, mlflow" in proc.stderr
