@@ -22,16 +22,18 @@ import logging
 import threading
 
 from opentelemetry import metrics as _metrics
+from opentelemetry import trace as _trace
 
 from otel_rl._step import STEP_ATTRIBUTE, get_step, set_step
 from otel_rl.config import Config, ConfigError, load_config
 from otel_rl.exporters.base import MissingExtraError
 from otel_rl.logger import Logger
 from otel_rl.pipeline import Pipeline
+from otel_rl.timing import span
 
 __all__ = [
     "STEP_ATTRIBUTE", "Config", "ConfigError", "Logger", "MissingExtraError", "Pipeline",
-    "get_pipeline", "get_step", "init", "load_config", "set_step", "shutdown",
+    "get_pipeline", "get_step", "init", "load_config", "set_step", "shutdown", "span",
 ]
 __version__ = "0.1.0"
 
@@ -45,20 +47,24 @@ def init(config: Config | dict | str | None = None, *, set_global: bool = True) 
     """Build the embedded pipeline from ``config`` (dict, YAML path or :class:`Config`).
 
     With ``set_global`` (default) the OTel global MeterProvider becomes a
-    step-stamping wrapper of it, so ``opentelemetry.metrics.get_meter()`` works
-    unchanged. OTel allows the global to be set once per process; a second
-    ``init`` returns a new pipeline whose meters come from ``pipeline.get_meter``.
+    step-stamping wrapper of it and the global TracerProvider its tracer provider, so
+    ``opentelemetry.metrics.get_meter()`` and ``trace.get_tracer()`` work unchanged.
+    OTel allows the globals to be set once per process; a second ``init`` returns a
+    new pipeline whose meters come from ``pipeline.get_meter``. :func:`span` always
+    records into the pipeline of the last ``init``.
     """
     global _active, _global_set
     pipeline = Pipeline(config)
+    pipeline.activate()
     with _lock:
         _active = pipeline
         if set_global:
             if _global_set:
-                _log.warning("otel-rl: the OTel global MeterProvider is already set for this process; "
-                             "use pipeline.get_meter() for the new pipeline")
+                _log.warning("otel-rl: the OTel global providers are already set for this process; "
+                             "use pipeline.get_meter() / get_tracer() for the new pipeline")
             else:
                 _metrics.set_meter_provider(pipeline.step_meter_provider)
+                _trace.set_tracer_provider(pipeline.tracer_provider)
                 _global_set = True
     return pipeline
 

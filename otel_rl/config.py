@@ -155,6 +155,8 @@ class Config:
 
     pipeline: PipelineConfig
     backends: dict[str, Any]
+    #: Telemetry sources that are not backends (``gpu``).
+    sources: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def enabled(self) -> dict[str, Any]:
         return {name: cfg for name, cfg in self.backends.items() if getattr(cfg, "enabled", False)}
@@ -166,6 +168,9 @@ def load_config(source: "Config | Mapping[str, Any] | str | Path | None" = None)
     Top-level keys are the pipeline fields plus one section per backend name.
     """
     from otel_rl.exporters import registry
+    from otel_rl.gpu import GpuConfig
+
+    source_classes = {"gpu": GpuConfig}
 
     if isinstance(source, Config):
         return source
@@ -184,11 +189,12 @@ def load_config(source: "Config | Mapping[str, Any] | str | Path | None" = None)
     source = dict(source or {})
     known = registry.names()
     pipeline_fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-    unknown = sorted(set(source) - pipeline_fields - set(known))
+    unknown = sorted(set(source) - pipeline_fields - set(known) - set(source_classes))
     if unknown:
         raise ConfigError(
-            f"config.{unknown[0]}: unknown key; backends: {', '.join(known)}; "
-            f"settings: {', '.join(sorted(pipeline_fields))}")
+            f"config.{unknown[0]}: unknown key; backends: {', '.join(known)}; sources: "
+            f"{', '.join(source_classes)}; settings: {', '.join(sorted(pipeline_fields))}")
     pipeline = build(PipelineConfig, {k: v for k, v in source.items() if k in pipeline_fields}, "config")
     backends = {name: build(registry.config_class(name), source.get(name), name) for name in known}
-    return Config(pipeline, backends)
+    sources = {name: build(cls, source.get(name), name) for name, cls in source_classes.items()}
+    return Config(pipeline, backends, sources)

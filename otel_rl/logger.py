@@ -84,6 +84,7 @@ class Logger:
             raise ValueError(f"max_pending_calls must be >= 1, got {max_pending_calls!r}")
         self._owns_pipeline = pipeline is None
         self.pipeline = pipeline or Pipeline(cfg)
+        self.pipeline.activate(only_if_none=True)  # so otel_rl.span() times into it
         self._meter = self.pipeline.meter_provider.get_meter("otel_rl.logger")
         self._limit = max_pending_calls
         self._flush_every = self.pipeline.config.pipeline.flush_every_steps

@@ -19,6 +19,8 @@ from typing import Any
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_rl import _step
 from otel_rl.config import Config, default_run_name, load_config
@@ -27,8 +29,14 @@ from otel_rl.exporters import registry
 from otel_rl.exporters.base import DELTA_TEMPORALITY, RecordExporter
 from otel_rl.exporters.translate import Translator
 from otel_rl.semconv import RUN_ID
+from otel_rl.timing import PhaseTimer
 
 _log = logging.getLogger(__name__)
+_active: list["Pipeline"] = []  # the pipeline otel_rl.span() and friends use: the last activated
+
+
+def active_pipeline() -> "Pipeline | None":
+    return _active[-1] if _active else None
 
 
 class Fanout:
@@ -120,7 +128,14 @@ class Pipeline:
         self.resource = resolve_resource(self.config)
         self.run_name = str(self.resource.attributes[RUN_ID])
         sinks, readers = [], []
+        self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
         for name, backend_config in self.config.enabled().items():
+            spec = registry.spec(name)
+            span_exporter = registry.create_span_exporter(name, backend_config)
+            if span_exporter is not None:
+                self.tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+            if spec.exporter is None:
+                continue
             exporter = registry.create(name, backend_config)
             if isinstance(exporter, RecordExporter):
                 sinks.append(exporter)
@@ -134,6 +149,14 @@ class Pipeline:
         self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[self.reader, *readers],
                                             shutdown_on_exit=True)
         self.step_meter_provider = _step.StepMeterProvider(self.meter_provider)
+        self.timing = PhaseTimer(self.meter_provider.get_meter("otel_rl.timing"),
+                                 self.tracer_provider.get_tracer("otel_rl"))
+        self.gpu = None
+        if self.config.sources["gpu"].enabled:
+            from otel_rl.gpu import GpuSampler
+
+            sampler = GpuSampler(self.get_meter("otel_rl.gpu"), self.config.sources["gpu"])
+            self.gpu = sampler if sampler.start() else None
         self._pending_steps = 0
         self._closed = False
         _step.add_step_listener(self._on_step)
@@ -155,7 +178,16 @@ class Pipeline:
         """A meter whose instruments stamp the current step (see :func:`otel_rl.set_step`)."""
         return self.step_meter_provider.get_meter(name, version)
 
+    def activate(self, only_if_none: bool = False) -> None:
+        """Make this the pipeline that :func:`otel_rl.span` records into."""
+        if not (only_if_none and _active) and not self._closed:
+            _active.append(self)
+
+    def get_tracer(self, name: str = "otel_rl"):
+        return self.tracer_provider.get_tracer(name)
+
     def _on_step(self, step: int) -> None:
+        self.timing.on_step(step)
         self._pending_steps += 1
         if self._pending_steps >= self.config.pipeline.flush_every_steps:
             self._pending_steps = 0
@@ -167,8 +199,13 @@ class Pipeline:
         self.reader.collect()
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
-        """Export everything recorded so far and wait until every sink wrote it."""
-        return self.meter_provider.force_flush(timeout_millis=timeout_s * 1e3)
+        """Export everything recorded so far (timing of finished steps included) and wait until
+        every sink wrote it."""
+        step = _step.get_step()
+        if step is not None:
+            self.timing.on_step(step)
+        spans_ok = self.tracer_provider.force_flush(timeout_millis=int(timeout_s * 1e3))
+        return self.meter_provider.force_flush(timeout_millis=timeout_s * 1e3) and spans_ok
 
     def stats(self) -> dict[str, Any]:
         """Self-metrics: per-sink point counts, plus translation overflow."""
@@ -182,4 +219,10 @@ class Pipeline:
             return
         self._closed = True
         _step.remove_step_listener(self._on_step)
+        while self in _active:
+            _active.remove(self)
+        self.timing.emit()
+        self.tracer_provider.shutdown()
         self.meter_provider.shutdown(timeout_millis=timeout_s * 1e3)
+        if self.gpu is not None:
+            self.gpu.close()

@@ -66,6 +66,54 @@ class MlflowServer:
         self.proc = None
 
 
+class OtlpHttpReceiver:
+    """A minimal OTLP/HTTP receiver on 127.0.0.1 decoding the real protobuf requests, so tests
+    can see exactly what the upstream OTel exporters put on the wire."""
+
+    def __init__(self) -> None:
+        import gzip
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
+
+        kinds = {"/v1/metrics": (mpb.ExportMetricsServiceRequest, mpb.ExportMetricsServiceResponse),
+                 "/v1/traces": (tpb.ExportTraceServiceRequest, tpb.ExportTraceServiceResponse)}
+        self.requests: list[tuple[str, object]] = []
+        requests = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request_cls, response_cls = kinds[self.path]
+                requests.append((self.path, request_cls.FromString(body)))
+                out = response_cls().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def spans(self) -> list:
+        return [span for path, req in self.requests if path == "/v1/traces"
+                for rs in req.resource_spans for ss in rs.scope_spans for span in ss.spans]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 def backend_config(name: str, tmp: Path, mlflow_url: str | None = None) -> dict:
     """The config section that points backend ``name`` at ``tmp`` (or the MLflow server)."""
     return {
@@ -102,7 +150,9 @@ _JSON_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 def _wandb_records(run_dir: str) -> list[dict]:
     wandb_bin = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
     out = subprocess.run([wandb_bin, "leet", "inspect", run_dir, "--json"], capture_output=True,
-                         text=True, timeout=120, check=True)
+                         text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"wandb leet inspect {run_dir} failed ({out.returncode}): {out.stderr[-2000:]}")
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 

@@ -74,6 +74,15 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def otlp_receiver():
+    from backends import OtlpHttpReceiver
+
+    receiver = OtlpHttpReceiver()
+    yield receiver
+    receiver.close()
+
+
 @pytest.fixture(autouse=True)
 def _quiet_backends(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")

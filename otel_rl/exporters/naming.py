@@ -43,12 +43,17 @@ RULES: dict[str, NameRules] = {
 }
 
 
+#: Attributes that describe a series but do not identify it (the GPU's model name is fixed
+#: by its ``hw.id``): left out of backend keys, kept on the OTel stream.
+DESCRIPTIVE_ATTRIBUTES = frozenset({"hw.name", "hw.vendor", "hw.gpu.pci_bus_id"})
+
+
 def series_key(name: str, attributes: tuple[tuple[str, str], ...] = (), suffix: str = "") -> str:
     """The backend-neutral key: ``name[/k:v[/k2:v2]][/suffix]`` (legal in every backend,
     MLflow included, when names and values are)."""
     key = name
     if attributes:
-        key += "".join(f"/{k}:{v}" for k, v in attributes)
+        key += "".join(f"/{k}:{v}" for k, v in attributes if k not in DESCRIPTIVE_ATTRIBUTES)
     if suffix:
         key += "/" + suffix
     return key

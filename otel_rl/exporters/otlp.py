@@ -22,7 +22,9 @@ def _endpoint_set() -> bool:
 
 @dataclass(frozen=True)
 class OtlpConfig:
-    """``otlp:`` section. ``endpoint`` None means the exporter's own env/default resolution."""
+    """``otlp:`` section: metrics and spans. ``endpoint`` is the base URL (as
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``): over HTTP ``/v1/metrics`` and ``/v1/traces`` are
+    appended; None means the exporters' own env/default resolution."""
 
     enabled: bool = env_default("OTEL_RL_OTLP_ENABLED", None, bool)
     endpoint: Optional[str] = None
@@ -41,14 +43,27 @@ class OtlpConfig:
                               "allowed: 'grpc', 'http/protobuf'")
 
 
+def _kwargs(config: OtlpConfig, path: str) -> dict:
+    kwargs: dict = {"timeout": config.timeout_s}
+    if config.endpoint:
+        base = config.endpoint.rstrip("/")
+        kwargs["endpoint"] = base if config.protocol == "grpc" else base + path
+    return kwargs
+
+
+def _module(config: OtlpConfig, signal: str):
+    transport = "grpc" if config.protocol == "grpc" else "http"
+    return require(f"opentelemetry.exporter.otlp.proto.{transport}.{signal}_exporter", "otlp")
+
+
 def OtlpExporter(config: OtlpConfig | None = None):
     """The upstream ``OTLPMetricExporter`` for ``config.protocol``, with DELTA temporality."""
     config = config or OtlpConfig()
-    if config.protocol == "grpc":
-        mod = require("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "otlp")
-    else:
-        mod = require("opentelemetry.exporter.otlp.proto.http.metric_exporter", "otlp")
-    kwargs = {"preferred_temporality": DELTA_TEMPORALITY, "timeout": config.timeout_s}
-    if config.endpoint:
-        kwargs["endpoint"] = config.endpoint
-    return mod.OTLPMetricExporter(**kwargs)
+    return _module(config, "metric").OTLPMetricExporter(
+        preferred_temporality=DELTA_TEMPORALITY, **_kwargs(config, "/v1/metrics"))
+
+
+def OtlpSpanExporter(config: OtlpConfig | None = None):
+    """The upstream ``OTLPSpanExporter`` for ``config.protocol``."""
+    config = config or OtlpConfig()
+    return _module(config, "trace").OTLPSpanExporter(**_kwargs(config, "/v1/traces"))

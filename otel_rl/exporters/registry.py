@@ -21,9 +21,10 @@ ENTRY_POINT_GROUP = "otel_rl.exporters"
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
-    exporter: str  # "module:attr", a callable taking the config
+    exporter: str | None  # "module:attr": a metric exporter factory taking the config
     config: str  # "module:attr", a frozen dataclass with an ``enabled`` field
     extra: str  # the pip extra that installs the backend's package
+    span_exporter: str | None = None  # "module:attr": a span exporter factory taking the config
 
 
 _BUILTIN = {
@@ -37,8 +38,11 @@ _BUILTIN = {
                     "otel_rl.exporters.swanlab:SwanlabConfig", "swanlab"),
         BackendSpec("mlflow", "otel_rl.exporters.mlflow:MlflowExporter",
                     "otel_rl.exporters.mlflow:MlflowConfig", "mlflow"),
+        BackendSpec("mlflow_traces", None, "otel_rl.exporters.mlflow_traces:MlflowTracesConfig", "mlflow",
+                    span_exporter="otel_rl.exporters.mlflow_traces:MlflowTraceExporter"),
         BackendSpec("otlp", "otel_rl.exporters.otlp:OtlpExporter",
-                    "otel_rl.exporters.otlp:OtlpConfig", "otlp"),
+                    "otel_rl.exporters.otlp:OtlpConfig", "otlp",
+                    span_exporter="otel_rl.exporters.otlp:OtlpSpanExporter"),
     )
 }
 
@@ -81,6 +85,16 @@ def config_class(name: str) -> type:
 
 
 def create(name: str, config: Any = None):
-    """Build backend ``name``'s exporter from its config (default config when None)."""
-    factory = _load(spec(name).exporter)
-    return factory(config if config is not None else config_class(name)())
+    """Build backend ``name``'s metric exporter from its config (default config when None)."""
+    ref = spec(name).exporter
+    if ref is None:
+        raise ValueError(f"backend {name!r} exports spans only")
+    return _load(ref)(config if config is not None else config_class(name)())
+
+
+def create_span_exporter(name: str, config: Any = None):
+    """Build backend ``name``'s span exporter, or None when it has none."""
+    ref = spec(name).span_exporter
+    if ref is None:
+        return None
+    return _load(ref)(config if config is not None else config_class(name)())
