@@ -108,11 +108,14 @@ class WandbExporter(RecordExporter):
         cfg = self.config
         if cfg.api_key_file and cfg.mode == "online":
             os.environ.setdefault("WANDB_API_KEY", Path(cfg.api_key_file).read_text().strip())
-        Path(cfg.dir).mkdir(parents=True, exist_ok=True)
+        # Absolute: a process may share an already running wandb-core service (WANDB_SERVICE),
+        # which resolves a relative dir against its own working directory, not ours.
+        run_root = Path(cfg.dir).resolve()
+        run_root.mkdir(parents=True, exist_ok=True)
         try:
             active = wandb.init(
                 project=cfg.project, entity=cfg.entity, name=run, group=cfg.group, mode=cfg.mode,
-                dir=cfg.dir, reinit="create_new",
+                dir=str(run_root), reinit="create_new",
                 settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
                                         x_save_requirements=False, save_code=False))
         except wandb.errors.UsageError as exc:  # e.g. online without a key
