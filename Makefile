@@ -1,11 +1,12 @@
 # Two commands do all the set-up on a fresh machine (Python 3.10+ with venv):
 #   make demo   -> creates .venv, installs otel-rl, trains CartPole, writes TensorBoard under ./runs/
-#   make test   -> creates .venv, installs otel-rl[test], runs the whole test suite
+#   make test   -> installs Debian's prometheus (when missing), creates .venv, installs
+#                  otel-rl[test], runs the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean system-deps
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +21,17 @@ $(VENV)/.test: $(VENV)/.created pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The real Prometheus server the tests scrape with (Debian package; installed when root).
+system-deps:
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends prometheus; \
+	  else echo "install the prometheus package (sudo apt-get install prometheus)"; exit 1; fi; }
+
 demo: $(VENV)/.demo
 	$(PY) examples/cartpole_pg.py
 
-test: $(VENV)/.test
+test: system-deps $(VENV)/.test
 	$(PY) -m pytest -q
 
 # Benchmarks (not timed tests). BENCH_ARGS="--steps 100000" for a quick run.

@@ -66,6 +66,68 @@ class MlflowServer:
         self.proc = None
 
 
+class PrometheusServer:
+    """A real Prometheus server (Debian package) on 127.0.0.1 scraping ``targets`` every second;
+    stopped by pid."""
+
+    def __init__(self, root: Path, targets: list[str]) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (root / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: otel-rl\n    static_configs:\n"
+            f"      - targets: {json.dumps(targets)}\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60.0) -> "PrometheusServer":
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus is not installed (apt-get install prometheus; .ci/run does)")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={self.root / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.root / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=open(self.root / "prometheus.log", "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/-/ready", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("prometheus did not become ready")
+
+    def query(self, promql: str) -> list[dict]:
+        from urllib.parse import urlencode
+
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{urlencode({'query': promql})}", timeout=5) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def wait_for(self, promql: str, predicate, timeout_s: float = 45.0) -> list[dict]:
+        """Poll ``promql`` until ``predicate(result)`` holds; return the result."""
+        deadline = time.monotonic() + timeout_s
+        result: list[dict] = []
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            if predicate(result):
+                return result
+            time.sleep(0.5)
+        raise AssertionError(f"{promql}: condition not met in {timeout_s}s; last result {result}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
 class OtlpHttpReceiver:
     """A minimal OTLP/HTTP receiver on 127.0.0.1 decoding the real protobuf requests, so tests
     can see exactly what the upstream OTel exporters put on the wire."""

@@ -21,7 +21,7 @@ def test_defaults_enable_tensorboard_only(monkeypatch):
 
 
 @pytest.mark.parametrize("source, message", [
-    ({"tensorbord": {}}, r"config.tensorbord: unknown key; backends: mlflow, mlflow_traces, otlp, swanlab, tensorboard, wandb; sources: gpu"),
+    ({"tensorbord": {}}, r"config.tensorbord: unknown key; backends: mlflow, mlflow_traces, otlp, prometheus, swanlab, tensorboard, wandb; sources: gpu"),
     ({"tensorboard": {"log_dirr": "x"}}, r"tensorboard.log_dirr: unknown field; allowed: enabled, log_dir"),
     ({"tensorboard": {"enabled": "yes"}}, r"tensorboard.enabled: expected true or false, got 'yes'"),
     ({"otlp": {"protocol": "udp"}}, r"otlp.protocol: 'udp' is not allowed; allowed: 'grpc', 'http/protobuf'"),

@@ -38,6 +38,8 @@ _BUILTIN = {
                     "otel_rl.exporters.swanlab:SwanlabConfig", "swanlab"),
         BackendSpec("mlflow", "otel_rl.exporters.mlflow:MlflowExporter",
                     "otel_rl.exporters.mlflow:MlflowConfig", "mlflow"),
+        BackendSpec("prometheus", "otel_rl.exporters.prometheus:PrometheusExporter",
+                    "otel_rl.exporters.prometheus:PrometheusConfig", "all"),
         BackendSpec("mlflow_traces", None, "otel_rl.exporters.mlflow_traces:MlflowTracesConfig", "mlflow",
                     span_exporter="otel_rl.exporters.mlflow_traces:MlflowTraceExporter"),
         BackendSpec("otlp", "otel_rl.exporters.otlp:OtlpExporter",

@@ -133,8 +133,9 @@ class Translator:
         temporality = None if temporality is None else (
             DELTA if int(temporality) == 1 else CUMULATIVE)
         if kind in ("Gauge", "Sum"):
+            point_kind = "gauge" if kind == "Gauge" else ("counter" if data.is_monotonic else "sum")
             for dp in data.data_points:
-                self.number(batch, run, metric.name, kind.lower(), temporality, dp.attributes,
+                self.number(batch, run, metric.name, point_kind, temporality, dp.attributes,
                             dp.time_unix_nano, dp.value)
         elif kind == "Histogram":
             for dp in data.data_points:
@@ -190,7 +191,7 @@ class Translator:
             return
         marker = (attributes or {}).get(NONFINITE_ATTRIBUTE)
         value = float(marker) if marker in _NONFINITE else float(value)
-        if kind == "sum":
+        if kind != "gauge":
             value = self._sum_total(run, name, rest, step, temporality, attributes, value)
             if value is None:
                 return

@@ -1,0 +1,175 @@
+"""Prometheus sink: a ``/metrics`` endpoint with bounded cardinality.
+
+- **No step label**: the translator already moved the step out of the attributes; each
+  series keeps only its **latest** value (the highest step seen, then the latest time).
+- Counters stay cumulative (``<name>_total``, the running total), up-down counters and
+  gauges are gauges, histograms are cumulative Prometheus histograms (``_bucket{le}``,
+  ``_sum``, ``_count``) accumulated from the per-step distributions.
+- Labels: ``run`` plus the point attributes, names mapped to ``[a-zA-Z_][a-zA-Z0-9_]*``.
+  Hyperparameters never become labels. ``max_series`` bounds memory: past it the least
+  recently updated series is evicted (logged once).
+- Metric names: ``/ . -`` and other illegal characters become ``_``
+  (``train/loss`` -> ``train_loss``, ``hw.gpu.utilization`` -> ``hw_gpu_utilization``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from otel_rl.config import env_default, positive
+from otel_rl.exporters.base import RecordExporter
+from otel_rl.exporters.records import Batch, HistogramValue, Point
+
+_log = logging.getLogger(__name__)
+
+_NAME_ILLEGAL = re.compile(r"[^a-zA-Z0-9_:]")
+_LABEL_ILLEGAL = re.compile(r"[^a-zA-Z0-9_]")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    """``prometheus:`` section: where ``/metrics`` listens (env ``OTEL_RL_PROMETHEUS_HOST`` /
+    ``_PORT``; port 0 picks a free one) and the series bound."""
+
+    enabled: bool = False
+    host: str = env_default("OTEL_RL_PROMETHEUS_HOST", "127.0.0.1")
+    port: int = env_default("OTEL_RL_PROMETHEUS_PORT", 9464, int)
+    max_series: int = 10_000
+
+    def validate(self, path: str) -> None:
+        positive(f"{path}.max_series", self.max_series)
+
+
+def metric_name(name: str) -> str:
+    out = _NAME_ILLEGAL.sub("_", name)
+    return out if not out[:1].isdigit() else "_" + out
+
+
+def label_name(key: str) -> str:
+    out = _LABEL_ILLEGAL.sub("_", key)
+    if out[:1].isdigit():
+        out = "_" + out
+    return "attr" + out if out.startswith("__") else out
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+class _Series:
+    __slots__ = ("kind", "step", "time", "value", "buckets", "count", "sum")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.step, self.time, self.value = -1, 0.0, 0.0
+        self.buckets: dict[float, int] = {}  # upper edge -> count (not cumulative)
+        self.count, self.sum = 0, 0.0
+
+
+class PrometheusExporter(RecordExporter):
+    """Keeps the latest value per series and serves it at ``http://host:port/metrics``."""
+
+    name = "prometheus"
+
+    def __init__(self, config: PrometheusConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or PrometheusConfig()
+        self._series: OrderedDict[tuple, _Series] = OrderedDict()
+        self._series_lock = threading.Lock()
+        self.evicted = 0
+        exporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "only /metrics is served here")
+                    return
+                body = exporter.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer((self.config.host, self.config.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="otel-rl-prometheus",
+                                        daemon=True)
+        self._thread.start()
+        _log.info("prometheus: serving http://%s:%d/metrics", self.config.host, self.port)
+
+    def run_dir(self, run: str) -> str:
+        return f"http://{self.config.host}:{self.port}/metrics"
+
+    def write(self, batch: Batch) -> None:
+        with self._series_lock:
+            for p in batch.points:
+                self._update(p)
+
+    def _update(self, p: Point) -> None:
+        key = (metric_name(p.name), p.kind, (("run", p.run),) + tuple(
+            (label_name(k), v) for k, v in p.attributes))
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(p.kind)
+            if len(self._series) > self.config.max_series:
+                self._series.popitem(last=False)
+                self.evicted += 1
+                self._translator.warn_once("evict", "prometheus: more than %d series; evicting the least "
+                                           "recently updated (counted in evicted)", self.config.max_series)
+        self._series.move_to_end(key)
+        if isinstance(p.value, HistogramValue):  # per-step distributions add up to a cumulative one
+            for _, right, count in p.value.buckets:
+                series.buckets[right] = series.buckets.get(right, 0) + count
+            series.count += p.value.count
+            series.sum += p.value.sum
+        elif (p.step, p.time) >= (series.step, series.time):  # the latest value wins, not the last sent
+            series.step, series.time, series.value = p.step, p.time, p.value
+
+    def render(self) -> str:
+        with self._series_lock:
+            items = sorted(self._series.items(), key=lambda kv: kv[0])
+        lines: list[str] = []
+        typed: set[str] = set()
+        for (name, kind, labels), s in items:
+            if kind == "counter":
+                name += "_total"
+            prom_type = {"counter": "counter", "histogram": "histogram"}.get(kind, "gauge")
+            if name not in typed:
+                typed.add(name)
+                lines.append(f"# TYPE {name} {prom_type}")
+            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            if kind != "histogram":
+                lines.append(f"{name}{{{label_text}}} {_number(s.value)}")
+                continue
+            running = 0
+            for edge in sorted(e for e in s.buckets if math.isfinite(e)):
+                running += s.buckets[edge]
+                lines.append(f'{name}_bucket{{{label_text},le="{_number(edge)}"}} {running}')
+            lines.append(f'{name}_bucket{{{label_text},le="+Inf"}} {s.count}')
+            lines.append(f"{name}_sum{{{label_text}}} {_number(s.sum)}")
+            lines.append(f"{name}_count{{{label_text}}} {s.count}")
+        return "\n".join(lines) + "\n"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
