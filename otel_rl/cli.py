@@ -22,12 +22,43 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collector(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from otel_rl_collector import create
+    except ImportError as exc:
+        print(f"error: the collector needs its extra: pip install 'otel-rl[collector]' ({exc})", file=sys.stderr)
+        return 2
+    try:
+        collector = create(args.config).start()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"otel-rl collector ready: http={collector.http_port} grpc={collector.grpc_port}", flush=True)
+    stop.wait()
+    collector.shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otel-rl", description="OpenTelemetry for RL/LLM training")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a config file and print the resolved values")
     check.add_argument("file")
     check.set_defaults(func=_check_config)
+    coll = sub.add_parser("collector", help="run the collector (OTLP in; ML backends and Prometheus out)")
+    coll.add_argument("--config", help="collector YAML (default: all defaults)")
+    coll.set_defaults(func=_collector)
     args = parser.parse_args(argv)
     return args.func(args)
 

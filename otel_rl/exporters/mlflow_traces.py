@@ -71,6 +71,26 @@ class MlflowTraceExporter(SpanExporter):
                 _log.warning("mlflow_traces: export of %d spans failed: %s", len(spans), exc)
                 return SpanExportResult.FAILURE
 
+    def export_request(self, request) -> bool:
+        """Forward an already encoded ``ExportTraceServiceRequest`` (the collector's path)."""
+        import urllib.request
+
+        if self._closed:
+            return False
+        try:
+            with self._lock:
+                if not hasattr(self, "_experiment"):
+                    self._experiment = self.experiment_id()
+            req = urllib.request.Request(
+                self.config.tracking_uri.rstrip("/") + "/v1/traces", data=request.SerializeToString(),
+                headers={"Content-Type": "application/x-protobuf", "x-mlflow-experiment-id": self._experiment},
+                method="POST")
+            with urllib.request.urlopen(req, timeout=self.config.timeout_s) as response:
+                return 200 <= response.status < 300
+        except Exception as exc:
+            _log.warning("mlflow_traces: forwarding spans failed: %s", exc)
+            return False
+
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True
 

@@ -78,6 +78,8 @@ class Point:
     time: float
     kind: str = "gauge"
     attributes: tuple[tuple[str, str], ...] = ()
+    #: The sender's rank (resource attribute ``otel_rl.rank``), -1 when not set.
+    rank: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from otel_rl.semconv import (
     HPARAMS_METRIC,
     NONFINITE_ATTRIBUTE,
     OVERFLOW_ATTRIBUTE,
+    RANK,
     RUN_ID,
     STEP_ATTRIBUTE,
 )
@@ -62,6 +63,31 @@ def run_of(resource_attributes: Mapping[str, Any]) -> str:
     """The run a resource belongs to: ``otel_rl.run.id``, else ``service.name``."""
     run = resource_attributes.get(RUN_ID) or resource_attributes.get("service.name")
     return str(run) if run else _DEFAULT_RUN
+
+
+def rank_of(resource_attributes: Mapping[str, Any]) -> int:
+    """``otel_rl.rank`` as an int, -1 when absent or not an integer."""
+    raw = resource_attributes.get(RANK)
+    step = _as_step(raw)
+    return step if step is not None else -1
+
+
+def any_value(value) -> Any:
+    """An OTLP protobuf ``AnyValue`` as a Python value (arrays as tuples, maps as text)."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return tuple(any_value(v) for v in value.array_value.values)
+    if kind == "kvlist_value":
+        return str({kv.key: any_value(kv.value) for kv in value.kvlist_value.values})
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, kind)
+
+
+def proto_attributes(key_values) -> dict[str, Any]:
+    return {kv.key: any_value(kv.value) for kv in key_values}
 
 
 def _as_step(raw: Any) -> int | None:
@@ -111,7 +137,9 @@ class Translator:
         self._totals = _LRU(MAX_TRACKED)
         self._seen_cumulative = _LRU(MAX_TRACKED)
         self._warned: set[str] = set()
+        self._rank = -1
         self.overflow_points = 0
+        self.rejected, self.reject_reason = 0, ""
 
     # -- front-end: the SDK's MetricsData -------------------------------------------------
     def translate_sdk(self, metrics_data) -> Batch:
@@ -120,11 +148,70 @@ class Translator:
         if metrics_data is None:  # a DELTA collect with nothing new
             return batch
         for rm in metrics_data.resource_metrics:
+            self._rank = rank_of(rm.resource.attributes)
             run = run_of(rm.resource.attributes)
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     self._sdk_metric(run, metric, batch)
         return self.finish(batch)
+
+    # -- front-end: the OTLP wire protobuf (the collector) ----------------------------------
+    def translate_proto(self, request) -> tuple[Batch, int, str]:
+        """Translate an ``ExportMetricsServiceRequest``: (batch, rejected points, reason)."""
+        batch = Batch()
+        self.rejected, self.reject_reason = 0, ""
+        for rm in request.resource_metrics:
+            resource = proto_attributes(rm.resource.attributes)
+            self._rank = rank_of(resource)
+            run = run_of(resource)
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    self._proto_metric(run, metric, batch)
+        return self.finish(batch), self.rejected, self.reject_reason
+
+    def _reject(self, count: int, reason: str) -> None:
+        self.rejected += count
+        self.reject_reason = self.reject_reason or reason
+
+    def _proto_metric(self, run: str, metric, batch: Batch) -> None:
+        kind = metric.WhichOneof("data")
+        if kind is None or kind == "summary":
+            n = len(metric.summary.data_points) if kind == "summary" else 0
+            self._reject(n, f"metric {metric.name!r}: {kind or 'no data'} is not supported")
+            return
+        data = getattr(metric, kind)
+        temporality = getattr(data, "aggregation_temporality", None)
+        if kind != "gauge":
+            if temporality not in (1, 2):
+                self._reject(len(data.data_points), f"metric {metric.name!r}: aggregation temporality "
+                             "unspecified")
+                return
+            temporality = DELTA if temporality == 1 else CUMULATIVE
+        if kind in ("gauge", "sum"):
+            point_kind = "gauge" if kind == "gauge" else ("counter" if data.is_monotonic else "sum")
+            for dp in data.data_points:
+                which = dp.WhichOneof("value")
+                if which is None:
+                    if not dp.flags & 1:  # FLAG_NO_RECORDED_VALUE: nothing to reject
+                        self._reject(1, f"metric {metric.name!r}: data point without a value")
+                    continue
+                self.number(batch, run, metric.name, point_kind, temporality, proto_attributes(dp.attributes),
+                            dp.time_unix_nano, getattr(dp, which))
+            return
+        for dp in data.data_points:
+            if kind == "histogram":
+                buckets = explicit_buckets(dp.explicit_bounds, dp.bucket_counts)
+                if len(dp.bucket_counts) not in (0, len(dp.explicit_bounds) + 1):
+                    self._reject(1, f"metric {metric.name!r}: bucket_counts/explicit_bounds mismatch")
+                    continue
+            else:
+                buckets = exponential_buckets(dp.scale, dp.zero_count, dp.zero_threshold, dp.positive.offset,
+                                              dp.positive.bucket_counts, dp.negative.offset,
+                                              dp.negative.bucket_counts)
+            self.histogram(batch, run, metric.name, temporality, proto_attributes(dp.attributes),
+                           dp.time_unix_nano, dp.count, dp.sum if dp.HasField("sum") else 0.0,
+                           dp.min if dp.HasField("min") else None, dp.max if dp.HasField("max") else None,
+                           buckets)
 
     def _sdk_metric(self, run: str, metric, batch: Batch) -> None:
         data = metric.data
@@ -195,10 +282,10 @@ class Translator:
             value = self._sum_total(run, name, rest, step, temporality, attributes, value)
             if value is None:
                 return
-        batch.points.append(Point(run, name, step, value, wall, kind, rest))
+        batch.points.append(Point(run, name, step, value, wall, kind, rest, self._rank))
 
     def _sum_total(self, run, name, rest, step, temporality, attributes, value):
-        series = (run, name, rest)
+        series = (run, self._rank, name, rest)  # per rank: ranks of one run add up separately
         if temporality == CUMULATIVE:
             if STEP_ATTRIBUTE not in (attributes or {}):
                 return value
@@ -220,7 +307,7 @@ class Translator:
             return
         step, rest = split
         if temporality == CUMULATIVE and STEP_ATTRIBUTE in (attributes or {}):
-            key = ((run, name, rest), step)
+            key = ((run, self._rank, name, rest), step)
             if self._seen_cumulative.get(key) == count:
                 return
             self._seen_cumulative.put(key, count)
@@ -228,7 +315,7 @@ class Translator:
             int(count), float(total or 0.0),
             math.nan if minimum is None else float(minimum),
             math.nan if maximum is None else float(maximum), buckets)
-        batch.points.append(Point(run, name, step, value, time_ns / 1e9, "histogram", rest))
+        batch.points.append(Point(run, name, step, value, time_ns / 1e9, "histogram", rest, self._rank))
 
     def finish(self, batch: Batch) -> Batch:
         batch.points.sort(key=lambda p: (p.run, p.step))

@@ -1,0 +1,168 @@
+"""Collector configuration: receivers, auth, TLS, limits, reduction, and the same backend
+sections as the in-process pipeline (``tensorboard:``, ``mlflow:``, ``prometheus:``...).
+
+::
+
+    receivers:
+      http: {enabled: true, host: 127.0.0.1, port: 4318}
+      grpc: {enabled: true, host: 127.0.0.1, port: 4317}
+    auth: {token_file: /var/run/secrets/otel-rl/token}   # or env OTEL_RL_COLLECTOR_TOKEN
+    tls: {cert_file: tls.crt, key_file: tls.key}
+    limits: {max_request_bytes: 8388608, max_decompressed_bytes: 67108864}
+    reduce: {gauge: mean, counter: sum, timeout_s: 5, rules: {"timing/*": max}}
+    tensorboard: {enabled: true, log_dir: /data/runs}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from otel_rl.config import ConfigError, build, env_default, positive
+
+from otel_rl_collector.reduce import OPS
+
+Op = Literal["mean", "max", "min", "sum", "none"]
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def validate(self, path: str) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{path}.port: {self.port} is not a port (0-65535; 0 picks a free one)")
+
+
+@dataclass(frozen=True)
+class ReceiversConfig:
+    http: ReceiverConfig = field(default_factory=lambda: ReceiverConfig(port=4318))
+    grpc: ReceiverConfig = field(default_factory=lambda: ReceiverConfig(port=4317))
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Bearer token: ``token_file`` or env ``OTEL_RL_COLLECTOR_TOKEN``; none means no auth."""
+
+    token_file: Optional[str] = env_default("OTEL_RL_COLLECTOR_TOKEN_FILE", None)
+
+    def token(self) -> str | None:
+        if self.token_file:
+            return Path(self.token_file).read_text().strip() or None
+        return os.environ.get("OTEL_RL_COLLECTOR_TOKEN") or None
+
+    def validate(self, path: str) -> None:
+        if self.token_file and not Path(self.token_file).is_file():
+            raise ConfigError(f"{path}.token_file: {self.token_file!r} is not a readable file")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+
+    def validate(self, path: str) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError(f"{path}: cert_file and key_file go together; set both or neither")
+        for name in ("cert_file", "key_file"):
+            value = getattr(self, name)
+            if value and not Path(value).is_file():
+                raise ConfigError(f"{path}.{name}: {value!r} is not a readable file")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bytes per request (compressed, as sent) and after gzip; sink queue bound in points."""
+
+    max_request_bytes: int = 8 * 2**20
+    max_decompressed_bytes: int = 64 * 2**20
+    max_queue_points: int = 1_000_000
+    #: Answer 503 / UNAVAILABLE (retry later) once a sink queue is this full.
+    overload_fraction: float = 0.9
+
+    def validate(self, path: str) -> None:
+        for name in ("max_request_bytes", "max_decompressed_bytes", "max_queue_points"):
+            positive(f"{path}.{name}", getattr(self, name))
+        if not 0 < self.overload_fraction <= 1:
+            raise ConfigError(f"{path}.overload_fraction: must be in (0, 1], got {self.overload_fraction}")
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    """Per-step reduction across ranks. ``rules`` maps a glob on the metric name to an op;
+    ``timing/*`` defaults to ``max``; other gauges to ``gauge``, counters to ``counter``."""
+
+    gauge: Op = "mean"
+    counter: Op = "sum"
+    timeout_s: float = 5.0
+    rules: dict = field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        positive(f"{path}.timeout_s", self.timeout_s)
+        for pattern, op in self.rules.items():
+            if op not in OPS:
+                raise ConfigError(f"{path}.rules[{pattern!r}]: {op!r} is not allowed; allowed: {', '.join(OPS)}")
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    receivers: ReceiversConfig
+    auth: AuthConfig
+    tls: TlsConfig
+    limits: LimitsConfig
+    reduce: ReduceConfig
+    backends: dict[str, Any]
+
+    def enabled_backends(self) -> dict[str, Any]:
+        return {n: c for n, c in self.backends.items() if getattr(c, "enabled", False)}
+
+
+_SECTIONS = {"auth": AuthConfig, "tls": TlsConfig, "limits": LimitsConfig, "reduce": ReduceConfig}
+
+
+def _receivers(data: Mapping | None) -> ReceiversConfig:
+    data = dict(data or {})
+    unknown = sorted(set(data) - {"http", "grpc"})
+    if unknown:
+        raise ConfigError(f"receivers.{unknown[0]}: unknown receiver; allowed: grpc, http")
+    defaults = ReceiversConfig()
+    return ReceiversConfig(**{
+        name: build(ReceiverConfig, {**dataclasses.asdict(getattr(defaults, name)), **(data.get(name) or {})},
+                    f"receivers.{name}") for name in ("http", "grpc")})
+
+
+def load_collector_config(source: Mapping | str | Path | None = None) -> CollectorConfig:
+    """Build and validate a collector config from a dict or a YAML file path."""
+    from otel_rl.exporters import registry
+
+    if isinstance(source, (str, Path)):
+        import yaml
+
+        try:
+            source = yaml.safe_load(Path(source).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {str(source)!r}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(source)!r}: invalid YAML: {exc}") from exc
+    if source is not None and not isinstance(source, Mapping):
+        raise ConfigError(f"collector config: expected a mapping, got {source!r}")
+    source = dict(source or {})
+    backends = [n for n in registry.names() if n != "otlp"]  # forwarding OTLP onward: use the upstream collector
+    allowed = {"receivers", *_SECTIONS, *backends}
+    unknown = sorted(set(source) - allowed)
+    if unknown:
+        raise ConfigError(f"collector config.{unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}")
+    sections = {name: build(cls, source.get(name), name) for name, cls in _SECTIONS.items()}
+    return CollectorConfig(
+        receivers=_receivers(source.get("receivers")),
+        backends={n: build(registry.config_class(n), source.get(n), n) for n in backends}, **sections)
