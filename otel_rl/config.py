@@ -20,7 +20,7 @@ import time
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 
 class ConfigError(ValueError):
@@ -124,6 +124,8 @@ class PipelineConfig:
 
     - ``run_name``: the run id on every point (env ``OTEL_RL_RUN_NAME``, else ``otel_rl.run.id`` from
       ``OTEL_RESOURCE_ATTRIBUTES``, else ``run-<time>-<pid>``).
+    - ``rank`` / ``world_size``: this process's place in a distributed job (env ``RANK`` /
+      ``WORLD_SIZE``, as torchrun sets them); a collector reduces the ranks' values per step.
     - ``service_name``: OTel ``service.name`` (env ``OTEL_SERVICE_NAME``, default ``otel-rl``);
       ``OTEL_RESOURCE_ATTRIBUTES`` is honored too.
     - ``export_interval_s``: seconds between exports (env ``OTEL_METRIC_EXPORT_INTERVAL``, in ms).
@@ -134,6 +136,8 @@ class PipelineConfig:
     """
 
     run_name: str = env_default("OTEL_RL_RUN_NAME", None)
+    rank: Optional[int] = env_default("RANK", None, int)
+    world_size: Optional[int] = env_default("WORLD_SIZE", None, int)
     service_name: str = env_default("OTEL_SERVICE_NAME", "otel-rl")
     export_interval_s: float = env_default("OTEL_METRIC_EXPORT_INTERVAL", 1.0, float, scale=1e-3)
     cardinality_limit: int = 20_000

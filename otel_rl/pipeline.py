@@ -28,7 +28,7 @@ from otel_rl.delivery import SinkWorker
 from otel_rl.exporters import registry
 from otel_rl.exporters.base import DELTA_TEMPORALITY, RecordExporter
 from otel_rl.exporters.translate import Translator
-from otel_rl.semconv import RUN_ID
+from otel_rl.semconv import RANK, RUN_ID, WORLD_SIZE
 from otel_rl.timing import PhaseTimer
 
 _log = logging.getLogger(__name__)
@@ -115,8 +115,14 @@ class StepReader(MetricReader):
 def resolve_resource(config: Config) -> Resource:
     """Resource from ``OTEL_RESOURCE_ATTRIBUTES``/``OTEL_SERVICE_NAME`` plus the run id."""
     env = OTELResourceDetector().detect().attributes
-    run = config.pipeline.run_name or env.get(RUN_ID) or default_run_name()
-    return Resource.create({"service.name": config.pipeline.service_name, RUN_ID: str(run)})
+    pcfg = config.pipeline
+    run = pcfg.run_name or env.get(RUN_ID) or default_run_name()
+    attributes = {"service.name": pcfg.service_name, RUN_ID: str(run)}
+    if pcfg.rank is not None:
+        attributes[RANK] = pcfg.rank
+    if pcfg.world_size is not None:
+        attributes[WORLD_SIZE] = pcfg.world_size
+    return Resource.create(attributes)
 
 
 class Pipeline:

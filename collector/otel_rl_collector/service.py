@@ -22,8 +22,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 from otel_rl.delivery import SinkWorker
 from otel_rl.exporters import registry
 from otel_rl.exporters.records import Batch
-from otel_rl.exporters.translate import Translator, proto_attributes, run_of
-from otel_rl.semconv import WORLD_SIZE
+from otel_rl.exporters.translate import Translator, proto_attributes, rank_of, run_of
+from otel_rl.semconv import RANK, WORLD_SIZE
 
 from otel_rl_collector import wire
 from otel_rl_collector.config import CollectorConfig, load_collector_config
@@ -163,8 +163,8 @@ class Collector:
         world = {}
         for rm in request.resource_metrics:
             resource = proto_attributes(rm.resource.attributes)
-            size = resource.get(WORLD_SIZE)
-            if isinstance(size, int) and size > 0:
+            size = rank_of({RANK: resource.get(WORLD_SIZE)})  # int or digit string (env)
+            if size > 0:
                 world[run_of(resource)] = size
         with self._translate_lock:
             self._world_size.update(world)

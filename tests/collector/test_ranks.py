@@ -1,0 +1,126 @@
+"""Four trainer processes as four ranks send OTLP to the collector; TensorBoard and a real
+MLflow server show the per-step values reduced across ranks; Prometheus scrapes the result."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from backends import PrometheusServer, free_port, read_mlflow
+from conftest import read_tensorboard
+from otel_rl_collector import create
+from otel_rl_collector.reduce import Reducer
+from otel_rl.exporters.records import HistogramValue, Point
+
+RANK_SCRIPT = """
+import sys, time, otel_rl
+endpoint, steps = sys.argv[1], int(sys.argv[2])
+otel_rl.init({"run_name": "job-4", "export_interval_s": 0.3, "tensorboard": {"enabled": False},
+              "otlp": {"enabled": True, "protocol": "grpc", "endpoint": endpoint}})
+from opentelemetry import metrics
+rank = int(__import__("os").environ["RANK"])
+meter = metrics.get_meter("rank")
+loss, tokens = meter.create_gauge("loss"), meter.create_counter("tokens")
+for step in range(steps):
+    otel_rl.set_step(step)
+    loss.set(step + rank)
+    tokens.add(10 * (rank + 1))
+    with otel_rl.span("rollout"):
+        time.sleep(0.001 * (rank + 1))
+    time.sleep(0.005)
+otel_rl.shutdown()
+"""
+
+
+def test_four_ranks_reduce_per_step_into_tensorboard_mlflow_and_prometheus(tmp_path, mlflow_server):
+    prom_port = free_port()
+    collector = create({
+        "receivers": {"http": {"port": 0}, "grpc": {"port": 0}},
+        "reduce": {"timeout_s": 30},
+        "tensorboard": {"log_dir": str(tmp_path / "tb")},
+        "mlflow": {"enabled": True, "tracking_uri": mlflow_server.url, "experiment": "ranks"},
+        "prometheus": {"enabled": True, "port": prom_port},
+    }).start()
+    steps = 40
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, f"http://127.0.0.1:{collector.grpc_port}",
+                               str(steps)], env={**os.environ, "RANK": str(r), "WORLD_SIZE": "4"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()[-2000:]
+    prometheus = PrometheusServer(tmp_path, [f"127.0.0.1:{prom_port}"]).start()
+    try:
+        result = prometheus.wait_for('loss{run="job-4"}', lambda r: len(r) == 1)
+        assert float(result[0]["value"][1]) == steps - 1 + 1.5  # the last step, mean over ranks
+        assert "step" not in result[0]["metric"] and "rank" not in result[0]["metric"]
+        tokens = prometheus.wait_for("tokens_total", lambda r: len(r) == 1)
+        assert float(tokens[0]["value"][1]) == steps * (10 + 20 + 30 + 40)
+    finally:
+        prometheus.stop()
+        collector.shutdown()
+
+    scalars = read_tensorboard(tmp_path / "tb" / "job-4")["scalars"]
+    assert scalars["loss"] == {s: s + 1.5 for s in range(steps)}  # mean of step + rank
+    assert scalars["tokens"] == {s: 100.0 * (s + 1) for s in range(steps)}  # counters: summed
+    rollout = scalars["timing/rollout"]
+    assert sorted(rollout) == list(range(steps)) and min(rollout.values()) >= 0.004  # max: rank 3 sleeps 4 ms
+    mlflow = read_mlflow(mlflow_server.url, "ranks", "job-4")["scalars"]
+    assert mlflow["loss"] == {s: s + 1.5 for s in range(steps)}
+    metrics = collector.self_metrics()
+    assert metrics["partial_groups"] == 0 and metrics["late_points"] == 0
+    assert metrics["sinks"]["mlflow"]["dropped_points"] == 0
+
+
+def _p(rank, value, step=0, name="loss", kind="gauge"):
+    return Point("r", name, step, value, 1.0, kind, (), rank)
+
+
+def test_reducer_waits_for_all_ranks_then_emits_once():
+    r = Reducer(timeout_s=60)
+    assert r.add([_p(0, 1.0), _p(1, 3.0)], {"r": 3}) == []
+    (out,) = r.add([_p(2, 5.0)], {"r": 3})
+    assert out.value == 3.0 and out.rank == -1
+
+
+@pytest.mark.parametrize("op, expected", [("mean", 2.0), ("max", 3.0), ("min", 1.0), ("sum", 6.0)])
+def test_reduce_ops_from_rules(op, expected):
+    r = Reducer(rules=[("loss", op)], timeout_s=60)
+    (out,) = r.add([_p(0, 1.0), _p(1, 2.0), _p(2, 3.0)], {"r": 3})
+    assert out.value == expected
+
+
+def test_none_keeps_ranks_as_series_and_timing_defaults_to_max():
+    r = Reducer(rules=[("loss", "none")], timeout_s=60)
+    out = r.add([_p(0, 1.0), _p(1, 2.0)], {"r": 2})
+    assert sorted(p.attributes for p in out) == [(("rank", "0"),), (("rank", "1"),)]
+    (t,) = r.add([_p(0, 0.5, name="timing/gen"), _p(1, 0.9, name="timing/gen")], {"r": 2})
+    assert t.value == 0.9
+
+
+def test_timeout_emits_partial_and_late_points_correct_the_step():
+    r = Reducer(timeout_s=1.0)
+    r.add([_p(0, 2.0), _p(1, 4.0)], {"r": 3})
+    assert r.expire() == []  # not yet timed out
+    (partial,) = r.expire(now=time.monotonic() + 2.0)
+    assert partial.value == 3.0 and r.partial_groups == 1  # emitted with the ranks present
+    (late,) = r.add([_p(2, 9.0)], {"r": 3})
+    assert late.value == 5.0 and r.late_points == 1  # corrected mean over all three ranks
+
+
+def test_resent_rank_is_idempotent():
+    r = Reducer(timeout_s=60)
+    r.add([_p(0, 1.0)], {"r": 2})
+    r.add([_p(0, 1.0)], {"r": 2})  # a retry of the same request
+    (out,) = r.add([_p(1, 3.0)], {"r": 2})
+    assert out.value == 2.0
+
+
+def test_histograms_merge_across_ranks():
+    h = lambda c, lo, hi: HistogramValue(c, c * 1.0, lo, hi, ((0.0, 1.0, c),))  # noqa: E731
+    r = Reducer(timeout_s=60)
+    (out,) = r.add([_p(0, h(2, 0.1, 0.9), kind="histogram"), _p(1, h(3, 0.2, 0.8), kind="histogram")], {"r": 2})
+    assert (out.value.count, out.value.min, out.value.max, out.value.buckets) == (5, 0.1, 0.9, ((0.0, 1.0, 5),))
