@@ -49,7 +49,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=1_000_000)
     args = parser.parse_args()
-    print(f"| mode | steps | seconds | RSS first sample MB | RSS max MB | exported | dropped |")
+    print("| mode | steps | seconds | RSS first sample MB | RSS max MB | exported | dropped |")
     print("|---|---|---|---|---|---|---|")
     for mode in ("meter", "logger"):
         with tempfile.TemporaryDirectory() as tmp:

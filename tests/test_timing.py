@@ -23,7 +23,7 @@ def _pipeline(tmp_path, receiver=None, **extra):
 
 
 def test_phases_become_timing_gauges_reduced_per_step(tmp_path):
-    pipeline = _pipeline(tmp_path)
+    _pipeline(tmp_path)
 
     @otel_rl.span("update")
     def update():
