@@ -34,9 +34,10 @@ demo: $(VENV)/.demo
 test: system-deps $(VENV)/.test
 	$(PY) -m pytest -q
 
-# Benchmarks (not timed tests). BENCH_ARGS="--steps 100000" for a quick run.
-bench: $(VENV)/.test
-	$(PY) bench/memory.py $(BENCH_ARGS)
+# Benchmarks (not timed tests): all of bench/ side by side, results in bench/results.md.
+# BENCH_ARGS=--quick for the under-5-minutes mode.
+bench: system-deps $(VENV)/.test
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,157 @@
+"""Collector throughput on one core, and collector RSS under a 10-rank load.
+
+    python bench/collector.py [--seconds 20] [--points-per-request 5000]
+
+Throughput: the collector runs pinned to CPU 0 with the TensorBoard and Prometheus sinks.
+The payload is what the real SDK exporter sends: a MetricsData of 500 steps x 10 gauges
+(step attribute), encoded by the OTel SDK's OTLP encoder; the first request goes through the
+real ``OTLPMetricExporter``, then the same bytes are replayed over one keep-alive HTTP
+connection from CPU 1 (so the client's Python encoding is not what is measured). Reported:
+points/s from the first request until TensorBoard has written every point.
+
+RSS: 10 trainer processes (ranks of one run, world size 10) export through the real SDK
+exporter into a fresh collector; the collector's peak RSS is sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _start_collector(tmp: Path, cpu: int | None) -> tuple[subprocess.Popen, int]:
+    from backends import free_port
+
+    port, prom = free_port(), free_port()
+    (tmp / "c.yaml").write_text(
+        f"receivers:\n  http: {{port: {port}}}\n  grpc: {{enabled: false}}\n"
+        f"limits: {{max_request_bytes: 67108864, max_queue_points: 5000000}}\n"
+        f"tensorboard: {{log_dir: {tmp / 'tb'}}}\nprometheus: {{enabled: true, port: {prom}}}\n")
+    preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    proc = subprocess.Popen([sys.executable, "-m", "otel_rl.cli", "collector", "--config", str(tmp / "c.yaml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=preexec)
+    assert "ready" in proc.stdout.readline()
+    return proc, port
+
+
+def _self_metrics(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        out = {}
+        for line in r.read().decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+        return out
+
+
+def _payload(points: int) -> tuple[object, bytes]:
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    from otel_rl.exporters.base import DELTA_TEMPORALITY
+
+    reader = InMemoryMetricReader(preferred_temporality=DELTA_TEMPORALITY,
+                                  cardinality_limits={c: points for c in DELTA_TEMPORALITY})
+    provider = MeterProvider(resource=Resource.create({"otel_rl.run.id": "tput"}), metric_readers=[reader])
+    gauges = [provider.get_meter("b").create_gauge(f"m{i}") for i in range(10)]
+    for step in range(points // 10):
+        for i, g in enumerate(gauges):
+            g.set(step + i, {"step": step})
+    data = reader.get_metrics_data()
+    return data, encode_metrics(data).SerializeToString()
+
+
+def throughput(seconds: float, points_per_request: int) -> dict:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    os.sched_setaffinity(0, {1 % os.cpu_count()})
+    with tempfile.TemporaryDirectory() as tmpdir:
+        proc, port = _start_collector(Path(tmpdir), cpu=0)
+        try:
+            data, body = _payload(points_per_request)
+            t0 = time.perf_counter()
+            OTLPMetricExporter(endpoint=f"http://127.0.0.1:{port}/v1/metrics").export(data)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            sent, rejected = points_per_request, 0
+            while time.perf_counter() - t0 < seconds:
+                conn.request("POST", "/v1/metrics", body, {"Content-Type": "application/x-protobuf"})
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    sent += points_per_request
+                else:
+                    rejected += 1
+                    time.sleep(0.5)
+            key = 'otel_rl_collector_sink_exported_points{sink="tensorboard"}'
+            while _self_metrics(port).get(key, 0) < sent:
+                time.sleep(0.2)
+            elapsed = time.perf_counter() - t0
+            rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    return {"points": sent, "seconds": elapsed, "points_per_s": sent / elapsed, "busy_replies": rejected,
+            "collector_rss_mb": rss}
+
+
+RANK = """
+import os, sys, otel_rl
+otel_rl.init({"run_name": "ten", "export_interval_s": 0.2, "tensorboard": {"enabled": False},
+              "otlp": {"enabled": True, "endpoint": sys.argv[1]}})
+meter = otel_rl.get_pipeline().get_meter("r")
+gauges = [meter.create_gauge(f"m{i}") for i in range(10)]
+for step in range(int(sys.argv[2])):
+    otel_rl.set_step(step)
+    for i, g in enumerate(gauges):
+        g.set(step * i)
+otel_rl.shutdown()
+"""
+
+
+def ten_ranks(steps: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        proc, port = _start_collector(Path(tmpdir), cpu=None)
+        collector = psutil.Process(proc.pid)
+        base = collector.memory_info().rss
+        ranks = [subprocess.Popen([sys.executable, "-c", RANK, f"http://127.0.0.1:{port}", str(steps)],
+                                  env={**os.environ, "RANK": str(r), "WORLD_SIZE": "10"}) for r in range(10)]
+        peak = base
+        while any(r.poll() is None for r in ranks):
+            peak = max(peak, collector.memory_info().rss)
+            time.sleep(0.1)
+        time.sleep(1.0)
+        metrics = _self_metrics(port)
+        peak = max(peak, collector.memory_info().rss)
+        proc.terminate()
+        proc.wait(60)
+    return {"ranks": 10, "steps": steps, "received_points": metrics["otel_rl_collector_received_points"],
+            "rss_start_mb": base / 2**20, "rss_peak_mb": peak / 2**20}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--points-per-request", type=int, default=5000)
+    parser.add_argument("--rank-steps", type=int, default=2000)
+    args = parser.parse_args()
+    print(json.dumps({"throughput": throughput(args.seconds, args.points_per_request)}))
+    print(json.dumps({"ten_ranks": ten_ranks(args.rank_steps)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

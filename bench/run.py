@@ -1,0 +1,89 @@
+"""All benchmarks in one run, side by side on this machine; writes bench/results.md.
+
+    python bench/run.py            # full (~10 min on 2 cores)
+    python bench/run.py --quick    # under 5 minutes; CI runs it and checks only that it completes
+
+Benchmarks, not timed tests: the targets are reported as ratios against the peers measured in
+the same run, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import hotpath  # noqa: E402
+from bench_common import machine, mlflow_server  # noqa: E402
+
+
+def _hotpath_table(rows: list[dict]) -> list[str]:
+    ok = [r for r in rows if "error" not in r]
+    peers = [r for r in ok if not r["logger"].startswith(("otel-rl", "otel sdk"))]
+    fastest = min(peers, key=lambda r: r["p50_us"]) if peers else None
+    out = ["| logger | p50 µs | p99 µs | mean µs | CPU ms/step (all threads + helpers) | delivered |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['logger']} | error: {r['error'][-120:]!r} | | | | |")
+            continue
+        delivered = ""
+        if r["delivered"]:
+            delivered = ", ".join(f"{k} {v}/{r['expected_per_backend']}" for k, v in r["delivered"].items())
+        out.append(f"| {r['logger']} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['mean_us']:.1f} | "
+                   f"{r['cpu_ms_per_step']:.2f} | {delivered} |")
+    if fastest:
+        for r in ok:
+            if r["logger"].startswith("otel-rl"):
+                out.append(f"\n{r['logger']}: p50 = **{r['p50_us'] / fastest['p50_us']:.3f}x** the fastest peer "
+                           f"({fastest['logger']}, {fastest['p50_us']:.1f} µs); target <= 0.2x.")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(HERE / "results.md"))
+    args = parser.parse_args()
+    steps, mem_steps, seconds, rank_steps = (300, 100_000, 5, 300) if args.quick else (3000, 1_000_000, 20, 2000)
+    started = time.time()
+    lines = [f"# otel-rl benchmarks ({'quick' if args.quick else 'full'} mode)", "",
+             f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}.", ""]
+    with mlflow_server() as url:
+        for gap in (1.0, 0.0):
+            rows = hotpath.run_all(steps, gap, url)
+            lines += [f"## Hot path: 10 scalars per step, {steps} steps, {gap:g} ms compute gap", ""]
+            lines += _hotpath_table(rows) + [""]
+    out = subprocess.run([sys.executable, str(HERE / "collector.py"), "--seconds", str(seconds),
+                          "--rank-steps", str(rank_steps)], capture_output=True, text=True, timeout=1200)
+    results = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    if out.returncode != 0 or len(results) != 2:
+        lines += ["## Collector", "", f"error: {out.stderr[-500:]}", ""]
+    else:
+        t, r = results[0]["throughput"], results[1]["ten_ranks"]
+        lines += ["## Collector", "",
+                  f"- Throughput, collector pinned to 1 core, TensorBoard + Prometheus sinks: "
+                  f"**{t['points_per_s']:,.0f} points/s** ({t['points']:,} points in {t['seconds']:.1f} s, until "
+                  f"TensorBoard wrote the last one; target 200,000/s); collector RSS {t['collector_rss_mb']:.0f} MB.",
+                  f"- 10 ranks x {r['steps']} steps x 10 gauges through the real SDK exporter: "
+                  f"{r['received_points']:,.0f} points received, collector RSS {r['rss_start_mb']:.0f} MB -> "
+                  f"peak {r['rss_peak_mb']:.0f} MB.", ""]
+    mem = subprocess.run([sys.executable, str(HERE / "memory.py"), "--steps", str(mem_steps)],
+                         capture_output=True, text=True, timeout=1800)
+    lines += [f"## Trainer memory over {mem_steps:,} steps (TensorBoard sink)", "",
+              mem.stdout.strip() if mem.returncode == 0 else f"error: {mem.stderr[-500:]}", ""]
+    lines.append(f"Total bench time: {time.time() - started:.0f} s.")
+    text = "\n".join(lines) + "\n"
+    Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
