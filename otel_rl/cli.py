@@ -27,7 +27,11 @@ def _collector(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import os
+
+    level = os.environ.get("OTEL_RL_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from otel_rl_collector import create
     except ImportError as exc:

@@ -1,0 +1,149 @@
+"""The Helm chart, rendered offline with Helm's own library (helm-python-sdk) and validated
+strictly against the Kubernetes schemas (kubernetes-validate); no cluster needed."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "helm"))
+import render_examples  # noqa: E402
+
+helm_python = pytest.importorskip("helm_python")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+CHART = ROOT / "helm" / "otel-rl"
+K8S_VERSION = "1.30.0"
+CRDS = {"ServiceMonitor"}  # not in the core schemas; checked by structure below
+
+
+def render(values: dict | None = None) -> list[dict]:
+    return [d for d in yaml.safe_load_all(render_examples.render(values or {})) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("name", list(render_examples.value_sets()))
+def test_every_manifest_validates_strictly(name):
+    docs = render(render_examples.value_sets()[name])
+    assert docs
+    for doc in docs:
+        if doc["kind"] in CRDS:
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_committed_rendered_examples_are_current():
+    assert render_examples.main.__module__ == "render_examples"
+    stale = [n for n, v in render_examples.value_sets().items()
+             if (CHART / "examples" / f"{n}.yaml").read_text() != render_examples.render(v)]
+    assert not stale, f"run python helm/render_examples.py: {stale}"
+
+
+def test_lint_has_no_errors():
+    for values in render_examples.value_sets().values():
+        report = helm_python.lint(CHART, values, strict=True)
+        assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
+
+
+def test_default_objects_ports_probes_and_security():
+    docs = render()
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "otlp-grpc": 4317, "otlp-http": 4318, "metrics": 9464}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["port"] == "otlp-http"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert deploy["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    assert {p["port"] for p in services["rl-otel-rl"]["spec"]["ports"]} == {4317, 4318, 9464}
+    assert services["rl-otel-rl-headless"]["spec"]["clusterIP"] == "None"
+    assert by_kind(docs, "PersistentVolumeClaim")[0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert by_kind(docs, "PodDisruptionBudget")
+
+
+def test_rendered_collector_config_is_a_valid_collector_config():
+    from otel_rl_collector import load_collector_config
+
+    for values in render_examples.value_sets().values():
+        (cm,) = [d for d in by_kind(render(values), "ConfigMap") if "collector.yaml" in d["data"]]
+        cfg = yaml.safe_load(cm["data"]["collector.yaml"])
+        for section in ("auth", "tls"):  # secret files exist only in the pod
+            cfg.pop(section, None)
+        parsed = load_collector_config(cfg)
+        assert parsed.receivers.http.host == "0.0.0.0" and parsed.receivers.grpc.port == 4317
+
+
+def test_secrets_come_from_existing_secrets_only():
+    values = render_examples.value_sets()["full"]
+    docs = render(values)
+    (deploy,) = by_kind(docs, "Deployment")[:1]
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WANDB_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "wandb-key", "key": "api-key"}
+    assert env["SWANLAB_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "swanlab-key"
+    assert env["MLFLOW_TRACKING_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["auth"]["secret"]["secretName"] == "otel-rl-token"
+    assert volumes["tls"]["secret"]["secretName"] == "otel-rl-tls"
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert not by_kind(docs, "Secret")  # the chart never creates or inlines secrets
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics", "otlp-http"}
+    (tb,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("tensorboard")]
+    assert tb["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
+    configs = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
+    gateway = yaml.safe_load(configs["rl-otel-rl-otelcol-gateway"]["data"]["relay"])
+    assert gateway["exporters"]["loadbalancing"]["resolver"]["dns"]["hostname"] == \
+        "rl-otel-rl-headless.observability.svc.cluster.local"
+    assert "rl-otel-rl-otelcol-agent" in configs
+
+
+def test_statefulset_mode():
+    docs = render(render_examples.value_sets()["statefulset"])
+    (sts,) = by_kind(docs, "StatefulSet")
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["serviceName"] == "rl-otel-rl-headless"
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast-ssd"
+    assert not by_kind(docs, "PersistentVolumeClaim") and not by_kind(docs, "Deployment")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"replicas": 2, "gateway": {"enabled": True}},
+     "[ERROR] replicas: more than one Deployment replica cannot share a ReadWriteOnce volume. Set mode=statefulset"),
+    ({"mode": "statefulset", "replicas": 2},
+     "[ERROR] replicas: several replicas need run-id routing"),
+    ({"tensorboard": {"enabled": True}},
+     "[ERROR] tensorboard.enabled: a second pod can mount the data volume only with ReadWriteMany."),
+    ({"backends": {"wandb": {"enabled": True, "mode": "online"}}},
+     "[ERROR] backends.wandb.existingSecret: online mode needs the API key."),
+    ({"backends": {"mlflow": {"enabled": True}}},
+     "[ERROR] backends.mlflow.trackingUri: must be an http(s) tracking server URI"),
+    ({"metrics": {"serviceMonitor": {"enabled": True}}, "backends": {"prometheus": {"enabled": False}}},
+     "[ERROR] metrics.serviceMonitor.enabled: there is no training-metrics endpoint to scrape."),
+    ({"service": {"httpPort": 4317}}, "[ERROR] service.grpcPort: service.grpcPort, service.httpPort"),
+])
+def test_cross_field_checks_fail_with_a_clear_message(values, message):
+    with pytest.raises(helm_python.HelmError) as err:
+        render(values)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"replicaz": 2}, "replicaz"),
+    ({"backends": {"neptune": {"enabled": True}}}, "neptune"),
+    ({"mode": "daemonset"}, "mode"),
+    ({"persistence": {"size": "lots"}}, "size"),
+])
+def test_schema_rejects_unknown_keys_and_bad_values(values, fragment):
+    with pytest.raises(helm_python.HelmError) as err:
+        render(values)
+    assert fragment in str(err.value)
