@@ -147,3 +147,15 @@ def test_schema_rejects_unknown_keys_and_bad_values(values, fragment):
     with pytest.raises(helm_python.HelmError) as err:
         render(values)
     assert fragment in str(err.value)
+
+
+def test_grafana_dashboard_queries_series_the_sinks_produce():
+    import json
+
+    dash = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert all("step" not in e for e in exprs)
+    for name in ("hw_gpu_utilization", "otel_rl_collector_received_points", "otel_rl_collector_sink_dropped_points",
+                 "tokens_total", "timing_"):
+        assert any(name in e for e in exprs), name
+    assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "run"}
