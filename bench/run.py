@@ -60,6 +60,17 @@ def main() -> int:
             rows = hotpath.run_all(steps, gap, url)
             lines += [f"## Hot path: 10 scalars per step, {steps} steps, {gap:g} ms compute gap", ""]
             lines += _hotpath_table(rows) + [""]
+    lat = subprocess.run([sys.executable, str(HERE / "latency.py"), "--steps", str(min(steps, 300))],
+                         capture_output=True, text=True, timeout=600)
+    lines += ["## Delivery: log call to readable in TensorBoard", "",
+              "Every value of the hot-path runs above was counted in every backend (column *delivered*).", "",
+              "| export interval | steps seen | p50 ms | p99 ms | mean ms |", "|---|---|---|---|---|"]
+    for row in (json.loads(x) for x in lat.stdout.splitlines() if x.startswith("{")):
+        lines.append(f"| {row['export_interval_s']:g} s | {row['seen']}/{row['steps']} | {row['p50_ms']:.0f} | "
+                     f"{row['p99_ms']:.0f} | {row['mean_ms']:.0f} |")
+    if lat.returncode != 0:
+        lines.append(f"error: {lat.stderr[-500:]}")
+    lines.append("")
     out = subprocess.run([sys.executable, str(HERE / "collector.py"), "--seconds", str(seconds),
                           "--rank-steps", str(rank_steps)], capture_output=True, text=True, timeout=1200)
     results = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]

@@ -43,8 +43,12 @@ def check_step(step: object) -> int:
 
 def set_step(step: int) -> None:
     """Set the training step stamped on every point recorded from now on (process-wide)."""
+    set_checked_step(check_step(step))
+
+
+def set_checked_step(step: int) -> None:
+    """:func:`set_step` for a step already validated by :func:`check_step`."""
     global _current_step
-    step = check_step(step)
     if step == _current_step:
         return
     _current_step = step

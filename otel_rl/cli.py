@@ -54,6 +54,16 @@ def _collector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from otel_rl.replay import replay
+
+    try:
+        return replay(args.source, args.to, args.experiment, args.project)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otel-rl", description="OpenTelemetry for RL/LLM training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     coll = sub.add_parser("collector", help="run the collector (OTLP in; ML backends and Prometheus out)")
     coll.add_argument("--config", help="collector YAML (default: all defaults)")
     coll.set_defaults(func=_collector)
+    rep = sub.add_parser("replay", help="send a spool directory or an OTel Collector file-exporter JSONL file "
+                                        "to a backend")
+    rep.add_argument("source", help="<spool_dir>/<sink> directory, or a .jsonl file of OTLP/JSON requests")
+    rep.add_argument("--to", required=True,
+                     help="tensorboard:DIR | mlflow:URI | wandb[:online] | swanlab[:cloud]")
+    rep.add_argument("--experiment", help="MLflow experiment (default: otel-rl)")
+    rep.add_argument("--project", help="W&B / SwanLab project (default: otel-rl)")
+    rep.set_defaults(func=_replay)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -133,6 +133,9 @@ class PipelineConfig:
     - ``flush_every_steps``: export early once this many new steps are pending, so bursts
       stay under ``cardinality_limit``.
     - ``max_queue_points``: per-sink queue bound; past it batches are dropped and counted.
+    - ``spool_dir``: keep each sink's queue in a durable spool under ``<spool_dir>/<sink>``
+      (env ``OTEL_RL_SPOOL_DIR``): a backend outage or a crash loses nothing queued, and a
+      restart replays it; ``spool_max_bytes`` bounds each (full: new batches dropped, counted).
     """
 
     run_name: str = env_default("OTEL_RL_RUN_NAME", None)
@@ -140,13 +143,15 @@ class PipelineConfig:
     world_size: Optional[int] = env_default("WORLD_SIZE", None, int)
     service_name: str = env_default("OTEL_SERVICE_NAME", "otel-rl")
     export_interval_s: float = env_default("OTEL_METRIC_EXPORT_INTERVAL", 1.0, float, scale=1e-3)
+    spool_dir: Optional[str] = env_default("OTEL_RL_SPOOL_DIR", None)
+    spool_max_bytes: int = 1 << 30
     cardinality_limit: int = 20_000
     flush_every_steps: int = 2_000
     max_queue_points: int = 1_000_000
 
     def validate(self, path: str) -> None:
         positive(f"{path}.export_interval_s", self.export_interval_s)
-        for name in ("cardinality_limit", "flush_every_steps", "max_queue_points"):
+        for name in ("cardinality_limit", "flush_every_steps", "max_queue_points", "spool_max_bytes"):
             positive(f"{path}.{name}", getattr(self, name))
         if self.flush_every_steps >= self.cardinality_limit:
             raise ConfigError(f"{path}.flush_every_steps: must be below cardinality_limit "

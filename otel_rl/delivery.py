@@ -34,6 +34,59 @@ class SinkStats:
         return asdict(self)
 
 
+class MemoryQueue:
+    """Batches in memory (the default): lost if the process dies."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._items: deque[Batch] = deque()
+
+    def put(self, batch: Batch) -> bool:
+        self._items.append(batch)
+        return True
+
+    def peek(self):
+        return (self._items[0], None) if self._items else None
+
+    def done(self, token) -> None:
+        self._items.popleft()
+
+    def discard_all(self) -> int:
+        n = sum(len(b) for b in self._items)
+        self._items.clear()
+        return n
+
+
+class SpoolQueue:
+    """Batches in a :class:`~otel_rl.spool.Spool`: durable, replayed in order after a restart."""
+
+    durable = True
+
+    def __init__(self, spool) -> None:
+        self.spool = spool
+        self._cursor = spool.cursor
+        self._head = None
+
+    def put(self, batch: Batch) -> bool:
+        return self.spool.append(batch)
+
+    def peek(self):
+        if self._head is None:
+            self._head = self.spool.read(self._cursor)
+        return self._head
+
+    def done(self, token) -> None:
+        self.spool.ack(token)
+        self._cursor, self._head = token, None
+
+    def discard_all(self) -> int:
+        return 0  # nothing is lost: it stays in the spool for the next start (or `otel-rl replay`)
+
+    def pending_points(self) -> int:
+        return sum(len(b) for b in self.spool)
+
+
 class SinkWorker:
     """Delivers batches to one sink in order, retrying transient failures with exponential backoff.
 
@@ -44,14 +97,18 @@ class SinkWorker:
     """
 
     def __init__(self, sink: RecordExporter, max_queue_points: int, max_retries: int | None = None,
-                 backoff_s: float = 0.25, max_backoff_s: float = 8.0) -> None:
+                 backoff_s: float = 0.25, max_backoff_s: float = 8.0, spool=None) -> None:
         self.sink = sink
         self.stats = SinkStats()
+        self._queue = SpoolQueue(spool) if spool is not None else MemoryQueue()
+        if spool is not None:
+            self.stats.queued_points = self._queue.pending_points()
+            if self.stats.queued_points:
+                _log.info("%s: replaying %d spooled points from %s", sink.name, self.stats.queued_points, spool.dir)
         self._max_queue_points = max_queue_points
         self._max_retries = max_retries
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
-        self._queue: deque[Batch] = deque()
         self._cv = threading.Condition()
         self._busy = False
         self._stopping = False
@@ -59,17 +116,22 @@ class SinkWorker:
         self._thread = threading.Thread(target=self._run, name=f"otel-rl-sink-{sink.name}", daemon=True)
         self._thread.start()
 
+    @property
+    def durable(self) -> bool:
+        return self._queue.durable
+
     def submit(self, batch: Batch) -> bool:
-        """Queue a batch; False (and counted as dropped) when the queue is full or stopped."""
+        """Queue a batch (durably, with a spool); False (and counted as dropped) when the queue
+        is full or stopped."""
         n = len(batch)
         with self._cv:
-            if self._stopping or self.stats.queued_points + n > self._max_queue_points:
+            full = self.stats.queued_points + n > self._max_queue_points
+            if self._stopping or full or not self._queue.put(batch):
                 self.stats.dropped_points += n
                 _log.error("%s: queue full or stopped (%d points queued, limit %d); dropped %d points "
                            "(total dropped %d)", self.sink.name, self.stats.queued_points,
                            self._max_queue_points, n, self.stats.dropped_points)
                 return False
-            self._queue.append(batch)
             self.stats.queued_points += n
             self._cv.notify_all()
         return True
@@ -78,7 +140,7 @@ class SinkWorker:
         """Wait until everything queued so far was delivered or given up; False on timeout."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
-            while self._queue or self._busy:
+            while self._queue.peek() is not None or self._busy:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -92,8 +154,9 @@ class SinkWorker:
             self._stopping = True
             if not drained:
                 self._abandon = True
-                lost = self.stats.queued_points
-                _log.error("%s: shutdown timed out; %d queued points not delivered", self.sink.name, lost)
+                where = "left in the spool for the next start" if self.durable else "not delivered"
+                _log.error("%s: shutdown timed out; %d queued points %s", self.sink.name,
+                           self.stats.queued_points, where)
             self._cv.notify_all()
         self._thread.join(5.0)
         return drained
@@ -101,45 +164,52 @@ class SinkWorker:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._stopping:
+                while self._queue.peek() is None and not self._stopping:
                     self._cv.wait()
-                if not self._queue:
+                head = self._queue.peek()
+                if head is None:
                     return
-                if self._abandon:  # stop() timed out: count what is left as dropped
-                    n = sum(len(b) for b in self._queue)
-                    self._queue.clear()
+                if self._abandon:  # stop() timed out: in memory that is a loss; spooled, it waits
+                    n = self._queue.discard_all()
                     self.stats.queued_points -= n
                     self.stats.dropped_points += n
                     return
-                batch = self._queue.popleft()
+                batch, token = head
                 self._busy = True
+            outcome = "abandon"
             try:
-                delivered = self._deliver(batch)
+                outcome = self._deliver(batch)
             finally:
                 with self._cv:
-                    n = len(batch)
-                    self.stats.queued_points -= n
-                    if delivered:
-                        self.stats.exported_points += n
-                    else:
-                        self.stats.dropped_points += n
+                    if not (outcome == "abandon" and self._queue.durable):  # spooled: it waits
+                        n = len(batch)
+                        self._queue.done(token)
+                        self.stats.queued_points -= n
+                        if outcome == "ok":
+                            self.stats.exported_points += n
+                        else:
+                            self.stats.dropped_points += n
                     self._busy = False
                     self._cv.notify_all()
 
-    def _deliver(self, batch: Batch) -> bool:
+    def _deliver(self, batch: Batch) -> str:
+        """``"ok"``, ``"drop"`` (refused for good, or out of retries) or ``"abandon"`` (stopping)."""
         delay = self._backoff_s
         attempt = 0
         while True:
             outcome = self.sink.try_write(batch)
             if outcome is Outcome.OK:
-                return True
+                return "ok"
             attempt += 1
             self.stats.failed_attempts += 1
             if outcome is Outcome.DROP or (self._max_retries is not None and attempt > self._max_retries):
                 break
             with self._cv:  # sleep, but wake early when stop() gives up waiting
                 if self._cv.wait_for(lambda: self._abandon, timeout=delay):
+                    if self._queue.durable:
+                        _log.warning("%s: stopping; the undelivered batch stays in the spool", self.sink.name)
+                        return "abandon"
                     break
             delay = min(delay * 2, self._max_backoff_s)
         _log.error("%s: dropped a batch of %d points after %d attempts", self.sink.name, len(batch), attempt)
-        return False
+        return "drop"

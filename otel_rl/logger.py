@@ -107,7 +107,7 @@ class Logger:
         step = _step.check_step(step)
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping of name -> value, got {type(metrics).__name__}")
-        _step.set_step(step)
+        _step.set_checked_step(step)
         if len(self._queue) < self._limit:
             self._queue.append((step, prefix, dict(metrics)))
             return
@@ -121,8 +121,9 @@ class Logger:
         flat = {k: _hparam_value(v) for k, v in flatten(params).items() if k}
         self._queue.append((None, "", flat))
 
-    def finish(self) -> None:
-        """Record everything queued, flush every sink and (when owned) shut the pipeline down."""
+    def finish(self, timeout_s: float = 30.0) -> None:
+        """Record everything queued, flush every sink and (when owned) shut the pipeline down,
+        waiting at most ``timeout_s`` for slow sinks (with a spool, what is left stays spooled)."""
         if self._finished:
             return
         self._finished = True
@@ -130,9 +131,9 @@ class Logger:
         self._stop.set()
         self._thread.join()
         if self._owns_pipeline:
-            self.pipeline.shutdown()
+            self.pipeline.shutdown(timeout_s)
         else:
-            self.pipeline.force_flush()
+            self.pipeline.force_flush(timeout_s)
 
     # -- recorder thread ---------------------------------------------------------------
     def _run(self) -> None:

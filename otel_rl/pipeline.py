@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -39,13 +40,24 @@ def active_pipeline() -> "Pipeline | None":
     return _active[-1] if _active else None
 
 
+def open_spool(spool_dir: str | None, sink: str, max_bytes: int, fsync: bool = True):
+    """The durable spool for ``sink`` under ``spool_dir``, or None (in-memory queues)."""
+    if not spool_dir:
+        return None
+    from otel_rl.spool import Spool
+
+    return Spool(Path(spool_dir) / sink, max_bytes=max_bytes, fsync=fsync)
+
+
 class Fanout:
     """Translates each collected ``MetricsData`` once and queues it for every sink."""
 
-    def __init__(self, sinks: list[RecordExporter], max_queue_points: int) -> None:
+    def __init__(self, sinks: list[RecordExporter], max_queue_points: int, spool_dir: str | None = None,
+                 spool_max_bytes: int = 1 << 30) -> None:
         self.translator = Translator()
         self._lock = threading.Lock()
-        self.workers = [SinkWorker(sink, max_queue_points) for sink in sinks]
+        self.workers = [SinkWorker(sink, max_queue_points, spool=open_spool(spool_dir, sink.name, spool_max_bytes))
+                        for sink in sinks]
 
     def export(self, metrics_data) -> None:
         with self._lock:
@@ -150,7 +162,7 @@ class Pipeline:
                 readers.append(PeriodicExportingMetricReader(
                     exporter, export_interval_millis=pcfg.export_interval_s * 1e3,
                     cardinality_limits={cls: pcfg.cardinality_limit for cls in DELTA_TEMPORALITY}))
-        self.fanout = Fanout(sinks, pcfg.max_queue_points)
+        self.fanout = Fanout(sinks, pcfg.max_queue_points, pcfg.spool_dir, pcfg.spool_max_bytes)
         self.reader = StepReader(self.fanout, pcfg.export_interval_s, pcfg.cardinality_limit)
         self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[self.reader, *readers],
                                             shutdown_on_exit=True)

@@ -98,6 +98,19 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class SpoolConfig:
+    """Durable per-sink queues under ``dir/<sink>``: the collector answers an OTLP request with
+    success only once its points are in every sink's spool (fsynced); a restart replays them."""
+
+    dir: Optional[str] = env_default("OTEL_RL_SPOOL_DIR", None)
+    max_bytes: int = 1 << 30
+    fsync: bool = True
+
+    def validate(self, path: str) -> None:
+        positive(f"{path}.max_bytes", self.max_bytes)
+
+
+@dataclass(frozen=True)
 class ReduceConfig:
     """Per-step reduction across ranks. ``rules`` maps a glob on the metric name to an op;
     ``timing/*`` defaults to ``max``; other gauges to ``gauge``, counters to ``counter``."""
@@ -121,13 +134,15 @@ class CollectorConfig:
     tls: TlsConfig
     limits: LimitsConfig
     reduce: ReduceConfig
+    spool: SpoolConfig
     backends: dict[str, Any]
 
     def enabled_backends(self) -> dict[str, Any]:
         return {n: c for n, c in self.backends.items() if getattr(c, "enabled", False)}
 
 
-_SECTIONS = {"auth": AuthConfig, "tls": TlsConfig, "limits": LimitsConfig, "reduce": ReduceConfig}
+_SECTIONS = {"auth": AuthConfig, "tls": TlsConfig, "limits": LimitsConfig, "reduce": ReduceConfig,
+             "spool": SpoolConfig}
 
 
 def _receivers(data: Mapping | None) -> ReceiversConfig:

@@ -59,6 +59,7 @@ class Reducer:
         self.window = window
         self._lock = threading.Lock()
         self._pending: dict[tuple, tuple[float, dict[int, Point]]] = {}
+        self._origins: dict[tuple, int] = {}  # pending group -> first ingress record it came from
         self._emitted: OrderedDict[tuple, dict[int, Point]] = OrderedDict()
         self._ops: dict[tuple[str, str], str] = {}
         self.late_points = 0
@@ -72,8 +73,9 @@ class Reducer:
             self._ops[(name, kind)] = op
         return op
 
-    def add(self, points: Iterable[Point], world_size: dict[str, int]) -> list[Point]:
-        """Take points; return those ready to emit now (pass-through, complete or corrected)."""
+    def add(self, points: Iterable[Point], world_size: dict[str, int], origin: int = 0) -> list[Point]:
+        """Take points; return those ready to emit now (pass-through, complete or corrected).
+        ``origin`` numbers the durable ingress record they came from (see :meth:`oldest_origin`)."""
         ready: list[Point] = []
         now = time.monotonic()
         with self._lock:
@@ -86,10 +88,15 @@ class Reducer:
                     ready.append(Point(p.run, p.name, p.step, p.value, p.time, p.kind,
                                        p.attributes + (("rank", str(p.rank)),)))
                 else:
-                    self._group(p, size, op, now, ready)
+                    self._group(p, size, op, now, ready, origin)
         return ready
 
-    def _group(self, p: Point, size: int, op: str, now: float, ready: list[Point]) -> None:
+    def oldest_origin(self) -> int | None:
+        """The oldest ingress record that still has points waiting in a group (None: none waits)."""
+        with self._lock:
+            return min(self._origins.values(), default=None)
+
+    def _group(self, p: Point, size: int, op: str, now: float, ready: list[Point], origin: int) -> None:
         key = (p.run, p.name, p.kind, p.attributes, p.step)
         emitted = self._emitted.get(key)
         if emitted is not None:  # late: correct the step
@@ -99,9 +106,11 @@ class Reducer:
             ready.append(self._reduced(key, op, emitted))
             return
         first, ranks = self._pending.setdefault(key, (now, {}))
+        self._origins.setdefault(key, origin)
         ranks[p.rank] = p  # a resent rank overwrites: idempotent
         if len(ranks) >= size:
             del self._pending[key]
+            self._origins.pop(key, None)
             ready.append(self._reduced(key, op, ranks))
             self._remember(key, ranks)
 
@@ -124,6 +133,7 @@ class Reducer:
             for key in [k for k, (first, _) in self._pending.items()
                         if everything or now - first >= self.timeout_s]:
                 _, ranks = self._pending.pop(key)
+                self._origins.pop(key, None)
                 self.partial_groups += 1
                 ready.append(self._reduced(key, self.op_for(key[1], key[2]), ranks))
                 self._remember(key, ranks)

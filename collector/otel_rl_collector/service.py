@@ -20,8 +20,9 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 
 from otel_rl.delivery import SinkWorker
+from otel_rl.pipeline import open_spool
 from otel_rl.exporters import registry
-from otel_rl.exporters.records import Batch
+from otel_rl.exporters.records import Batch, RunParams
 from otel_rl.exporters.translate import Translator, proto_attributes, rank_of, run_of
 from otel_rl.semconv import RANK, WORLD_SIZE
 
@@ -30,6 +31,7 @@ from otel_rl_collector.config import CollectorConfig, load_collector_config
 from otel_rl_collector.reduce import Reducer
 
 _log = logging.getLogger(__name__)
+_WORLD = "\x00world"  # ingress records carry the world sizes in a params entry of this run name
 
 
 class RequestError(Exception):
@@ -73,8 +75,18 @@ class Collector:
             if name == "mlflow_traces":
                 self.trace_sink = registry.create_span_exporter(name, cfg)
             else:
-                self.workers.append(SinkWorker(registry.create(name, cfg), limits.max_queue_points))
+                spool = open_spool(config.spool.dir, name, config.spool.max_bytes, config.spool.fsync)
+                self.workers.append(SinkWorker(registry.create(name, cfg), limits.max_queue_points, spool=spool))
         self._world_size: dict[str, int] = {}
+        self.ingress = None
+        if config.spool.dir:
+            from otel_rl.spool import Spool
+
+            # Received, not yet reduced points: durable before the OTLP request is acknowledged.
+            self.ingress = Spool(Path(config.spool.dir) / "_ingress", config.spool.max_bytes,
+                                 fsync=config.spool.fsync)
+            self._ingress_wake = threading.Condition()
+            self._ingress_thread = threading.Thread(target=self._ingress_loop, name="otel-rl-ingress", daemon=True)
         self._receivers: list = []
         self._stop = threading.Event()
         self._expiry = threading.Thread(target=self._expire_loop, name="otel-rl-reduce", daemon=True)
@@ -89,6 +101,8 @@ class Collector:
         if receivers.grpc.enabled:
             self._receivers.append(GrpcReceiver(self, receivers.grpc, self.config.tls).start())
         self._expiry.start()
+        if self.ingress is not None:
+            self._ingress_thread.start()
         _log.info("otel-rl collector: %s -> %s", ", ".join(r.describe() for r in self._receivers),
                   ", ".join(w.sink.name for w in self.workers) or "no sinks")
         return self
@@ -109,7 +123,14 @@ class Collector:
         self._stop.set()
         if self._expiry.is_alive():
             self._expiry.join(5)
+        if self.ingress is not None and self._ingress_thread.is_alive():
+            with self._ingress_wake:
+                self._ingress_wake.notify_all()
+            self._ingress_thread.join(30)
         self._submit(self.reducer.expire(everything=True))
+        if self.ingress is not None:
+            self._ack_ingress()
+            self.ingress.close()
         for worker in self.workers:
             worker.stop(timeout_s)
             worker.sink.shutdown()
@@ -119,6 +140,38 @@ class Collector:
     def _expire_loop(self) -> None:
         while not self._stop.wait(0.2):
             self._submit(self.reducer.expire())
+
+    # -- durable ingress (with a spool): read in order, reduce, spool per sink, then ack -------
+    def _ingress_loop(self) -> None:
+        cursor, record = self.ingress.cursor, 0
+        self._before: dict[int, tuple[int, int]] = {}
+        while True:
+            item = self.ingress.read(cursor)
+            if item is None:
+                self._ack_ingress(cursor)
+                with self._ingress_wake:
+                    if self._stop.is_set():
+                        return
+                    self._ingress_wake.wait(0.2)
+                continue
+            batch, after = item
+            record += 1
+            self._before[record] = cursor
+            world = next((p.params for p in batch.params if p.run == _WORLD), {})
+            params = [p for p in batch.params if p.run != _WORLD]
+            self._submit(self.reducer.add(batch.points, world, origin=record), params)
+            cursor = after
+            self._last = (record, after)
+
+    def _ack_ingress(self, cursor: tuple[int, int] | None = None) -> None:
+        """Checkpoint the ingress up to the oldest record whose points still wait for ranks."""
+        oldest = self.reducer.oldest_origin()
+        before = getattr(self, "_before", {})
+        target = before.get(oldest) if oldest is not None else (cursor or getattr(self, "_last", (0, None))[1])
+        if target is not None and target != self.ingress.cursor:
+            self.ingress.ack(target)
+        for record in [r for r in before if oldest is None or r < oldest]:
+            del before[record]
 
     # -- the request path ---------------------------------------------------------------------
     def check_auth(self, authorization: str | None) -> None:
@@ -151,8 +204,11 @@ class Collector:
         return out
 
     def overloaded(self) -> bool:
-        limit = self.config.limits.max_queue_points * self.config.limits.overload_fraction
-        return any(w.stats.queued_points >= limit for w in self.workers)
+        fraction = self.config.limits.overload_fraction
+        limit = self.config.limits.max_queue_points * fraction
+        spool_limit = self.config.spool.max_bytes * fraction
+        return any(w.stats.queued_points >= limit or (w.durable and w._queue.spool.pending_bytes >= spool_limit)
+                   for w in self.workers)
 
     def ingest_metrics(self, payload: bytes, content_type: str) -> mpb.ExportMetricsServiceResponse:
         self.stats.requests += 1
@@ -169,10 +225,19 @@ class Collector:
         with self._translate_lock:
             self._world_size.update(world)
             batch, rejected, reason = self._translator.translate_proto(request)
-            ready = self.reducer.add(batch.points, self._world_size)
             self.stats.received_points += len(batch.points)
             self.stats.rejected_points += rejected
-        self._submit(ready, batch.params)
+            if self.ingress is None:
+                ready = self.reducer.add(batch.points, self._world_size)
+        if self.ingress is not None:
+            # Durable first, then acknowledged: the ingress thread reduces and spools per sink.
+            world_record = RunParams(_WORLD, dict(self._world_size), 0.0)
+            if not self.ingress.append(Batch(batch.points, [*batch.params, world_record])):
+                raise RequestError(503, "the ingress spool is full; retry later", retry_after_s=5.0)
+            with self._ingress_wake:
+                self._ingress_wake.notify_all()
+        elif not self._submit(ready, batch.params):
+            raise RequestError(503, "a sink could not queue the points; retry later", retry_after_s=2.0)
         response = mpb.ExportMetricsServiceResponse()
         if rejected:
             response.partial_success.rejected_data_points = rejected
@@ -202,12 +267,12 @@ class Collector:
             self.stats.reject("malformed")
             raise RequestError(400, f"malformed OTLP payload: {str(exc)[:300]}") from exc
 
-    def _submit(self, points, params=()) -> None:
+    def _submit(self, points, params=()) -> bool:
+        """Queue a batch on every sink (durably, with a spool); False when a sink refused it."""
         if not points and not params:
-            return
+            return True
         batch = self._translator.finish(Batch(list(points), list(params)))
-        for worker in self.workers:
-            worker.submit(batch)
+        return all([worker.submit(batch) for worker in self.workers])
 
     def self_metrics(self) -> dict:
         s = self.stats

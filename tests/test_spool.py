@@ -1,0 +1,137 @@
+"""The durable spool: order, checkpoints, restart, torn tails, bounds; and a pipeline whose
+backend is unreachable until after a restart loses nothing."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from backends import read_mlflow
+from otel_rl.exporters.records import Batch, HistogramValue, Point, RunParams
+from otel_rl.spool import Spool, decode_batch, encode_batch
+
+
+def _batch(step: int, n: int = 3) -> Batch:
+    return Batch([Point("r", f"m{i}", step, step + i / 10, 1.5, "gauge", (("k", "v"),), 2) for i in range(n)])
+
+
+def test_round_trip_of_every_value_kind():
+    hist = HistogramValue(3, 6.0, math.nan, 4.0, ((-math.inf, 1.0, 1), (1.0, math.inf, 2)))
+    batch = Batch([Point("r", "h", 1, hist, 2.0, "histogram"), Point("r", "x", 2, math.nan, 3.0),
+                   Point("r", "y", 3, -math.inf, 3.0, "counter")], [RunParams("r", {"lr": 0.1, "a": "b"}, 1.0)])
+    back = decode_batch(encode_batch(batch))
+    assert back.params == batch.params
+    assert back.points[0].value.buckets == hist.buckets and math.isnan(back.points[0].value.min)
+    assert math.isnan(back.points[1].value) and back.points[2].value == -math.inf
+
+
+def test_append_read_ack_and_restart_resume_in_order(tmp_path):
+    spool = Spool(tmp_path, segment_bytes=600)  # small segments: several files
+    for step in range(20):
+        assert spool.append(_batch(step))
+    cursor, seen = None, []
+    for _ in range(8):
+        batch, cursor = spool.read(cursor)
+        seen.append(batch.points[0].step)
+    spool.ack(cursor)
+    spool.close()
+    again = Spool(tmp_path, segment_bytes=600)
+    assert [b.points[0].step for b in again] == list(range(8, 20))
+    assert len(list(tmp_path.glob("seg-*.log"))) < 20 // 2  # consumed segments were deleted
+    assert seen == list(range(8))
+
+
+def test_torn_tail_is_cut_and_the_rest_kept(tmp_path):
+    spool = Spool(tmp_path)
+    for step in range(5):
+        spool.append(_batch(step))
+    spool.close()
+    (segment,) = tmp_path.glob("seg-*.log")
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-10])  # a crash in the middle of the last write
+    again = Spool(tmp_path)
+    assert [b.points[0].step for b in again] == [0, 1, 2, 3]
+    assert again.append(_batch(9))
+    assert [b.points[0].step for b in again] == [0, 1, 2, 3, 9]
+
+
+def test_full_spool_refuses_and_keeps_what_it_has(tmp_path):
+    spool = Spool(tmp_path, max_bytes=2000)
+    accepted = sum(spool.append(_batch(step)) for step in range(50))
+    assert 0 < accepted < 50
+    assert [b.points[0].step for b in spool] == list(range(accepted))
+
+
+def test_pipeline_spool_survives_a_process_that_never_reached_its_backend(tmp_path, mlflow_server):
+    """Process 1 logs while MLflow is unreachable and exits; process 2 (same spool) delivers it all."""
+    script = """
+import sys, otel_rl
+uri, spool, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+logger = otel_rl.Logger({"run_name": "spooled", "tensorboard": {"enabled": False}, "spool_dir": spool,
+                         "mlflow": {"enabled": True, "tracking_uri": uri, "experiment": "spool", "timeout_s": 1}})
+for step in range(steps):
+    logger.log_metrics({"loss": step * 0.5}, step=step)
+logger.finish(timeout_s=float(sys.argv[4]))
+"""
+    from backends import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    first = subprocess.run([sys.executable, "-c", script, dead, str(tmp_path / "spool"), "50", "2"],
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "left in the spool" in first.stderr
+    # second process: the server is back (its real URI); nothing new logged, the spool is replayed
+    # against the same run, which the exporter finds again by its otel_rl.run_id tag.
+    replayed = subprocess.run([sys.executable, "-m", "otel_rl.cli", "replay", str(tmp_path / "spool" / "mlflow"),
+                               "--to", f"mlflow:{mlflow_server.url}",
+                               "--experiment", "spool"], capture_output=True, text=True, timeout=120)
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    history = read_mlflow(mlflow_server.url, "spool", "spooled")["scalars"]["loss"]
+    assert history == {s: s * 0.5 for s in range(50)}
+
+
+@pytest.mark.parametrize("bad", [b"\x00\x00\x00\x10garbage", b""])
+def test_corrupt_record_is_an_error_not_silence(tmp_path, bad):
+    spool = Spool(tmp_path)
+    spool.append(_batch(0))
+    spool.append(_batch(1))
+    spool.close()
+    (segment,) = tmp_path.glob("seg-*.log")
+    data = bytearray(segment.read_bytes())
+    data[10] ^= 0xFF  # flip a byte of the first record: its CRC no longer matches
+    segment.write_bytes(bytes(data) + bad)
+    again = Spool(tmp_path)
+    with pytest.raises(ValueError, match="corrupt record"):
+        list(again)
+
+
+def test_replay_an_otel_collector_file_exporter_jsonl(tmp_path):
+    """The upstream Collector's file exporter writes one OTLP/JSON request per line."""
+    import json as _json
+
+    from conftest import ROOT, read_tensorboard
+
+    lines = []
+    for step in range(3):
+        lines.append(_json.dumps({"resourceMetrics": [{
+            "resource": {"attributes": [{"key": "otel_rl.run.id", "value": {"stringValue": "filed"}}]},
+            "scopeMetrics": [{"metrics": [{"name": "loss", "gauge": {"dataPoints": [{
+                "asDouble": step * 1.5, "timeUnixNano": "1700000000000000000",
+                "attributes": [{"key": "step", "value": {"intValue": str(step)}}]}]}}]}]}]}))
+    lines.insert(1, "not json at all")
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "otel_rl.cli", "replay", str(tmp_path / "metrics.jsonl"),
+                           "--to", f"tensorboard:{tmp_path / 'tb'}"], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "metrics.jsonl:2: skipped" in proc.stderr and "replayed 3 batches, 3 points" in proc.stderr
+    assert read_tensorboard(tmp_path / "tb" / "filed")["scalars"]["loss"] == {0: 0.0, 1: 1.5, 2: 3.0}
+
+
+def test_replay_bad_target_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "otel_rl.cli", "replay", str(tmp_path), "--to", "neptune"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown target 'neptune'" in proc.stderr
