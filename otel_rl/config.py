@@ -147,7 +147,7 @@ class PipelineConfig:
     spool_max_bytes: int = 1 << 30
     cardinality_limit: int = 20_000
     flush_every_steps: int = 2_000
-    max_queue_points: int = 1_000_000
+    max_queue_points: int = 100_000
 
     def validate(self, path: str) -> None:
         positive(f"{path}.export_interval_s", self.export_interval_s)

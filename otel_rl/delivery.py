@@ -125,7 +125,8 @@ class SinkWorker:
         is full or stopped."""
         n = len(batch)
         with self._cv:
-            full = self.stats.queued_points + n > self._max_queue_points
+            # in memory, max_queue_points bounds RAM; a spool is bounded by its max_bytes
+            full = not self.durable and self.stats.queued_points + n > self._max_queue_points
             if self._stopping or full or not self._queue.put(batch):
                 self.stats.dropped_points += n
                 _log.error("%s: queue full or stopped (%d points queued, limit %d); dropped %d points "

@@ -207,7 +207,7 @@ class Collector:
         fraction = self.config.limits.overload_fraction
         limit = self.config.limits.max_queue_points * fraction
         spool_limit = self.config.spool.max_bytes * fraction
-        return any(w.stats.queued_points >= limit or (w.durable and w._queue.spool.pending_bytes >= spool_limit)
+        return any(w._queue.spool.pending_bytes >= spool_limit if w.durable else w.stats.queued_points >= limit
                    for w in self.workers)
 
     def ingest_metrics(self, payload: bytes, content_type: str) -> mpb.ExportMetricsServiceResponse:

@@ -198,3 +198,24 @@ def test_swanlab_histograms_become_scalars_and_names_are_trimmed(tmp_path):
     scalars = read_swanlab(tmp_path / "sl", "h")["scalars"]
     assert scalars["lat/mean"] == {0: 3.0} and scalars["lat/count"] == {0: 2.0}
     assert scalars["odd/k:v"] == {0: 1.0}
+
+
+def test_secrets_are_never_logged_or_put_in_run_configs(tmp_path, caplog, monkeypatch):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secret = "sk-otelrl-test-" + "9" * 24
+    key_file = tmp_path / "wandb.key"
+    key_file.write_text(secret + "\n")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    logger = Logger({"run_name": "sec", "tensorboard": {"enabled": False},
+                     "wandb": {**backend_config("wandb", tmp_path), "api_key_file": str(key_file)}})
+    logger.log_hyperparams({"lr": 0.1})
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.finish()
+    run = read_wandb(tmp_path / "wb", "sec")
+    assert secret not in str(run["config"]) and secret not in str(run["rows"])
+    assert all(secret not in r.getMessage() for r in caplog.records)
+    from otel_rl.config import load_config
+
+    assert secret not in repr(load_config({"wandb": {"api_key_file": str(key_file)}}))
