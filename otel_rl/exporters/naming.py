@@ -66,16 +66,20 @@ class NameMapper:
         if backend not in RULES:
             raise ValueError(f"no name rules for backend {backend!r}; known: {sorted(RULES)}")
         self.rules = RULES[backend]
-        self._cache: dict[str, str] = {}
+        self._cache: dict[tuple, str] = {}  # (name, attributes, suffix) -> key: no string building per point
+        self._neutral: dict[str, str] = {}
         self._owner: dict[str, str] = {}
         self.collisions = 0
 
     def key(self, name: str, attributes: tuple[tuple[str, str], ...] = (), suffix: str = "") -> str:
-        neutral = series_key(name, attributes, suffix)
-        mapped = self._cache.get(neutral)
+        mapped = self._cache.get((name, attributes, suffix))
         if mapped is None:
-            mapped = self._map(neutral)
-            self._cache[neutral] = mapped
+            neutral = series_key(name, attributes, suffix)
+            mapped = self._neutral.get(neutral)
+            if mapped is None:
+                mapped = self._neutral[neutral] = self._map(neutral)
+            if len(self._cache) < 1_000_000:
+                self._cache[(name, attributes, suffix)] = mapped
         return mapped
 
     def _map(self, neutral: str) -> str:

@@ -91,6 +91,7 @@ class PrometheusExporter(RecordExporter):
         self.config = config or PrometheusConfig()
         self._series: OrderedDict[tuple, _Series] = OrderedDict()
         self._series_lock = threading.Lock()
+        self._keys: dict[tuple, tuple] = {}
         self.evicted = 0
         exporter = self
 
@@ -126,8 +127,13 @@ class PrometheusExporter(RecordExporter):
                 self._update(p)
 
     def _update(self, p: Point) -> None:
-        key = (metric_name(p.name), p.kind, (("run", p.run),) + tuple(
-            (label_name(k), v) for k, v in p.attributes))
+        raw = (p.name, p.kind, p.run, p.attributes)
+        key = self._keys.get(raw)
+        if key is None:
+            key = (metric_name(p.name), p.kind, (("run", p.run),) + tuple(
+                (label_name(k), v) for k, v in p.attributes))
+            if len(self._keys) < 4 * self.config.max_series:
+                self._keys[raw] = key
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(p.kind)

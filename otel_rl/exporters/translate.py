@@ -189,14 +189,16 @@ class Translator:
             temporality = DELTA if temporality == 1 else CUMULATIVE
         if kind in ("gauge", "sum"):
             point_kind = "gauge" if kind == "gauge" else ("counter" if data.is_monotonic else "sum")
+            fast = kind == "gauge" and metric.name != HPARAMS_METRIC
             for dp in data.data_points:
                 which = dp.WhichOneof("value")
                 if which is None:
                     if not dp.flags & 1:  # FLAG_NO_RECORDED_VALUE: nothing to reject
                         self._reject(1, f"metric {metric.name!r}: data point without a value")
                     continue
-                self.number(batch, run, metric.name, point_kind, temporality, proto_attributes(dp.attributes),
-                            dp.time_unix_nano, getattr(dp, which))
+                if not (fast and self._fast_gauge(batch, run, metric.name, dp, which)):
+                    self.number(batch, run, metric.name, point_kind, temporality,
+                                proto_attributes(dp.attributes), dp.time_unix_nano, getattr(dp, which))
             return
         for dp in data.data_points:
             if kind == "histogram":
@@ -240,6 +242,21 @@ class Translator:
         else:
             self.warn_once(f"kind:{kind}", "metric %r has unsupported data type %s; skipped",
                            metric.name, kind)
+
+    def _fast_gauge(self, batch: Batch, run: str, name: str, dp, which: str) -> bool:
+        """The common collector case, a gauge whose only attribute is an int ``step``, without
+        building attribute dicts (the same result as :meth:`number`); False: take the general path."""
+        attrs = dp.attributes
+        if len(attrs) != 1 or attrs[0].key != STEP_ATTRIBUTE or attrs[0].value.WhichOneof("value") != "int_value":
+            return False
+        step = attrs[0].value.int_value
+        if step < 0:
+            return False
+        if step > self._latest_step.get(run, -1):
+            self._latest_step[run] = step
+        batch.points.append(Point(run, name, step, float(getattr(dp, which)), dp.time_unix_nano / 1e9, "gauge",
+                                  (), self._rank))
+        return True
 
     # -- shared rules ---------------------------------------------------------------------
     def _split(self, run: str, name: str, attributes: Mapping[str, Any] | None):
