@@ -171,6 +171,23 @@ class Config:
         return {name: cfg for name, cfg in self.backends.items() if getattr(cfg, "enabled", False)}
 
 
+def read_mapping(source: "Mapping[str, Any] | str | Path | None", what: str) -> dict:
+    """``source`` as a dict: a mapping as is, a path read as YAML; errors name ``what``."""
+    if isinstance(source, (str, Path)):
+        import yaml
+
+        path = Path(source)
+        try:
+            source = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r}: invalid YAML: {exc}") from exc
+    if source is not None and not isinstance(source, Mapping):
+        raise ConfigError(f"{what}: expected a mapping, a YAML path or a Config, got {source!r}")
+    return dict(source or {})
+
+
 def load_config(source: "Config | Mapping[str, Any] | str | Path | None" = None) -> Config:
     """Build a :class:`Config` from a dict, a YAML file path, or nothing (all defaults).
 
@@ -183,19 +200,7 @@ def load_config(source: "Config | Mapping[str, Any] | str | Path | None" = None)
 
     if isinstance(source, Config):
         return source
-    if isinstance(source, (str, Path)):
-        import yaml
-
-        path = Path(source)
-        try:
-            source = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"config file {str(path)!r}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r}: invalid YAML: {exc}") from exc
-    if source is not None and not isinstance(source, Mapping):
-        raise ConfigError(f"config: expected a mapping, a YAML path or a Config, got {source!r}")
-    source = dict(source or {})
+    source = read_mapping(source, "config")
     known = registry.names()
     pipeline_fields = {f.name for f in dataclasses.fields(PipelineConfig)}
     unknown = sorted(set(source) - pipeline_fields - set(known) - set(source_classes))

@@ -20,6 +20,17 @@ from conftest import read_hparams, read_tensorboard
 BACKENDS = ("tensorboard", "wandb", "swanlab", "mlflow")
 
 
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """End a process this test started (by its handle): terminate, then kill after 20 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,13 +67,7 @@ class MlflowServer:
         raise RuntimeError("mlflow server did not come up")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 
@@ -118,13 +123,7 @@ class PrometheusServer:
         raise AssertionError(f"{promql}: condition not met in {timeout_s}s; last result {result}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 

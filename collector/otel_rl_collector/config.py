@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from otel_rl.config import ConfigError, build, env_default, positive
+from otel_rl.config import ConfigError, build, env_default, positive, read_mapping
 
 from otel_rl_collector.reduce import OPS
 
@@ -160,18 +160,7 @@ def load_collector_config(source: Mapping | str | Path | None = None) -> Collect
     """Build and validate a collector config from a dict or a YAML file path."""
     from otel_rl.exporters import registry
 
-    if isinstance(source, (str, Path)):
-        import yaml
-
-        try:
-            source = yaml.safe_load(Path(source).read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"config file {str(source)!r}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(source)!r}: invalid YAML: {exc}") from exc
-    if source is not None and not isinstance(source, Mapping):
-        raise ConfigError(f"collector config: expected a mapping, got {source!r}")
-    source = dict(source or {})
+    source = read_mapping(source, "collector config")
     backends = [n for n in registry.names() if n != "otlp"]  # forwarding OTLP onward: use the upstream collector
     allowed = {"receivers", *_SECTIONS, *backends}
     unknown = sorted(set(source) - allowed)
