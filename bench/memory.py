@@ -1,4 +1,6 @@
-"""Trainer-process RSS over N steps (default 1,000,000), for the meter API and the Logger.
+"""Trainer-process RSS over N steps (default 1,000,000): the meter API, the Logger, and the
+meter API with a slow sink (the real TensorBoard sink delayed 0.3 s per export), once with the
+in-memory queue (bounded; excess dropped and counted) and once with a spool (nothing dropped).
 
     python bench/memory.py [--steps N]
 
@@ -19,7 +21,15 @@ import json, sys, time
 import psutil
 import otel_rl
 steps, mode, log_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-pipeline = otel_rl.Pipeline({"run_name": "mem", "tensorboard": {"log_dir": log_dir}})
+extra = {"spool_dir": log_dir + "/spool"} if mode == "slow+spool" else {}
+pipeline = otel_rl.Pipeline({"run_name": "mem", "tensorboard": {"log_dir": log_dir}, **extra})
+if mode.startswith("slow"):
+    sink = pipeline.sinks[0]
+    real_write = sink.write
+    def slow_write(batch):
+        time.sleep(0.3)
+        real_write(batch)
+    sink.write = slow_write
 proc = psutil.Process()
 samples = []
 t0 = time.perf_counter()
@@ -37,7 +47,7 @@ else:
         loss.set(s * 0.1)
         if s % 100_000 == 0:
             samples.append(proc.memory_info().rss)
-pipeline.shutdown()
+pipeline.shutdown(timeout_s=5 if mode == "slow" else 600)
 stats = pipeline.stats()["tensorboard"]
 print(json.dumps({"mode": mode, "seconds": time.perf_counter() - t0, "rss_mb": [x / 2**20 for x in samples],
                   "final_mb": proc.memory_info().rss / 2**20, "exported": stats["exported_points"],
@@ -51,7 +61,7 @@ def main() -> int:
     args = parser.parse_args()
     print("| mode | steps | seconds | RSS first sample MB | RSS max MB | exported | dropped |")
     print("|---|---|---|---|---|---|---|")
-    for mode in ("meter", "logger"):
+    for mode in ("meter", "logger", "slow", "slow+spool"):
         with tempfile.TemporaryDirectory() as tmp:
             out = subprocess.run([sys.executable, "-c", CHILD, str(args.steps), mode, tmp],
                                  capture_output=True, text=True, check=True)

@@ -129,14 +129,16 @@ def test_training_thread_only_enqueues(tmp_path):
 
     sink.write = slow_write  # a real TensorBoard sink made slow, not a fake backend
     try:
-        worst = 0.0
+        durations = []
         for step in range(2000):
             t0 = time.perf_counter()
             logger.log_metrics({"a": step, "b": step, "c": step}, step=step)
-            worst = max(worst, time.perf_counter() - t0)
+            durations.append(time.perf_counter() - t0)
             if step % 200 == 0:
                 time.sleep(0.06)  # let collections happen while the sink is stuck
-        assert worst < 0.05, worst
+        durations.sort()
+        # a stuck sink (10 s) never shows up here; only GIL/GC noise of a busy machine can
+        assert durations[len(durations) // 2] < 0.001 and durations[-1] < 0.5, (durations[1000], durations[-1])
     finally:
         gate.set()
         logger.finish()
