@@ -218,13 +218,15 @@ def _wandb_records(run_dir: str) -> list[dict]:
 
 
 def read_wandb(wandb_dir: Path, run: str) -> dict:
-    """History rows and config of the offline run named ``run``, via `wandb leet inspect --json`."""
+    """History rows and config of the offline run named ``run`` (every offline directory of it:
+    a resumed run has one per process), via `wandb leet inspect --json`."""
+    scalars, config, rows, found = {}, {}, [], False
     for run_dir in sorted(glob.glob(str(wandb_dir / "wandb" / "offline-run-*"))):
         records = _wandb_records(run_dir)
         header = next(r for r in records if r["type"] == "run")
         if header["run"].get("display_name") != run:
             continue
-        scalars, config, rows = {}, {}, []
+        found = True
         for r in records:
             if r["type"] == "history":
                 item = r["history"]["item"]
@@ -237,8 +239,9 @@ def read_wandb(wandb_dir: Path, run: str) -> dict:
             elif r["type"] in ("run", "config"):
                 update = (r[r["type"]].get("config") or r[r["type"]]).get("update", {})
                 config.update({k: v for k, v in update.items() if k != "_wandb"})
-        return {"scalars": scalars, "config": config, "rows": rows}
-    raise FileNotFoundError(f"no offline W&B run named {run!r} under {wandb_dir}")
+    if not found:
+        raise FileNotFoundError(f"no offline W&B run named {run!r} under {wandb_dir}")
+    return {"scalars": scalars, "config": config, "rows": rows}
 
 
 def read_swanlab(logdir: Path, run: str) -> dict:

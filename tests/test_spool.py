@@ -3,6 +3,7 @@ backend is unreachable until after a restart loses nothing."""
 
 from __future__ import annotations
 
+import ast
 import math
 import subprocess
 import sys
@@ -135,3 +136,39 @@ def test_replay_bad_target_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "otel_rl.cli", "replay", str(tmp_path), "--to", "neptune"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown target 'neptune'" in proc.stderr
+
+
+def test_batches_replayed_after_a_crash_are_not_duplicated_in_wandb_or_mlflow(tmp_path, mlflow_server):
+    """Process 1 delivers everything; the spool checkpoints are then lost (as in a crash right
+    after the writes); process 2 replays every batch. W&B (resumed run, fingerprint journal) and
+    MLflow (identical rows) each keep one value per (metric, step)."""
+    from collections import Counter
+
+    from backends import read_wandb
+
+    script = """
+import sys, otel_rl
+logger = otel_rl.Logger({"run_name": "idem", "tensorboard": {"enabled": False}, "spool_dir": sys.argv[1],
+                         "export_interval_s": 0.2,
+                         "wandb": {"enabled": True, "mode": "offline", "dir": sys.argv[2], "project": "t"},
+                         "mlflow": {"enabled": True, "tracking_uri": sys.argv[3], "experiment": "idem"}})
+for step in range(int(sys.argv[4])):
+    logger.log_metrics({"loss": step / 4}, step=step)
+logger.finish()
+print({k: v["exported_points"] for k, v in logger.pipeline.stats().items() if isinstance(v, dict)})
+"""
+    spool, wb = tmp_path / "spool", tmp_path / "wb"
+    for steps in (30, 0):  # the second process logs nothing new: it only replays
+        proc = subprocess.run([sys.executable, "-c", script, str(spool), str(wb), mlflow_server.url, str(steps)],
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        exported = ast.literal_eval(proc.stdout.strip().splitlines()[-1])  # {"wandb": n, "mlflow": n}
+        assert exported["wandb"] >= 30 and exported["mlflow"] >= 30, exported  # the second one: all replayed
+        if steps:
+            for checkpoint in spool.glob("*/checkpoint.json"):
+                checkpoint.unlink()  # lose the progress: everything is offered again
+    rows = read_wandb(wb, "idem")["rows"]
+    per_step = Counter(r["otel_rl/step"] for r in rows if "loss" in r)
+    assert sorted(per_step) == list(range(30)) and set(per_step.values()) == {1}, per_step
+    history = read_mlflow(mlflow_server.url, "idem", "idem")["scalars"]["loss"]
+    assert history == {s: s / 4 for s in range(30)}  # no "duplicates" key: one row per step

@@ -7,6 +7,10 @@ metric ``otel_rl/step``, declared as the x-axis of every key (``define_metric``)
 W&B's own ``_step`` then just counts calls, so a step lower than an earlier one is
 stored like any other and charts place it at its step.
 
+Restarts: the W&B run id is derived from the otel-rl run (``resume="allow"``), so a restarted
+trainer or collector continues the same run; a batch replayed from a spool that was already
+written is recognized by its fingerprint and skipped (W&B cannot overwrite history rows).
+
 Values: histograms become ``wandb.Histogram`` (at most 512 bins), hyperparameters
 go into the run config. Mode ``offline`` needs no key and no network; ``online``
 needs ``WANDB_API_KEY`` (env) or ``api_key_file``. The key is never logged or put
@@ -15,8 +19,11 @@ in the run config.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -63,6 +70,47 @@ class WandbConfig:
             raise ConfigError(f"{path}.api_key_file: {self.api_key_file!r} is not a readable file")
 
 
+def wandb_run_id(run: str) -> str:
+    """A stable W&B run id for an otel-rl run, so a restarted process resumes the same W&B run
+    (ids: letters, digits, ``-``, ``_``; at most 64 characters)."""
+    clean = re.sub(r"[^A-Za-z0-9_-]", "-", run)
+    if clean == run and len(run) <= 64:
+        return run
+    return clean[:55] + "-" + hashlib.blake2s(run.encode(), digest_size=4).hexdigest()
+
+
+class _Journal:
+    """Fingerprints of the last batches written to a W&B run, kept on disk next to the run files.
+
+    W&B history rows cannot be overwritten, so a batch replayed from a spool after a crash (written,
+    but the spool checkpoint had not moved yet) is recognized and skipped. Only batches after the
+    checkpoint can be replayed, so the last 1,000 fingerprints are plenty.
+    """
+
+    LIMIT = 1000
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._seen = list(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            self._seen = []
+        self._set = set(self._seen)
+
+    def __contains__(self, fingerprint: str) -> bool:
+        return fingerprint in self._set
+
+    def add(self, fingerprint: str) -> None:
+        self._seen.append(fingerprint)
+        self._set.add(fingerprint)
+        if len(self._seen) > self.LIMIT:
+            self._set.discard(self._seen.pop(0))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._seen))
+        os.replace(tmp, self.path)
+
+
 def histogram_arrays(hist: HistogramValue) -> tuple[list[int], list[float]] | None:
     """Contiguous (counts, edges) for ``np_histogram``; gaps become empty bins; None if empty."""
     buckets = hist.finite_buckets()
@@ -92,6 +140,7 @@ class WandbExporter(RecordExporter):
         self.config = config or WandbConfig()
         self._names = NameMapper("wandb")
         self._runs: dict[str, Any] = {}
+        self._journals: dict[str, _Journal] = {}
 
     def run_dir(self, run: str) -> str:
         active = self._runs.get(run)
@@ -112,10 +161,12 @@ class WandbExporter(RecordExporter):
         # which resolves a relative dir against its own working directory, not ours.
         run_root = Path(cfg.dir).resolve()
         run_root.mkdir(parents=True, exist_ok=True)
+        run_id = wandb_run_id(run)
+        self._journals[run] = _Journal(run_root / "wandb" / f"otel-rl-written-{run_id}.json")
         try:
             active = wandb.init(
-                project=cfg.project, entity=cfg.entity, name=run, group=cfg.group, mode=cfg.mode,
-                dir=str(run_root), reinit="create_new",
+                project=cfg.project, entity=cfg.entity, name=run, id=run_id, resume="allow", group=cfg.group,
+                mode=cfg.mode, dir=str(run_root), reinit="create_new",
                 settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
                                         x_save_requirements=False, save_code=False))
         except wandb.errors.UsageError as exc:  # e.g. online without a key
@@ -126,10 +177,21 @@ class WandbExporter(RecordExporter):
         return active
 
     def write(self, batch: Batch) -> None:
+        from otel_rl.spool import encode_batch
+
+        for run in batch.runs():
+            self._run(run)
+        fingerprint = hashlib.blake2b(encode_batch(batch), digest_size=16).hexdigest()
+        runs = batch.runs()
+        if runs and all(fingerprint in self._journals[r] for r in runs):
+            _log.info("wandb: batch already written before a restart (replayed from a spool); skipped")
+            return
         for params in batch.params:
             self._run(params.run).config.update(params.params, allow_val_change=True)
         for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
             self._run(run).log(self._row(step, points), commit=True)
+        for run in runs:
+            self._journals[run].add(fingerprint)
 
     def _row(self, step: int, points) -> dict[str, Any]:
         row: dict[str, Any] = {STEP_METRIC: step}
