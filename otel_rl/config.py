@@ -109,6 +109,12 @@ def build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
     return obj
 
 
+def readable_file(path: str, value: str | None) -> None:
+    """Config check for a file option (secrets, certificates): set means it must exist."""
+    if value and not Path(value).is_file():
+        raise ConfigError(f"{path}: {value!r} is not a readable file")
+
+
 def positive(path: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{path}: must be > 0, got {value!r}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from otel_rl.config import ConfigError, build, env_default, positive, read_mapping
+from otel_rl.config import ConfigError, build, env_default, positive, read_mapping, readable_file
 
 from otel_rl_collector.reduce import OPS
 
@@ -58,8 +58,7 @@ class AuthConfig:
         return os.environ.get("OTEL_RL_COLLECTOR_TOKEN") or None
 
     def validate(self, path: str) -> None:
-        if self.token_file and not Path(self.token_file).is_file():
-            raise ConfigError(f"{path}.token_file: {self.token_file!r} is not a readable file")
+        readable_file(f"{path}.token_file", self.token_file)
 
 
 @dataclass(frozen=True)
@@ -71,9 +70,7 @@ class TlsConfig:
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError(f"{path}: cert_file and key_file go together; set both or neither")
         for name in ("cert_file", "key_file"):
-            value = getattr(self, name)
-            if value and not Path(value).is_file():
-                raise ConfigError(f"{path}.{name}: {value!r} is not a readable file")
+            readable_file(f"{path}.{name}", getattr(self, name))
 
     @property
     def enabled(self) -> bool:

@@ -26,7 +26,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from otel_rl.config import ConfigError, env_default
+from otel_rl.config import ConfigError, env_default, readable_file
 from otel_rl.exporters.base import PermanentError, RecordExporter, require
 from otel_rl.exporters.naming import NameMapper
 from otel_rl.exporters.records import Batch, scalar_items
@@ -53,8 +53,7 @@ class SwanlabConfig:
         if self.mode not in ("cloud", "offline", "local", "disabled"):
             raise ConfigError(f"{path}.mode: {self.mode!r} is not allowed; allowed: 'cloud', 'offline', "
                               "'local', 'disabled'")
-        if self.api_key_file is not None and not Path(self.api_key_file).is_file():
-            raise ConfigError(f"{path}.api_key_file: {self.api_key_file!r} is not a readable file")
+        readable_file(f"{path}.api_key_file", self.api_key_file)
 
 
 class SwanlabExporter(RecordExporter):
