@@ -120,6 +120,11 @@ class SinkWorker:
     def durable(self) -> bool:
         return self._queue.durable
 
+    @property
+    def spooled_bytes(self) -> int:
+        """Bytes waiting in the spool (0 for an in-memory queue)."""
+        return self._queue.spool.pending_bytes if self.durable else 0
+
     def submit(self, batch: Batch) -> bool:
         """Queue a batch (durably, with a spool); False (and counted as dropped) when the queue
         is full or stopped."""

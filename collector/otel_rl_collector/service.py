@@ -86,6 +86,8 @@ class Collector:
             self.ingress = Spool(Path(config.spool.dir) / "_ingress", config.spool.max_bytes,
                                  fsync=config.spool.fsync)
             self._ingress_wake = threading.Condition()
+            self._ingress_read = self.ingress.cursor  # where the ingress thread reads next
+            self._ingress_before: dict[int, tuple[int, int]] = {}  # record number -> its start
             self._ingress_thread = threading.Thread(target=self._ingress_loop, name="otel-rl-ingress", daemon=True)
         self._receivers: list = []
         self._stop = threading.Event()
@@ -143,12 +145,11 @@ class Collector:
 
     # -- durable ingress (with a spool): read in order, reduce, spool per sink, then ack -------
     def _ingress_loop(self) -> None:
-        cursor, record = self.ingress.cursor, 0
-        self._before: dict[int, tuple[int, int]] = {}
+        record = 0
         while True:
-            item = self.ingress.read(cursor)
+            item = self.ingress.read(self._ingress_read)
             if item is None:
-                self._ack_ingress(cursor)
+                self._ack_ingress()
                 with self._ingress_wake:
                     if self._stop.is_set():
                         return
@@ -156,19 +157,18 @@ class Collector:
                 continue
             batch, after = item
             record += 1
-            self._before[record] = cursor
+            self._ingress_before[record] = self._ingress_read
             world = next((p.params for p in batch.params if p.run == _WORLD), {})
             params = [p for p in batch.params if p.run != _WORLD]
             self._submit(self.reducer.add(batch.points, world, origin=record), params)
-            cursor = after
-            self._last = (record, after)
+            self._ingress_read = after
 
-    def _ack_ingress(self, cursor: tuple[int, int] | None = None) -> None:
+    def _ack_ingress(self) -> None:
         """Checkpoint the ingress up to the oldest record whose points still wait for ranks."""
         oldest = self.reducer.oldest_origin()
-        before = getattr(self, "_before", {})
-        target = before.get(oldest) if oldest is not None else (cursor or getattr(self, "_last", (0, None))[1])
-        if target is not None and target != self.ingress.cursor:
+        before = self._ingress_before
+        target = before[oldest] if oldest is not None else self._ingress_read
+        if target != self.ingress.cursor:
             self.ingress.ack(target)
         for record in [r for r in before if oldest is None or r < oldest]:
             del before[record]
@@ -207,7 +207,7 @@ class Collector:
         fraction = self.config.limits.overload_fraction
         limit = self.config.limits.max_queue_points * fraction
         spool_limit = self.config.spool.max_bytes * fraction
-        return any(w._queue.spool.pending_bytes >= spool_limit if w.durable else w.stats.queued_points >= limit
+        return any(w.spooled_bytes >= spool_limit if w.durable else w.stats.queued_points >= limit
                    for w in self.workers)
 
     def ingest_metrics(self, payload: bytes, content_type: str) -> mpb.ExportMetricsServiceResponse:

@@ -178,10 +178,10 @@ class WandbExporter(RecordExporter):
     def write(self, batch: Batch) -> None:
         from otel_rl.spool import encode_batch
 
-        for run in batch.runs():
-            self._run(run)
-        fingerprint = hashlib.blake2b(encode_batch(batch), digest_size=16).hexdigest()
         runs = batch.runs()
+        for run in runs:
+            self._run(run)  # opens the run and its journal
+        fingerprint = hashlib.blake2b(encode_batch(batch), digest_size=16).hexdigest()
         if runs and all(fingerprint in self._journals[r] for r in runs):
             _log.info("wandb: batch already written before a restart (replayed from a spool); skipped")
             return
