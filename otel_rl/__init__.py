@@ -74,10 +74,14 @@ def get_pipeline() -> Pipeline | None:
     return _active
 
 
-def shutdown(timeout_s: float = 30.0) -> None:
-    """Flush and close the pipeline built by :func:`init` (also runs at interpreter exit)."""
+def shutdown(timeout_s: float = 30.0, status: str | None = None) -> bool:
+    """Flush and close the pipeline built by :func:`init`, returning within ``timeout_s``
+    (+ a little) whatever the backends do; ``status`` (``success``, ``failed``, ``killed``;
+    default: ``failed`` after an uncaught exception) is the run's final state in the backends.
+    Runs at interpreter exit for every pipeline not shut down. True when everything was delivered."""
     global _active
     with _lock:
         pipeline, _active = _active, None
-    if pipeline is not None:
-        pipeline.shutdown(timeout_s)
+    if pipeline is None:
+        return True
+    return pipeline.shutdown(timeout_s, status)

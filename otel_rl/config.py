@@ -142,6 +142,9 @@ class PipelineConfig:
     - ``spool_dir``: keep each sink's queue in a durable spool under ``<spool_dir>/<sink>``
       (env ``OTEL_RL_SPOOL_DIR``): a backend outage or a crash loses nothing queued, and a
       restart replays it; ``spool_max_bytes`` bounds each (full: new batches dropped, counted).
+      With a rank set, each rank gets ``<spool_dir>/rank-<n>/``; a directory is locked by the
+      process using it.
+    - ``shutdown_timeout_s``: the deadline for the shutdown that runs at interpreter exit.
     """
 
     run_name: str = env_default("OTEL_RL_RUN_NAME", None)
@@ -154,9 +157,11 @@ class PipelineConfig:
     cardinality_limit: int = 20_000
     flush_every_steps: int = 2_000
     max_queue_points: int = 100_000
+    shutdown_timeout_s: float = 30.0
 
     def validate(self, path: str) -> None:
         positive(f"{path}.export_interval_s", self.export_interval_s)
+        positive(f"{path}.shutdown_timeout_s", self.shutdown_timeout_s)
         for name in ("cardinality_limit", "flush_every_steps", "max_queue_points", "spool_max_bytes"):
             positive(f"{path}.{name}", getattr(self, name))
         if self.flush_every_steps >= self.cardinality_limit:

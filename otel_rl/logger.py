@@ -95,6 +95,8 @@ class Logger:
         self._warned: set[str] = set()
         self._create_lock = threading.Lock()
         self.inline_calls = 0
+        #: Calls made after :meth:`finish` (not recorded; warned once).
+        self.calls_after_finish = 0
         self._stop = threading.Event()
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="otel-rl-recorder", daemon=True)
@@ -104,6 +106,9 @@ class Logger:
     # -- training thread ---------------------------------------------------------------
     def log_metrics(self, metrics: Mapping[str, Any], step: int, prefix: str = "") -> None:
         """Record every value of ``metrics`` at ``step``. Never blocks on a backend."""
+        if self._finished:
+            self._after_finish("log_metrics")
+            return
         step = _step.check_step(step)
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping of name -> value, got {type(metrics).__name__}")
@@ -118,6 +123,9 @@ class Logger:
 
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         """Record the run's hyperparameters (nested dicts flattened with ``/``)."""
+        if self._finished:
+            self._after_finish("log_hyperparams")
+            return
         flat = {k: _hparam_value(v) for k, v in flatten(params).items() if k}
         self._queue.append((None, "", flat))
 
@@ -134,6 +142,11 @@ class Logger:
             self.pipeline.shutdown(timeout_s)
         else:
             self.pipeline.force_flush(timeout_s)
+
+    def _after_finish(self, method: str) -> None:
+        self.calls_after_finish += 1
+        self._warn("finished", "Logger.%s after finish(): the pipeline is closed, nothing is recorded "
+                   "(counted in Logger.calls_after_finish; create a new Logger for a new run)", method)
 
     # -- recorder thread ---------------------------------------------------------------
     def _run(self) -> None:

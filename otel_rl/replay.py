@@ -21,7 +21,7 @@ from pathlib import Path
 
 from otel_rl.config import ConfigError, load_config
 from otel_rl.exporters import registry
-from otel_rl.exporters.base import Outcome
+from otel_rl.exporters.base import Verdict, classify
 
 TARGETS = ("tensorboard", "mlflow", "wandb", "swanlab")
 
@@ -69,9 +69,10 @@ def _otlp_jsonl(path: Path):
     from google.protobuf import json_format
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 
-    from otel_rl.exporters.translate import Translator
+    from otel_rl.exporters.accumulate import Stream
+    from otel_rl.exporters.translate import translate_proto
 
-    translator = Translator()
+    stream = Stream()
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -82,8 +83,7 @@ def _otlp_jsonl(path: Path):
             except (ValueError, json_format.ParseError) as exc:
                 print(f"\n{path}:{number}: skipped, not an OTLP/JSON metrics request: {exc}", file=sys.stderr)
                 continue
-            batch, _, _ = translator.translate_proto(request)
-            yield batch, None
+            yield stream.admit(translate_proto(request).batch), None
 
 
 def replay(source: str, target: str, experiment: str | None = None, project: str | None = None) -> int:
@@ -97,12 +97,18 @@ def replay(source: str, target: str, experiment: str | None = None, project: str
     done = points = 0
     try:
         for batch, token in items:
-            while (outcome := exporter.try_write(batch)) is Outcome.RETRY:
-                print(f"\n{kind}: not reachable; retrying in 2 s (Ctrl-C stops; progress is kept)", file=sys.stderr)
-                time.sleep(2)
-            if outcome is Outcome.DROP:
-                print(f"\n{kind}: refused a batch of {len(batch)} points (see the log); stopping", file=sys.stderr)
-                return 1
+            while True:
+                try:
+                    exporter.write_batch(batch)
+                    break
+                except Exception as exc:
+                    if classify(exc) is not Verdict.TRANSIENT:
+                        print(f"\n{kind}: refused a batch of {len(batch)} points ({exc}); stopping",
+                              file=sys.stderr)
+                        return 1
+                    print(f"\n{kind}: not reachable ({exc}); retrying in 2 s (Ctrl-C stops; progress is kept)",
+                          file=sys.stderr)
+                    time.sleep(2)
             if token is not None:
                 ack(token)
             done += 1

@@ -9,20 +9,30 @@ acknowledged batch is neither lost nor delivered twice by the spool (at most the
 flight at a crash is offered again; sinks make that idempotent per (run, metric, step)).
 
 A torn record at the end of the last segment (a crash mid-write) is detected by its length and
-checksum, logged and cut off. Fully consumed segments are deleted. ``max_bytes`` bounds the
-spool: :meth:`append` returns False when the batch does not fit, and the caller applies its
-policy (the collector answers 503 so the sender retries; the in-process pipeline drops the
-batch and counts it: training is never blocked).
+checksum, logged and cut off. A corrupt record elsewhere is *quarantined*: the bytes from it
+to the end of its segment move to ``quarantine/`` (reported, never blocking a start or the
+reader). Fully consumed segments are deleted. ``max_bytes`` bounds the spool: :meth:`append`
+returns False when the batch does not fit, and the caller applies its policy (the collector
+answers 503 so the sender retries; the in-process pipeline drops the batch and counts it:
+training is never blocked).
+
+A spool directory belongs to one process at a time (an exclusive ``flock`` on ``lock``): a
+second process gets :class:`SpoolLockedError`. The checkpoint also carries the consumer's
+state (:meth:`ack`), so a sink's own progress and the spool's agree after a crash.
 """
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import json
 import logging
 import math
 import os
 import struct
 import threading
+import time
+import uuid
 import zlib
 from pathlib import Path
 
@@ -38,24 +48,32 @@ def encode_batch(batch: Batch) -> bytes:
         value = p.value
         if isinstance(value, HistogramValue):
             value = {"h": [value.count, value.sum, value.min, value.max, [list(b) for b in value.buckets]]}
-        points.append([p.run, p.name, p.step, value, p.time, p.kind, [list(a) for a in p.attributes], p.rank])
+        points.append([p.run, p.name, p.step, value, p.time, p.kind, [list(a) for a in p.attributes], p.rank,
+                       p.temporality, p.increment])
     params = [[r.run, r.params, r.time] for r in batch.params]
-    return json.dumps({"p": points, "r": params}, separators=(",", ":")).encode()
+    doc = {"p": points, "r": params}
+    if batch.meta:
+        doc["m"] = batch.meta
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def decode_batch(payload: bytes) -> Batch:
     doc = json.loads(payload)
     points = []
-    for run, name, step, value, t, kind, attrs, rank in doc["p"]:
+    for run, name, step, value, t, kind, attrs, rank, *sums in doc["p"]:
         if isinstance(value, dict):
             count, total, lo, hi, buckets = value["h"]
             value = HistogramValue(count, total, _f(lo), _f(hi), tuple(tuple(b) for b in buckets))
-        points.append(Point(run, name, step, value, t, kind, tuple(tuple(a) for a in attrs), rank))
-    return Batch(points, [RunParams(run, params, t) for run, params, t in doc["r"]])
+        points.append(Point(run, name, step, value, t, kind, tuple(tuple(a) for a in attrs), rank, *sums))
+    return Batch(points, [RunParams(run, params, t) for run, params, t in doc["r"]], doc.get("m", {}))
 
 
 def _f(x) -> float:
     return math.nan if x is None else float(x)
+
+
+class SpoolLockedError(RuntimeError):
+    """The spool directory is in use by another process."""
 
 
 class Spool:
@@ -65,6 +83,8 @@ class Spool:
                  fsync: bool = True) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_dir(self.dir)
+        self.id = _spool_id(self.dir)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.fsync = fsync
@@ -72,25 +92,35 @@ class Spool:
         self._sizes: dict[int, int] = {}
         for path in sorted(self.dir.glob("seg-*.log")):
             self._sizes[int(path.stem[4:])] = path.stat().st_size
-        self.cursor = self._load_checkpoint()
+        self.cursor, self.state = self._load_checkpoint()
+        #: The highest ``emission`` (batch meta) appended or acknowledged; -1 when none.
+        self.last_emission = int((self.state or {}).get("emission", -1))
         if self._sizes:
             self._repair_tail(max(self._sizes))
         self._segment = max(self._sizes, default=self.cursor[0])
         self._file = open(self._path(self._segment), "ab")
         self._sizes.setdefault(self._segment, self._file.tell())
+        self.quarantined_records = 0
 
     def _path(self, segment: int) -> Path:
         return self.dir / f"seg-{segment:08d}.log"
 
-    def _load_checkpoint(self) -> tuple[int, int]:
+    def _load_checkpoint(self) -> tuple[tuple[int, int], dict | None]:
+        path = self.dir / "checkpoint.json"
         try:
-            doc = json.loads((self.dir / "checkpoint.json").read_text())
-            return int(doc["segment"]), int(doc["offset"])
-        except (OSError, ValueError, KeyError):
-            return (min(self._sizes, default=1), 0)
+            doc = json.loads(path.read_text())
+            return (int(doc["segment"]), int(doc["offset"])), doc.get("state")
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            moved = self._quarantine_file(path)
+            _log.error("spool %s: unreadable checkpoint (%s), moved to %s; reading from the oldest segment",
+                       self.dir, exc, moved)
+        return (min(self._sizes, default=1), 0), None
 
     def _repair_tail(self, segment: int) -> None:
-        path, good = self._path(segment), 0
+        """Cut a torn last record (a crash mid-write); note the last record's emission number."""
+        path, good, last, corrupt = self._path(segment), 0, None, False
         with open(path, "rb") as f:
             data = f.read()
         while good + _FRAME.size <= len(data):
@@ -99,10 +129,17 @@ class Spool:
             if end > len(data):
                 break  # torn: the last write did not complete
             if zlib.crc32(data[good + _FRAME.size:end]) != crc:
-                _log.error("spool %s: corrupt record at %s:%d; reading will stop there", self.dir, path.name, good)
-                return  # corruption, not a torn tail: keep the bytes, let read() report it
-            good = end
-        if good != len(data):
+                _log.error("spool %s: corrupt record at %s:%d; it will be quarantined when read",
+                           self.dir, path.name, good)
+                corrupt = True
+                break
+            last, good = data[good + _FRAME.size:end], end
+        if last is not None and (segment, good) > tuple(self.cursor):
+            try:
+                self.last_emission = max(self.last_emission, int(json.loads(last).get("m", {}).get("emission", -1)))
+            except (ValueError, AttributeError, TypeError):
+                pass
+        if good != len(data) and not corrupt:
             _log.warning("spool %s: cut a torn record at the end of %s (%d bytes)", self.dir, path.name,
                          len(data) - good)
             with open(path, "r+b") as f:
@@ -131,6 +168,9 @@ class Spool:
             if self.fsync:
                 os.fsync(self._file.fileno())
             self._sizes[self._segment] += len(frame)
+            emission = batch.meta.get("emission")
+            if isinstance(emission, int) and emission > self.last_emission:
+                self.last_emission = emission
         return True
 
     def read(self, cursor: tuple[int, int] | None = None) -> tuple[Batch, tuple[int, int]] | None:
@@ -147,23 +187,78 @@ class Spool:
                 continue
             with open(self._path(seg), "rb") as f:
                 f.seek(off)
-                length, crc = _FRAME.unpack(f.read(_FRAME.size))
-                payload = f.read(length)
-            if zlib.crc32(payload) != crc:
-                raise ValueError(f"spool {self.dir}: corrupt record at {seg}:{off}")
-            return decode_batch(payload), (seg, off + _FRAME.size + length)
+                header = f.read(_FRAME.size)
+                length, crc = _FRAME.unpack(header) if len(header) == _FRAME.size else (0, -1)
+                payload = f.read(min(length, size - off))
+            batch = None
+            if zlib.crc32(payload) == crc and len(payload) == length:
+                try:
+                    batch = decode_batch(payload)
+                except (ValueError, KeyError, TypeError) as exc:
+                    _log.error("spool %s: undecodable record at %d:%d: %s", self.dir, seg, off, exc)
+            if batch is None:
+                off = self._quarantine_range(seg, off, size)
+                continue
+            return batch, (seg, off + _FRAME.size + length)
 
-    def ack(self, cursor: tuple[int, int]) -> None:
-        """Checkpoint: everything before ``cursor`` was delivered. Deletes consumed segments."""
+    def _quarantine_range(self, seg: int, off: int, size: int) -> int:
+        """Copy a corrupt stretch, from ``off`` to the next valid record (or the end of the
+        segment), to ``quarantine/``; return where reading goes on."""
+        with open(self._path(seg), "rb") as f:
+            f.seek(off)
+            data = f.read(size - off)
+        resume = len(data)
+        for i in range(1, len(data) - _FRAME.size + 1):  # resynchronize on the next valid frame
+            length, crc = _FRAME.unpack_from(data, i)
+            end = i + _FRAME.size + length
+            if end <= len(data) and zlib.crc32(data[i + _FRAME.size:end]) == crc:
+                resume = i
+                break
+        qdir = self.dir / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        target = qdir / f"seg-{seg:08d}-{off}.corrupt"
+        target.write_bytes(data[:resume])
+        self.quarantined_records += 1
+        _log.error("spool %s: corrupt record at %d:%d; %d bytes moved to %s, reading goes on at %d:%d",
+                   self.dir, seg, off, resume, target, seg, off + resume)
+        return off + resume
+
+    def _quarantine_file(self, path: Path) -> Path:
+        qdir = self.dir / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        target = qdir / f"{path.name}.{int(time.time())}"
+        os.replace(path, target)
+        return target
+
+    def quarantine(self, batch: Batch, reason: str) -> Path:
+        """Keep a batch a sink refused for good (``otel-rl replay`` can resend it)."""
+        qdir = self.dir / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        target = qdir / f"refused-{time.time_ns()}.json"
+        doc = {"reason": reason, "batch": base64.b64encode(encode_batch(batch)).decode()}
+        target.write_text(json.dumps(doc))
+        return target
+
+    def ack(self, cursor: tuple[int, int], state: dict | None = None) -> None:
+        """Checkpoint: everything before ``cursor`` was delivered, and the consumer's ``state``
+        (JSON-able) goes with it atomically. Deletes consumed segments."""
         tmp = self.dir / "checkpoint.json.tmp"
+        doc = {"segment": cursor[0], "offset": cursor[1]}
+        if state is not None:
+            doc["state"] = state
+            emission = state.get("emission")
+            if isinstance(emission, int) and emission > self.last_emission:
+                self.last_emission = emission
         with open(tmp, "w") as f:
-            json.dump({"segment": cursor[0], "offset": cursor[1]}, f)
+            json.dump(doc, f)
             f.flush()
             if self.fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, self.dir / "checkpoint.json")
         with self._lock:
             self.cursor = cursor
+            if state is not None:
+                self.state = state
             for seg in [s for s in self._sizes if s < cursor[0]]:
                 del self._sizes[seg]
                 self._path(seg).unlink(missing_ok=True)
@@ -177,4 +272,38 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if not self._file.closed:
+                self._file.close()
+            if self._lock_file is not None:
+                self._lock_file.close()  # releases the flock
+                self._lock_file = None
+
+
+def _lock_dir(directory: Path):
+    f = open(directory / "lock", "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise SpoolLockedError(
+            f"spool directory {str(directory)!r} is in use by {holder}; each process needs its own "
+            "spool directory (ranks get rank-<n>/ automatically when RANK is set)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+
+def _spool_id(directory: Path) -> str:
+    path = directory / "id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = uuid.uuid4().hex[:16]
+        tmp = directory / "id.tmp"
+        tmp.write_text(value)
+        os.replace(tmp, path)
+        return value

@@ -95,7 +95,9 @@ logger.finish(timeout_s=float(sys.argv[4]))
 
 
 @pytest.mark.parametrize("bad", [b"\x00\x00\x00\x10garbage", b""])
-def test_corrupt_record_is_an_error_not_silence(tmp_path, bad):
+def test_corrupt_record_is_quarantined_and_reading_goes_on(tmp_path, bad, caplog):
+    """A corrupt record never blocks a start or the reader: it is moved aside and reported, and
+    the records after it are still delivered."""
     spool = Spool(tmp_path)
     spool.append(_batch(0))
     spool.append(_batch(1))
@@ -105,8 +107,26 @@ def test_corrupt_record_is_an_error_not_silence(tmp_path, bad):
     data[10] ^= 0xFF  # flip a byte of the first record: its CRC no longer matches
     segment.write_bytes(bytes(data) + bad)
     again = Spool(tmp_path)
-    with pytest.raises(ValueError, match="corrupt record"):
-        list(again)
+    assert again.append(_batch(2))
+    steps = [b.points[0].step for b in again]
+    assert steps == [1, 2]
+    assert again.quarantined_records >= 1
+    assert list((tmp_path / "quarantine").glob("seg-*.corrupt"))
+    assert "corrupt record" in caplog.text
+
+
+def test_a_spool_directory_is_locked_per_process(tmp_path):
+    from otel_rl.spool import SpoolLockedError
+
+    spool = Spool(tmp_path)
+    with pytest.raises(SpoolLockedError, match="in use by pid"):
+        Spool(tmp_path)
+    code = ("import sys; from otel_rl.spool import Spool, SpoolLockedError\n"
+            "try:\n    Spool(sys.argv[1])\nexcept SpoolLockedError as e:\n    print(e); sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "own spool directory" in proc.stdout
+    spool.close()
+    Spool(tmp_path).close()  # free again once the owner closed it
 
 
 def test_replay_an_otel_collector_file_exporter_jsonl(tmp_path):

@@ -33,8 +33,8 @@ _log = logging.getLogger(__name__)
 
 _GRPC_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
-               503: grpc.StatusCode.UNAVAILABLE}
-_HTTP_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}  # google.rpc.Code values
+               500: grpc.StatusCode.INTERNAL, 503: grpc.StatusCode.UNAVAILABLE}
+_HTTP_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 500: 13, 503: 14}  # google.rpc.Code values
 
 
 def render_self_metrics(metrics: dict) -> str:
@@ -44,7 +44,7 @@ def render_self_metrics(metrics: dict) -> str:
             lines.append(f"otel_rl_collector_{key} {value}")
     for reason, count in metrics["rejected_by_reason"].items():
         lines.append(f'otel_rl_collector_rejected_requests_by_reason{{reason="{reason}"}} {count}')
-    for sink, stats in metrics["sinks"].items():
+    for sink, stats in metrics.get("sinks", {}).items():
         for key, value in stats.items():
             lines.append(f'otel_rl_collector_sink_{key}{{sink="{sink}"}} {value}')
     return "\n".join(lines) + "\n"
@@ -64,7 +64,8 @@ class HttpReceiver:
 
             def do_GET(self):  # noqa: N802
                 if self.path == "/health":
-                    self._send(200, b'{"status":"ok"}', "application/json")
+                    ok, details = owner.collector.health()
+                    self._send(200 if ok else 503, json.dumps(details).encode(), "application/json")
                 elif self.path == "/metrics":
                     body = render_self_metrics(owner.collector.self_metrics()).encode()
                     self._send(200, body, "text/plain; version=0.0.4")
@@ -90,7 +91,7 @@ class HttpReceiver:
                     self._refuse(exc, content_type)
                 except Exception:  # a bug must cost one request, never the server
                     _log.exception("collector: request failed")
-                    self._refuse(RequestError(400, "request could not be processed"), content_type)
+                    self._refuse(RequestError(500, "internal error; the request was not admitted"), content_type)
 
             def _read_body(self) -> bytes:
                 limit = owner.collector.config.limits.max_request_bytes

@@ -1,29 +1,36 @@
 """Cross-rank, per-step reduction.
 
-A point from rank r of a run with world size N waits until all N ranks have sent the same
-(metric, attributes, step), or ``timeout_s`` passed since the first one arrived; then the
-reduced value is emitted once. Ops: ``mean``, ``max``, ``min``, ``sum``, or ``none`` (every
-rank kept as its own series with a ``rank`` attribute). Histograms are merged.
+**Gauges and histograms.** A point from rank r of a run with world size N waits until all N
+ranks have sent the same (metric, attributes, step), or ``timeout_s`` passed since the first
+one arrived; then the reduced value is emitted once. Ops: ``mean``, ``max``, ``min``, ``sum``,
+or ``none`` (every rank kept as its own series with a ``rank`` attribute). Histograms are
+merged. A late point (its step was already emitted) is never dropped: the step is reduced again
+and emitted as a correction, counted in :attr:`Reducer.late_points`. The memory of emitted
+steps is bounded (``window``).
 
-Late points (a rank arriving after its step was emitted) are never dropped: the step is
-reduced again with the late value and emitted as a correction (backends then hold the
-corrected value as the latest at that step), counted in :attr:`Reducer.late_points`. The
-memory of emitted steps for corrections is bounded (``window``); a point later than that
-starts a new group and is emitted on its own after the timeout, counted the same way.
+**Counters and sums** arrive as increments (see :mod:`otel_rl.exporters.accumulate`). Ranks
+increment at different steps (an episode ends when it ends), so a rank that sent nothing at a
+step is not missing, it added zero. The increments of one step are summed across ranks once
+every rank sent one, or every rank of the run has moved past that step (it sent any point at a
+later step), or after ``timeout_s``; the running total is computed after that, over the run. A rank's increment that
+arrives after its step was emitted is passed on as it is, so the total is never short.
+
+Deterministic: time comes from the caller (``now``), so replaying the same input gives the same
+output, and :meth:`state` / :meth:`restore` snapshot everything.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Any
 
 from otel_rl.exporters.records import HistogramValue, Point
 
 OPS = ("mean", "max", "min", "sum", "none")
+_SUMS = ("counter", "sum")
 
 
 def merge_histograms(values: list[HistogramValue]) -> HistogramValue:
@@ -49,19 +56,20 @@ def reduce_values(op: str, values: list) -> float | HistogramValue:
 
 
 class Reducer:
-    """Groups points of one (run, metric, attributes, step) across ranks."""
+    """Groups points of one (run, metric, attributes, step) across ranks. Not thread-safe: the
+    collector calls it from one thread at a time."""
 
     def __init__(self, rules: Iterable[tuple[str, str]] = (), *, gauge_op: str = "mean",
-                 counter_op: str = "sum", timeout_s: float = 5.0, window: int = 100_000) -> None:
+                 counter_op: str = "sum", timeout_s: float = 5.0, window: int = 20_000) -> None:
         self.rules = list(rules) + [("timing/*", "max")]
         self.gauge_op, self.counter_op = gauge_op, counter_op
         self.timeout_s = timeout_s
         self.window = window
-        self._lock = threading.Lock()
-        self._pending: dict[tuple, tuple[float, dict[int, Point]]] = {}
-        self._origins: dict[tuple, int] = {}  # pending group -> first ingress record it came from
-        self._emitted: OrderedDict[tuple, dict[int, Point]] = OrderedDict()
         self._ops: dict[tuple[str, str], str] = {}
+        self._pending: dict[tuple, tuple[float, dict[int, Point]]] = {}  # group -> (first seen, ranks)
+        self._emitted: OrderedDict[tuple, dict[int, Point]] = OrderedDict()
+        self._increments: dict[str, dict[tuple, tuple[float, list[Point]]]] = {}  # run -> group -> ...
+        self._progress: dict[str, dict[int, int]] = {}  # run -> rank -> highest step seen
         self.late_points = 0
         self.partial_groups = 0
 
@@ -69,34 +77,39 @@ class Reducer:
         op = self._ops.get((name, kind))
         if op is None:
             op = next((o for pattern, o in self.rules if fnmatch.fnmatchcase(name, pattern)),
-                      self.counter_op if kind == "counter" else self.gauge_op)
+                      self.counter_op if kind in _SUMS else self.gauge_op)
             self._ops[(name, kind)] = op
         return op
 
-    def add(self, points: Iterable[Point], world_size: dict[str, int], origin: int = 0) -> list[Point]:
-        """Take points; return those ready to emit now (pass-through, complete or corrected).
-        ``origin`` numbers the durable ingress record they came from (see :meth:`oldest_origin`)."""
+    def add(self, points: Iterable[Point], world_size: dict[str, int], now: float) -> list[Point]:
+        """Take points; return those ready to emit now (pass-through, complete or corrected)."""
         ready: list[Point] = []
-        now = time.monotonic()
-        with self._lock:
-            for p in points:
-                size = world_size.get(p.run, 1)
-                op = self.op_for(p.name, p.kind)
-                if size <= 1 or p.rank < 0:
-                    ready.append(p)
-                elif op == "none":
-                    ready.append(Point(p.run, p.name, p.step, p.value, p.time, p.kind,
-                                       p.attributes + (("rank", str(p.rank)),)))
-                else:
-                    self._group(p, size, op, now, ready, origin)
+        touched: set[str] = set()
+        for p in points:
+            size = world_size.get(p.run, 1)
+            if size <= 1 or p.rank < 0:
+                ready.append(p)
+                continue
+            op = self.op_for(p.name, p.kind)
+            self._advance(p.run, p.rank, p.step)
+            touched.add(p.run)
+            if op == "none":
+                ready.append(p.replace(attributes=p.attributes + (("rank", str(p.rank)),), rank=-1))
+            elif p.kind in _SUMS and p.temporality == "delta":
+                self._increment(p, now, ready)
+            else:
+                self._group(p, size, op, now, ready)
+        for run in touched:
+            self._flush_increments(run, world_size.get(run, 1), ready)
         return ready
 
-    def oldest_origin(self) -> int | None:
-        """The oldest ingress record that still has points waiting in a group (None: none waits)."""
-        with self._lock:
-            return min(self._origins.values(), default=None)
+    def _advance(self, run: str, rank: int, step: int) -> None:
+        progress = self._progress.setdefault(run, {})
+        if step > progress.get(rank, -1):
+            progress[rank] = step
 
-    def _group(self, p: Point, size: int, op: str, now: float, ready: list[Point], origin: int) -> None:
+    # -- gauges and histograms ---------------------------------------------------------------
+    def _group(self, p: Point, size: int, op: str, now: float, ready: list[Point]) -> None:
         key = (p.run, p.name, p.kind, p.attributes, p.step)
         emitted = self._emitted.get(key)
         if emitted is not None:  # late: correct the step
@@ -106,11 +119,9 @@ class Reducer:
             ready.append(self._reduced(key, op, emitted))
             return
         first, ranks = self._pending.setdefault(key, (now, {}))
-        self._origins.setdefault(key, origin)
         ranks[p.rank] = p  # a resent rank overwrites: idempotent
         if len(ranks) >= size:
             del self._pending[key]
-            self._origins.pop(key, None)
             ready.append(self._reduced(key, op, ranks))
             self._remember(key, ranks)
 
@@ -118,27 +129,80 @@ class Reducer:
         run, name, kind, attributes, step = key
         points = list(ranks.values())
         value = reduce_values(op, [p.value for p in points])
-        return Point(run, name, step, value, max(p.time for p in points), kind, attributes)
+        return Point(run, name, step, value, max(p.time for p in points), kind, attributes,
+                     temporality=points[0].temporality)
 
     def _remember(self, key: tuple, ranks: dict[int, Point]) -> None:
         self._emitted[key] = ranks
         if len(self._emitted) > self.window:
             self._emitted.popitem(last=False)
 
-    def expire(self, now: float | None = None, everything: bool = False) -> list[Point]:
-        """Emit groups waiting longer than ``timeout_s`` (all of them with ``everything``)."""
-        now = time.monotonic() if now is None else now
-        ready: list[Point] = []
-        with self._lock:
-            for key in [k for k, (first, _) in self._pending.items()
-                        if everything or now - first >= self.timeout_s]:
-                _, ranks = self._pending.pop(key)
-                self._origins.pop(key, None)
+    # -- counters and sums: increments summed per step once every rank moved past it ----------
+    def _increment(self, p: Point, now: float, ready: list[Point]) -> None:
+        key = (p.run, p.name, p.kind, p.attributes, p.step)
+        if key in self._emitted:  # its step was emitted already: pass the increment on
+            self.late_points += 1
+            ready.append(p.replace(rank=-1))
+            return
+        groups = self._increments.setdefault(p.run, {})
+        first, parts = groups.setdefault(key, (now, []))
+        parts.append(p)
+
+    def _flush_increments(self, run: str, size: int, ready: list[Point], now: float | None = None,
+                          everything: bool = False) -> None:
+        groups = self._increments.get(run)
+        if not groups:
+            return
+        progress = self._progress.get(run, {})
+        done_below = min(progress.values()) if len(progress) >= size else -1
+        due = sorted((k for k, (first, parts) in groups.items()
+                      if everything or k[4] < done_below or len({p.rank for p in parts}) >= size
+                      or (now is not None and now - first >= self.timeout_s)), key=lambda k: k[4])
+        for key in due:
+            _, parts = groups.pop(key)
+            if now is not None and not everything and key[4] >= done_below:
                 self.partial_groups += 1
-                ready.append(self._reduced(key, self.op_for(key[1], key[2]), ranks))
-                self._remember(key, ranks)
+            self._remember(key, {})
+            value = math.fsum(p.value for p in parts)
+            ready.append(Point(key[0], key[1], key[4], value, max(p.time for p in parts), key[2], key[3],
+                               temporality="delta"))
+        if not groups:
+            del self._increments[run]
+
+    # -- time ------------------------------------------------------------------------------
+    def expire(self, now: float, everything: bool = False) -> list[Point]:
+        """Emit groups waiting longer than ``timeout_s`` (all of them with ``everything``)."""
+        ready: list[Point] = []
+        for key in [k for k, (first, _) in self._pending.items()
+                    if everything or now - first >= self.timeout_s]:
+            _, ranks = self._pending.pop(key)
+            self.partial_groups += 1
+            ready.append(self._reduced(key, self.op_for(key[1], key[2]), ranks))
+            self._remember(key, ranks)
+        for run in list(self._increments):
+            self._flush_increments(run, 1 << 30, ready, now=now, everything=everything)
+        ready.sort(key=lambda p: (p.run, p.step))
         return ready
+
+    def due(self, now: float) -> bool:
+        """Whether :meth:`expire` at ``now`` would emit something."""
+        limit = now - self.timeout_s
+        return (any(first <= limit for first, _ in self._pending.values())
+                or any(first <= limit for groups in self._increments.values() for first, _ in groups.values()))
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + sum(len(g) for g in self._increments.values())
+
+    # -- snapshots -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"pending": self._pending, "emitted": list(self._emitted.items()),
+                "increments": self._increments, "progress": self._progress,
+                "late_points": self.late_points, "partial_groups": self.partial_groups}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._pending = state["pending"]
+        self._emitted = OrderedDict(state["emitted"])
+        self._increments = state["increments"]
+        self._progress = state["progress"]
+        self.late_points, self.partial_groups = state["late_points"], state["partial_groups"]

@@ -1,15 +1,30 @@
-"""The collector service: decode OTLP, translate, reduce across ranks, fan out to sinks.
+"""The collector service: decode OTLP, translate, admit, reduce across ranks, fan out to sinks.
 
 Shaped like an OTel Collector component: :func:`create` (factory from a validated config),
 :meth:`Collector.start`, :meth:`Collector.shutdown`. The receivers (HTTP, gRPC) only move
-bytes; every decision lives in :meth:`Collector.ingest`.
+bytes; every decision lives in :meth:`Collector.ingest_metrics`.
+
+The path is the embedded pipeline's (translate, :class:`~otel_rl_collector.router.Router`,
+:class:`~otel_rl.delivery.SinkSet`), with two additions:
+
+- **Admission.** A request is admitted once: a batch already seen (``otel_rl.sender.id`` +
+  ``otel_rl.batch.id``, sent by otel-rl's OTLP sink) is acknowledged and not counted again.
+  Nothing is counted before admission, so a request refused with 503 leaves no trace.
+- **Durable ingress** (with ``spool.dir``): an admitted request is fsynced to ``_ingress``
+  before it is acknowledged. One thread feeds it through the router in order and hands each
+  numbered emission to every sink's spool; the router's state is checkpointed with the ingress
+  position. After a crash the router is restored and the ingress replayed from the checkpoint;
+  sinks skip emissions they already hold. Acknowledged data is delivered exactly once.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
+import pickle
 import threading
+import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,19 +34,23 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 
-from otel_rl.delivery import SinkWorker
-from otel_rl.pipeline import open_spool
+from otel_rl.delivery import Deadline, SinkSet
 from otel_rl.exporters import registry
-from otel_rl.exporters.records import Batch, RunParams
-from otel_rl.exporters.translate import Translator, proto_attributes, rank_of, run_of
+from otel_rl.exporters.otlp import BATCH_ID, SENDER_ID
+from otel_rl.exporters.records import Batch
+from otel_rl.exporters.translate import proto_attributes, rank_of, run_of, translate_proto
+from otel_rl.pipeline import open_spools
 from otel_rl.semconv import RANK, WORLD_SIZE
 
 from otel_rl_collector import wire
 from otel_rl_collector.config import CollectorConfig, load_collector_config
 from otel_rl_collector.reduce import Reducer
+from otel_rl_collector.router import Router
 
 _log = logging.getLogger(__name__)
-_WORLD = "\x00world"  # ingress records carry the world sizes in a params entry of this run name
+#: Checkpoint the router state at most this often (and every CHECKPOINT_RECORDS records).
+CHECKPOINT_S = 1.0
+CHECKPOINT_RECORDS = 2_000
 
 
 class RequestError(Exception):
@@ -52,6 +71,8 @@ class CollectorStats:
     rejected_points: int = 0
     received_spans: int = 0
     forwarded_spans: int = 0
+    duplicate_batches: int = 0
+    ingress_errors: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str) -> None:
@@ -64,47 +85,48 @@ class Collector:
         self.config = config
         self.stats = CollectorStats()
         self._token = config.auth.token()
-        self._translator = Translator()
-        self._translate_lock = threading.Lock()
-        limits = config.limits
         self.reducer = Reducer(config.reduce.rules.items(), gauge_op=config.reduce.gauge,
                                counter_op=config.reduce.counter, timeout_s=config.reduce.timeout_s)
-        self.workers: list[SinkWorker] = []
+        self.router = Router(self.reducer)
         self.trace_sink = None
+        sinks = []
         for name, cfg in config.enabled_backends().items():
             if name == "mlflow_traces":
                 self.trace_sink = registry.create_span_exporter(name, cfg)
             else:
-                spool = open_spool(config.spool.dir, name, config.spool.max_bytes, config.spool.fsync)
-                self.workers.append(SinkWorker(registry.create(name, cfg), limits.max_queue_points, spool=spool))
-        self._world_size: dict[str, int] = {}
+                sinks.append(registry.create(name, cfg))
+        spool = config.spool
+        spools = open_spools(spool.dir, [s.name for s in sinks], spool.max_bytes, spool.fsync)
+        self.sinkset = SinkSet(sinks, config.limits.max_queue_points, spools=spools)
+        self._lock = threading.Lock()  # admission (and, without a spool, the whole router)
         self.ingress = None
-        if config.spool.dir:
+        if spool.dir:
             from otel_rl.spool import Spool
 
-            # Received, not yet reduced points: durable before the OTLP request is acknowledged.
-            self.ingress = Spool(Path(config.spool.dir) / "_ingress", config.spool.max_bytes,
-                                 fsync=config.spool.fsync)
-            self._ingress_wake = threading.Condition()
-            self._ingress_read = self.ingress.cursor  # where the ingress thread reads next
-            self._ingress_before: dict[int, tuple[int, int]] = {}  # record number -> its start
-            self._ingress_thread = threading.Thread(target=self._ingress_loop, name="otel-rl-ingress", daemon=True)
+            self.ingress = Spool(Path(spool.dir) / "_ingress", spool.max_bytes, fsync=spool.fsync)
         self._receivers: list = []
         self._stop = threading.Event()
-        self._expiry = threading.Thread(target=self._expire_loop, name="otel-rl-reduce", daemon=True)
+        self._drained = threading.Event()
+        self._thread = threading.Thread(target=self._ingress_loop if self.ingress else self._expire_loop,
+                                        name="otel-rl-router", daemon=True)
+
+    @property
+    def workers(self):
+        return self.sinkset.workers
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Collector":
         from otel_rl_collector.receivers import GrpcReceiver, HttpReceiver
 
+        if self.ingress is not None:
+            self._recover()
+        self.sinkset.start()
+        self._thread.start()
         receivers = self.config.receivers
         if receivers.http.enabled:
             self._receivers.append(HttpReceiver(self, receivers.http, self.config.tls).start())
         if receivers.grpc.enabled:
             self._receivers.append(GrpcReceiver(self, receivers.grpc, self.config.tls).start())
-        self._expiry.start()
-        if self.ingress is not None:
-            self._ingress_thread.start()
         _log.info("otel-rl collector: %s -> %s", ", ".join(r.describe() for r in self._receivers),
                   ", ".join(w.sink.name for w in self.workers) or "no sinks")
         return self
@@ -117,61 +139,113 @@ class Collector:
     def grpc_port(self) -> int | None:
         return next((r.port for r in self._receivers if r.kind == "grpc"), None)
 
-    def shutdown(self, timeout_s: float = 30.0) -> None:
-        """Stop receiving, emit every pending step, deliver what is queued, close the sinks."""
+    def shutdown(self, timeout_s: float = 30.0) -> bool:
+        """Stop receiving, emit every pending step, deliver what is queued and close the sinks,
+        all within ``timeout_s`` (what is left stays in the spools). True when all was delivered."""
+        deadline = Deadline(timeout_s)
         for receiver in self._receivers:
             receiver.stop()
         self._receivers.clear()
         self._stop.set()
-        if self._expiry.is_alive():
-            self._expiry.join(5)
-        if self.ingress is not None and self._ingress_thread.is_alive():
-            with self._ingress_wake:
-                self._ingress_wake.notify_all()
-            self._ingress_thread.join(30)
-        self._submit(self.reducer.expire(everything=True))
-        if self.ingress is not None:
-            self._ack_ingress()
-            self.ingress.close()
-        for worker in self.workers:
-            worker.stop(timeout_s)
-            worker.sink.shutdown()
+        if self._thread.is_alive():
+            self._drained.wait(deadline.left())
+        if self.ingress is None:
+            with self._lock:
+                self._emit(self.router.process(Batch(meta={"tick": time.time(), "all": True})), deadline)
+        delivered = self.sinkset.shutdown(deadline)
         if self.trace_sink is not None:
             self.trace_sink.shutdown()
+        if self.ingress is not None:
+            self.ingress.close()
+        return delivered
 
     def _expire_loop(self) -> None:
+        """Without a spool: expire waiting groups on a timer."""
         while not self._stop.wait(0.2):
-            self._submit(self.reducer.expire())
+            now = time.time()
+            with self._lock:
+                if self.reducer.due(now):
+                    self._emit(self.router.process(Batch(meta={"tick": now})), None)
+        self._drained.set()
 
-    # -- durable ingress (with a spool): read in order, reduce, spool per sink, then ack -------
+    # -- durable ingress: one thread, in order, checkpointed with the router state ----------------
+    def _recover(self) -> None:
+        state = (self.ingress.state or {}).get("router")
+        if state:
+            try:
+                self.router.restore(pickle.loads(base64.b64decode(state)))
+            except Exception:
+                _log.exception("collector: could not restore the router checkpoint; starting empty")
+        replay = 0
+        for record in self.ingress:  # admitted but not yet checkpointed: their ids are taken
+            self.router.remember(tuple(i) for i in record.meta.get("ids", ()))
+            replay += 1
+        if replay:
+            _log.info("collector: replaying %d admitted requests from %s", replay, self.ingress.dir)
+
     def _ingress_loop(self) -> None:
-        record = 0
+        cursor, since, last = self.ingress.cursor, 0, time.monotonic()
+        final = False
         while True:
-            item = self.ingress.read(self._ingress_read)
-            if item is None:
-                self._ack_ingress()
-                with self._ingress_wake:
-                    if self._stop.is_set():
-                        return
-                    self._ingress_wake.wait(0.2)
-                continue
-            batch, after = item
-            record += 1
-            self._ingress_before[record] = self._ingress_read
-            world = next((p.params for p in batch.params if p.run == _WORLD), {})
-            params = [p for p in batch.params if p.run != _WORLD]
-            self._submit(self.reducer.add(batch.points, world, origin=record), params)
-            self._ingress_read = after
+            try:
+                item = self.ingress.read(cursor)
+                if item is None:
+                    if final:
+                        break
+                    if since:
+                        self._checkpoint(cursor)
+                        since, last = 0, time.monotonic()
+                    now = time.time()
+                    if self._stop.is_set():  # everything admitted is in: emit what still waits
+                        self._append_tick(now, everything=True)
+                        final = True
+                    elif self.reducer.due(now):
+                        self._append_tick(now)
+                    else:
+                        self._stop.wait(0.2)
+                    continue
+                batch, after = item
+                out = self.router.process(batch)
+                if not self._emit(out, None):
+                    break  # stopping with a sink refusing: the checkpoint stays before this record
+                cursor, since = after, since + 1
+                if since >= CHECKPOINT_RECORDS or time.monotonic() - last >= CHECKPOINT_S:
+                    self._checkpoint(cursor)
+                    since, last = 0, time.monotonic()
+            except Exception:  # a bug or a full disk: report and retry, never die silently
+                self.stats.ingress_errors += 1
+                _log.exception("collector: ingress error (retrying)")
+                if self._stop.wait(1.0) and self.stats.ingress_errors > 1000:
+                    break
+        self._drained.set()
 
-    def _ack_ingress(self) -> None:
-        """Checkpoint the ingress up to the oldest record whose points still wait for ranks."""
-        oldest = self.reducer.oldest_origin()
-        before = self._ingress_before
-        target = before[oldest] if oldest is not None else self._ingress_read
-        if target != self.ingress.cursor:
-            self.ingress.ack(target)
-        for record in [r for r in before if oldest is None or r < oldest]:
-            del before[record]
+    def _append_tick(self, now: float, everything: bool = False) -> None:
+        meta = {"tick": now, "all": True} if everything else {"tick": now}
+        if not self.ingress.append(Batch(meta=meta)):
+            _log.error("collector: ingress spool full; cannot record a timeout tick")
+            self._stop.wait(0.5)
+
+    def _checkpoint(self, cursor) -> None:
+        state = base64.b64encode(pickle.dumps(self.router.state(), protocol=pickle.HIGHEST_PROTOCOL)).decode()
+        self.ingress.ack(cursor, {"router": state})
+
+    def _emit(self, out: Batch, deadline: Deadline | None) -> bool:
+        """Hand one emission to every sink; a sink whose spool is full is retried until it takes
+        it (the ingress holds the rest). False when stopping before every sink took it."""
+        if not out:
+            return True
+        refused = self.sinkset.submit_each(out)
+        while refused:
+            if deadline is not None and deadline.expired or self.ingress is None:
+                return False
+            if self._stop.is_set() and self._stop_hard():
+                return False
+            time.sleep(0.2)
+            refused = self.sinkset.submit_each(out, refused)
+        return True
+
+    def _stop_hard(self) -> bool:
+        return all(not w._thread.is_alive() for w in self.workers)
 
     # -- the request path ---------------------------------------------------------------------
     def check_auth(self, authorization: str | None) -> None:
@@ -203,45 +277,82 @@ class Collector:
             raise RequestError(413, f"decompressed body exceeds {limits.max_decompressed_bytes} bytes")
         return out
 
-    def overloaded(self) -> bool:
-        fraction = self.config.limits.overload_fraction
-        limit = self.config.limits.max_queue_points * fraction
-        spool_limit = self.config.spool.max_bytes * fraction
-        return any(w.spooled_bytes >= spool_limit if w.durable else w.stats.queued_points >= limit
-                   for w in self.workers)
+    def overloaded(self) -> str | None:
+        """Why new data is refused right now (None: it is not)."""
+        limits = self.config.limits
+        for w in self.workers:
+            if w.broken:
+                return f"sink {w.sink.name} is failing ({w.broken})"
+            if w.durable and w.spooled_bytes >= self.config.spool.max_bytes * limits.overload_fraction:
+                return f"sink {w.sink.name}'s spool is full"
+            if not w.durable and w.stats.queued_points >= limits.max_queue_points * limits.overload_fraction:
+                return f"sink {w.sink.name}'s queue is full"
+        if self.ingress is not None and self.ingress.pending_bytes >= self.config.spool.max_bytes * limits.overload_fraction:
+            return "the ingress spool is full"
+        return None
+
+    def health(self) -> tuple[bool, dict]:
+        """(healthy, details) for ``/health``: unhealthy while a sink or the ingress is broken."""
+        broken = {w.sink.name: w.broken for w in self.workers if w.broken}
+        alive = self._thread.is_alive() or self._stop.is_set()
+        ok = not broken and alive
+        return ok, {"status": "ok" if ok else "degraded", "broken_sinks": broken,
+                    "failing_sinks": {w.sink.name: w.failing for w in self.workers if w.failing},
+                    "router_alive": alive}
+
+    def _new_resources(self, request) -> list[tuple[str, str]]:
+        """Drop resource blocks already admitted (a resend); the ids of the new ones."""
+        ids, keep = [], []
+        for rm in request.resource_metrics:
+            sender = batch_id = None
+            for kv in rm.resource.attributes:
+                if kv.key == SENDER_ID:
+                    sender = kv.value.string_value
+                elif kv.key == BATCH_ID:
+                    batch_id = kv.value.string_value
+            if sender and batch_id:
+                if self.router.is_duplicate(sender, batch_id) or (sender, batch_id) in ids:
+                    self.stats.duplicate_batches += 1
+                    continue
+                ids.append((sender, batch_id))
+            keep.append(rm)
+        if len(keep) != len(request.resource_metrics):
+            del request.resource_metrics[:]
+            request.resource_metrics.extend(keep)
+        return ids
 
     def ingest_metrics(self, payload: bytes, content_type: str) -> mpb.ExportMetricsServiceResponse:
         self.stats.requests += 1
         request = self._parse(payload, content_type, mpb.ExportMetricsServiceRequest)
-        if self.overloaded():
+        why = self.overloaded()
+        if why:
             self.stats.reject("overloaded")
-            raise RequestError(503, "a sink queue is full; retry later", retry_after_s=2.0)
+            raise RequestError(503, f"{why}; retry later", retry_after_s=2.0)
         world = {}
         for rm in request.resource_metrics:
             resource = proto_attributes(rm.resource.attributes)
             size = rank_of({RANK: resource.get(WORLD_SIZE)})  # int or digit string (env)
             if size > 0:
                 world[run_of(resource)] = size
-        with self._translate_lock:
-            self._world_size.update(world)
-            batch, rejected, reason = self._translator.translate_proto(request)
+        with self._lock:
+            ids = self._new_resources(request)
+            translation = translate_proto(request)
+            batch = translation.batch
+            batch.meta = {"t": time.time(), "world": world, "ids": ids}
+            if self.ingress is not None:
+                # Durable first, then acknowledged: the router thread takes it from here.
+                if not self.ingress.append(batch):
+                    self.stats.reject("overloaded")
+                    raise RequestError(503, "the ingress spool is full; retry later", retry_after_s=5.0)
+                self.router.remember(ids)
+            else:
+                self._emit(self.router.process(batch), None)
             self.stats.received_points += len(batch.points)
-            self.stats.rejected_points += rejected
-            if self.ingress is None:
-                ready = self.reducer.add(batch.points, self._world_size)
-        if self.ingress is not None:
-            # Durable first, then acknowledged: the ingress thread reduces and spools per sink.
-            world_record = RunParams(_WORLD, dict(self._world_size), 0.0)
-            if not self.ingress.append(Batch(batch.points, [*batch.params, world_record])):
-                raise RequestError(503, "the ingress spool is full; retry later", retry_after_s=5.0)
-            with self._ingress_wake:
-                self._ingress_wake.notify_all()
-        elif not self._submit(ready, batch.params):
-            raise RequestError(503, "a sink could not queue the points; retry later", retry_after_s=2.0)
+            self.stats.rejected_points += translation.rejected
         response = mpb.ExportMetricsServiceResponse()
-        if rejected:
-            response.partial_success.rejected_data_points = rejected
-            response.partial_success.error_message = reason
+        if translation.rejected:
+            response.partial_success.rejected_data_points = translation.rejected
+            response.partial_success.error_message = translation.reason
         return response
 
     def ingest_traces(self, payload: bytes, content_type: str) -> tpb.ExportTraceServiceResponse:
@@ -267,21 +378,15 @@ class Collector:
             self.stats.reject("malformed")
             raise RequestError(400, f"malformed OTLP payload: {str(exc)[:300]}") from exc
 
-    def _submit(self, points, params=()) -> bool:
-        """Queue a batch on every sink (durably, with a spool); False when a sink refused it."""
-        if not points and not params:
-            return True
-        batch = self._translator.finish(Batch(list(points), list(params)))
-        return all([worker.submit(batch) for worker in self.workers])
-
     def self_metrics(self) -> dict:
         s = self.stats
         return {"requests": s.requests, "rejected_requests": s.rejected_requests,
                 "received_points": s.received_points, "rejected_points": s.rejected_points,
+                "duplicate_batches": s.duplicate_batches, "ingress_errors": s.ingress_errors,
                 "received_spans": s.received_spans, "forwarded_spans": s.forwarded_spans,
                 "pending_groups": self.reducer.pending, "late_points": self.reducer.late_points,
                 "partial_groups": self.reducer.partial_groups, "rejected_by_reason": dict(s.by_reason),
-                "sinks": {w.sink.name: w.stats.as_dict() for w in self.workers}}
+                "sinks": self.sinkset.stats()}
 
 
 def create(config: CollectorConfig | Mapping | str | Path | None = None) -> Collector:

@@ -1,10 +1,15 @@
-"""The exporter contract every backend implements.
+"""The sink contract every backend implements, and the one adapter to the OTel SDK.
 
-A backend subclasses :class:`RecordExporter` and implements
-:meth:`RecordExporter.write` (a translated :class:`Batch`) and
-:meth:`RecordExporter.close`. The base class makes it a real SDK
-``MetricExporter``: DELTA temporality, ``export`` never raises into the SDK,
-FAILURE after shutdown, and a harmless double shutdown.
+A backend subclasses :class:`Sink` and implements :meth:`Sink.write` (an admitted
+:class:`Batch`) and :meth:`Sink.close` (with the run's final status). Everything else (queues,
+retries, spools, deadlines) lives once in :mod:`otel_rl.delivery`. Where otel-rl meets the
+SDK, :class:`SinkExporter` turns any sink into a real ``MetricExporter`` (DELTA temporality,
+``export`` never raises, FAILURE after shutdown, a harmless double shutdown).
+
+Errors a write raises are classified by :func:`classify`: :class:`TransientError` and
+``OSError`` (connection refused, timeouts, a full disk) are retried; :class:`PermanentError`
+and errors that mean the data itself is bad (``TypeError``, ``ValueError``, ...) are not;
+anything else is retried a bounded number of times, then treated as permanent.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import enum
 import importlib
 import logging
 import threading
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -27,7 +32,6 @@ from opentelemetry.sdk.metrics import (
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter, MetricExportResult
 
 from otel_rl.exporters.records import Batch
-from otel_rl.exporters.translate import Translator
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +43,9 @@ DELTA_TEMPORALITY = {
                 ObservableCounter, ObservableUpDownCounter, ObservableGauge)
 }
 
+#: Run statuses a sink is closed with.
+SUCCESS, FAILED, KILLED = "success", "failed", "killed"
+
 
 class MissingExtraError(ImportError):
     """An optional backend package is not installed."""
@@ -48,12 +55,36 @@ class PermanentError(Exception):
     """A write the backend refused for good (e.g. HTTP 4xx): retrying cannot help."""
 
 
-class Outcome(enum.Enum):
-    """What the delivery layer should do with a batch after one write attempt."""
+class TransientError(Exception):
+    """A write that may succeed later (5xx, 429, connection refused); ``retry_after_s`` is the
+    backend's hint (HTTP ``Retry-After``), if any."""
 
-    OK = "ok"
-    RETRY = "retry"  # transient: connection refused, timeout, 5xx, 429
-    DROP = "drop"  # permanent refusal, or the exporter is shut down
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Verdict(enum.Enum):
+    """How the delivery layer treats a failed write."""
+
+    TRANSIENT = "transient"  # retry, backing off
+    PERMANENT = "permanent"  # never retry
+    UNKNOWN = "unknown"  # retry a bounded number of times, then permanent
+
+
+#: Errors that mean the data or the code is wrong: the same batch will fail the same way.
+_PERMANENT_TYPES = (PermanentError, TypeError, ValueError, OverflowError, KeyError, IndexError,
+                    AttributeError, UnicodeError, RecursionError)
+
+
+def classify(exc: BaseException) -> Verdict:
+    if isinstance(exc, TransientError):
+        return Verdict.TRANSIENT
+    if isinstance(exc, _PERMANENT_TYPES):
+        return Verdict.PERMANENT
+    if isinstance(exc, OSError):  # network, timeouts, a full disk: the world may change
+        return Verdict.TRANSIENT
+    return Verdict.UNKNOWN
 
 
 def require(module: str, extra: str):
@@ -65,56 +96,53 @@ def require(module: str, extra: str):
             f"{module!r} is not installed; install it with: pip install 'otel-rl[{extra}]'") from exc
 
 
-class RecordExporter(MetricExporter):
-    """Base class for per-step backend exporters."""
+class WarnOnce:
+    """Log a warning once per key (bounded, so hostile keys cannot grow it without end)."""
+
+    def __init__(self, logger: logging.Logger, limit: int = 10_000) -> None:
+        self._log = logger
+        self._seen: set[str] = set()
+        self._limit = limit
+
+    def __call__(self, key: str, message: str, *args) -> None:
+        if key in self._seen or len(self._seen) >= self._limit:
+            return
+        self._seen.add(key)
+        self._log.warning(message, *args)
+
+
+class SinkClosedError(PermanentError):
+    """A write to a sink after :meth:`Sink.shutdown`."""
+
+
+class Sink(ABC):
+    """Base class for backends: one ``write`` per admitted batch, in order, from one thread."""
 
     #: The registry name, e.g. ``"tensorboard"``.
     name: str = ""
 
     def __init__(self) -> None:
-        super().__init__(preferred_temporality=DELTA_TEMPORALITY)
-        self._translator = Translator()
         self._lock = threading.Lock()
         self._closed = False
+        self.warn_once = WarnOnce(logging.getLogger(f"otel_rl.sinks.{self.name}"))
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def export(self, metrics_data, timeout_millis: float = 10_000) -> MetricExportResult:
-        """Translate SDK ``MetricsData`` and write it. Never raises."""
-        try:
-            batch = self._translator.translate_sdk(metrics_data)
-        except Exception:  # a translation bug must not reach the SDK's thread
-            _log.exception("%s: could not translate metrics", self.name)
-            return MetricExportResult.FAILURE
-        return self.export_batch(batch)
+    def describe(self, run: str) -> str:
+        """Where run ``run``'s data goes (a directory, a URL), for the startup log."""
+        return self.name
 
-    def export_batch(self, batch: Batch) -> MetricExportResult:
-        """Write an already translated batch. Never raises."""
-        ok = self.try_write(batch) is Outcome.OK
-        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
-
-    def try_write(self, batch: Batch) -> Outcome:
-        """One write attempt, classified for the delivery layer. Never raises."""
+    def write_batch(self, batch: Batch) -> None:
+        """:meth:`write` under the sink's lock; raises :class:`SinkClosedError` after shutdown."""
         with self._lock:
             if self._closed:
-                _log.warning("%s: export after shutdown; %d records not written", self.name, len(batch))
-                return Outcome.DROP
-            if not batch:
-                return Outcome.OK
-            try:
+                raise SinkClosedError(f"{self.name}: write after shutdown ({len(batch)} records not written)")
+            if batch:
                 self.write(batch)
-            except PermanentError as exc:
-                _log.error("%s: backend refused %d records: %s", self.name, len(batch), exc)
-                return Outcome.DROP
-            except Exception as exc:  # transient by default: the delivery layer retries
-                _log.warning("%s: write failed (%d records), will retry: %s", self.name, len(batch),
-                             exc, exc_info=_log.isEnabledFor(logging.DEBUG))
-                return Outcome.RETRY
-        return Outcome.OK
 
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+    def force_flush(self) -> bool:
         with self._lock:
             if self._closed:
                 return False
@@ -125,25 +153,74 @@ class RecordExporter(MetricExporter):
                 return False
         return True
 
-    def shutdown(self, timeout_millis: float = 30_000) -> None:
+    def shutdown(self, status: str = SUCCESS) -> None:
+        """Close once with the run's final status; later calls do nothing."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             try:
-                self.close()
+                self.close(status)
             except Exception:
                 _log.exception("%s: close failed", self.name)
+
+    # -- durable state (sinks that can make a replay after a crash exact) ---------------------
+    def bind_spool(self, spool_id: str, state: dict | None) -> None:
+        """Called once before the first write when this sink is fed from a spool: ``state`` is
+        what :meth:`checkpoint_state` returned at the spool's last checkpoint (None: none yet)."""
+
+    def checkpoint_state(self) -> dict | None:
+        """JSON-able state saved with the spool checkpoint after each delivered batch."""
+        return None
 
     @abstractmethod
     def write(self, batch: Batch) -> None:
         """Write one batch. Raise :class:`PermanentError` for a refusal that retrying cannot
-        fix, any other exception for a transient failure. A retried batch is passed again
-        as the same object, so a sink that writes in chunks can resume where it stopped."""
+        fix, :class:`TransientError` (or ``OSError``) for one that may pass later. A retried
+        batch is passed again as the same object, so a sink that writes in chunks can resume
+        where it stopped."""
 
     def flush(self) -> None:
         """Make everything written so far durable/visible."""
 
     @abstractmethod
-    def close(self) -> None:
-        """Flush and release the backend (called once)."""
+    def close(self, status: str = SUCCESS) -> None:
+        """Flush and release the backend (called once); ``status`` is the run's outcome."""
+
+
+#: The former name of :class:`Sink` (third-party entry points may still import it).
+RecordExporter = Sink
+
+
+class SinkExporter(MetricExporter):
+    """A sink as an OTel SDK ``MetricExporter``: translate, admit, write; never raises."""
+
+    def __init__(self, sink: Sink) -> None:
+        from otel_rl.exporters.accumulate import Stream
+
+        super().__init__(preferred_temporality=DELTA_TEMPORALITY)
+        self.sink = sink
+        self._stream = Stream()
+
+    def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs) -> MetricExportResult:
+        from otel_rl.exporters.translate import translate_sdk
+
+        if self.sink.closed:
+            _log.warning("%s: export after shutdown; nothing written", self.sink.name)
+            return MetricExportResult.FAILURE
+        try:
+            translation = translate_sdk(metrics_data)
+            if translation.rejected:
+                _log.warning("%s: %d points not translated: %s", self.sink.name, translation.rejected,
+                             translation.reason)
+            self.sink.write_batch(self._stream.admit(translation.batch))
+        except Exception as exc:  # never into the SDK's thread
+            _log.error("%s: export failed: %s", self.sink.name, exc, exc_info=not isinstance(exc, PermanentError))
+            return MetricExportResult.FAILURE
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.sink.force_flush()
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs) -> None:
+        self.sink.shutdown()

@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 
 from otel_rl.config import env_default, positive
-from otel_rl.exporters.base import PermanentError, RecordExporter, require
+from otel_rl.exporters.base import PermanentError, RecordExporter, TransientError, require
 from otel_rl.exporters.naming import NameMapper
 from otel_rl.exporters.records import Batch, scalar_items
 
@@ -101,7 +101,7 @@ class MlflowExporter(RecordExporter):
             status = exc.get_http_status_code()
             if 400 <= status < 500 and status != 429:
                 raise PermanentError(f"{exc.error_code}: {exc.message[:500]}") from exc
-            raise
+            raise TransientError(f"{exc.error_code}: {exc.message[:500]}") from exc
 
     def write(self, batch: Batch) -> None:
         previous, done = self._resume
@@ -149,15 +149,16 @@ class MlflowExporter(RecordExporter):
                 self._params[(run, name)] = text
                 out.append((name, text))
             elif previous != text:
-                self._translator.warn_once(f"param:{run}:{name}", "mlflow: param %r of run %r changed "
+                self.warn_once(f"param:{run}:{name}", "mlflow: param %r of run %r changed "
                                            "from %r to %r; MLflow params are immutable, keeping the first",
                                            name, run, previous, text)
         return out
 
-    def close(self) -> None:
+    def close(self, status: str = "success") -> None:
         for run_id in self._run_ids.values():
             try:
-                self._client.set_terminated(run_id)
+                self._client.set_terminated(run_id, status={"success": "FINISHED", "killed": "KILLED"}.get(
+                    status, "FAILED"))
             except Exception as exc:  # the server may be gone at exit; data is already sent
                 _log.warning("mlflow: could not mark run %s finished: %s", run_id, exc)
         self._run_ids.clear()

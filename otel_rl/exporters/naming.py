@@ -48,6 +48,18 @@ RULES: dict[str, NameRules] = {
 DESCRIPTIVE_ATTRIBUTES = frozenset({"hw.name", "hw.vendor", "hw.gpu.pci_bus_id"})
 
 
+_PLAIN = re.compile(r"[\w.\-:@+=,]{1,128}")
+
+
+def path_component(name: str) -> str:
+    """``name`` as one safe file-name component: kept when it is a plain name, otherwise
+    illegal characters become ``_`` and a short hash keeps distinct names distinct."""
+    if _PLAIN.fullmatch(name) and name.strip(".") and not name.startswith("."):
+        return name
+    cleaned = re.sub(r"[^\w.\-:@+=,]", "_", name).lstrip(".")[:100] or "run"
+    return f"{cleaned}-{hashlib.blake2b(name.encode('utf-8', 'surrogatepass'), digest_size=4).hexdigest()}"
+
+
 def series_key(name: str, attributes: tuple[tuple[str, str], ...] = (), suffix: str = "") -> str:
     """The backend-neutral key: ``name[/k:v[/k2:v2]][/suffix]`` (legal in every backend,
     MLflow included, when names and values are)."""

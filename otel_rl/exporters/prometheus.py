@@ -140,7 +140,7 @@ class PrometheusExporter(RecordExporter):
             if len(self._series) > self.config.max_series:
                 self._series.popitem(last=False)
                 self.evicted += 1
-                self._translator.warn_once("evict", "prometheus: more than %d series; evicting the least "
+                self.warn_once("evict", "prometheus: more than %d series; evicting the least "
                                            "recently updated (counted in evicted)", self.config.max_series)
         self._series.move_to_end(key)
         if isinstance(p.value, HistogramValue):  # per-step distributions add up to a cumulative one
@@ -176,6 +176,6 @@ class PrometheusExporter(RecordExporter):
             lines.append(f"{name}_count{{{label_text}}} {s.count}")
         return "\n".join(lines) + "\n"
 
-    def close(self) -> None:
+    def close(self, status: str = "success") -> None:
         self._server.shutdown()
         self._server.server_close()

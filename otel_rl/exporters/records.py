@@ -7,8 +7,9 @@ protobuf) is translated into these, and nothing else knows about backends.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,15 @@ class Point:
     attributes: tuple[tuple[str, str], ...] = ()
     #: The sender's rank (resource attribute ``otel_rl.rank``), -1 when not set.
     rank: int = -1
+    #: Sums only. Before accumulation: how ``value`` is meant (``"delta"``: an increment;
+    #: ``"cumulative"``: a total since the series started; ``"cumulative_step"``: a per-step
+    #: total the SDK re-exports every cycle). After accumulation ``""``: ``value`` is the running
+    #: total shown by backends and ``increment`` what this point added to it.
+    temporality: str = ""
+    increment: Optional[float] = None
+
+    def replace(self, **changes: Any) -> "Point":
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +107,8 @@ class Batch:
 
     points: list[Point] = field(default_factory=list)
     params: list[RunParams] = field(default_factory=list)
+    #: Delivery metadata (a sender's batch id, an emission number), kept through spools.
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.points) + len(self.params)

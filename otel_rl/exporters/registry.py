@@ -42,7 +42,7 @@ _BUILTIN = {
                     "otel_rl.exporters.prometheus:PrometheusConfig", "all"),
         BackendSpec("mlflow_traces", None, "otel_rl.exporters.mlflow_traces:MlflowTracesConfig", "mlflow",
                     span_exporter="otel_rl.exporters.mlflow_traces:MlflowTraceExporter"),
-        BackendSpec("otlp", "otel_rl.exporters.otlp:OtlpExporter",
+        BackendSpec("otlp", "otel_rl.exporters.otlp:OtlpSink",
                     "otel_rl.exporters.otlp:OtlpConfig", "otlp",
                     span_exporter="otel_rl.exporters.otlp:OtlpSpanExporter"),
     )

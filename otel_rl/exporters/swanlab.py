@@ -103,6 +103,13 @@ class SwanlabExporter(RecordExporter):
             row = self._first_writes(run, step, row)
             if row:
                 self._run(run).log(row, step=step)
+                self._mark(run, step, row)  # only once SwanLab took it: a retry sends it again
+
+    def _mark(self, run: str, step: int, row: dict[str, float]) -> None:
+        for key in row:
+            self._written[(run, key, step)] = None
+            if len(self._written) > _WRITTEN_MEMORY:
+                self._written.popitem(last=False)
 
     def _first_writes(self, run: str, step: int, row: dict[str, float]) -> dict[str, float]:
         kept = {}
@@ -110,22 +117,23 @@ class SwanlabExporter(RecordExporter):
             mark = (run, key, step)
             if mark in self._written:
                 self.duplicates += 1
-                self._translator.warn_once(
+                self.warn_once(
                     f"dup:{run}:{key}", "swanlab: %r already has a value at step %d; SwanLab keeps "
                     "the first (SwanLab#1363), so the later value is not sent (counted in "
                     "duplicates)", key, step)
                 continue
-            self._written[mark] = None
-            if len(self._written) > _WRITTEN_MEMORY:
-                self._written.popitem(last=False)
             kept[key] = value
         return kept
 
-    def _finish_active(self) -> None:
+    def _finish_active(self, status: str = "success") -> None:
         if self._active is not None:
-            self._active[1].finish()
+            state = {"success": "success", "failed": "crashed", "killed": "aborted"}.get(status, "success")
+            try:
+                self._active[1].finish(state=state)
+            except TypeError:  # an older SDK without finish(state=)
+                self._active[1].finish()
             self._active = None
 
-    def close(self) -> None:
-        self._finish_active()
+    def close(self, status: str = "success") -> None:
+        self._finish_active(status)
 

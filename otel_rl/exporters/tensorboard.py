@@ -27,7 +27,7 @@ from typing import Any
 
 from otel_rl.config import env_default
 from otel_rl.exporters.base import RecordExporter, require
-from otel_rl.exporters.naming import NameMapper
+from otel_rl.exporters.naming import NameMapper, path_component
 from otel_rl.exporters.records import Batch, HistogramValue, Point, RunParams
 
 _log = logging.getLogger(__name__)
@@ -59,20 +59,33 @@ class EventFile:
     _counter = 0
     _counter_lock = threading.Lock()
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, suffix: str | None = None, keep_bytes: int | None = None) -> None:
+        """A new event file in ``logdir``; with ``suffix`` (a spool id) the file of that suffix is
+        reused if there is one, cut back to ``keep_bytes`` (None: to its header), so records
+        written after the last checkpoint, which the spool replays, are not held twice."""
         from tensorboard.compat.proto import event_pb2
 
         self._event_pb2 = event_pb2
         self._crc = _crc_function()
         logdir.mkdir(parents=True, exist_ok=True)
+        existing = sorted(logdir.glob(f"events.out.tfevents.*.{suffix}")) if suffix else []
+        if existing:
+            self.path = existing[-1]
+            _cut(self.path, keep_bytes)
+            self._file = open(self.path, "ab")
+            return
         with EventFile._counter_lock:
             EventFile._counter += 1
             uid = EventFile._counter
-        self.path = logdir / (f"events.out.tfevents.{int(time.time()):010d}."
-                              f"{socket.gethostname()}.{os.getpid()}.{uid}")
+        tail = suffix or f"{os.getpid()}.{uid}"
+        self.path = logdir / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{tail}"
         self._file = open(self.path, "ab")
         self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
         self.flush()
+
+    @property
+    def size(self) -> int:
+        return self._file.tell()
 
     def _masked(self, data: bytes) -> int:
         x = self._crc(data) & 0xFFFFFFFF
@@ -89,6 +102,20 @@ class EventFile:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _cut(path: Path, keep_bytes: int | None) -> None:
+    """Truncate an event file to ``keep_bytes``, or to its first record (the version header)."""
+    size = path.stat().st_size
+    if keep_bytes is None:
+        with open(path, "rb") as f:
+            header = f.read(8)
+        keep_bytes = 16 + struct.unpack("<Q", header)[0] if len(header) == 8 else 0
+    if keep_bytes < size:
+        _log.info("tensorboard: %s: cutting %d bytes written after the last checkpoint (the spool "
+                  "replays them)", path, size - keep_bytes)
+        with open(path, "r+b") as f:
+            f.truncate(keep_bytes)
 
 
 class _SharedFiles:
@@ -138,14 +165,35 @@ class TensorBoardExporter(RecordExporter):
         self._names = NameMapper("tensorboard")
         self._runs: dict[str, EventFile] = {}
         self._hist_meta = None
+        self._spool_id: str | None = None
+        self._checkpointed: dict[str, list] = {}  # run -> [file name, size] at the last checkpoint
 
     def run_dir(self, run: str) -> Path:
-        return self.log_dir / run
+        """``<log_dir>/<run>``; a run id that is not a plain name (``../x``, ``/abs``, control
+        characters, over 128 characters) becomes a safe one with a hash suffix, never a path."""
+        return self.log_dir / path_component(run)
+
+    def bind_spool(self, spool_id: str, state: dict | None) -> None:
+        self._spool_id = f"otel-rl-{spool_id}"
+        self._checkpointed = dict((state or {}).get("files", {}))
+
+    def checkpoint_state(self) -> dict:
+        files = dict(self._checkpointed)
+        files.update({run: [f.path.name, f.size] for run, f in self._runs.items()})
+        self._checkpointed = files
+        return {"files": files}
 
     def _file(self, run: str) -> EventFile:
         f = self._runs.get(run)
         if f is None:
-            f = self._runs[run] = _FILES.acquire(self.run_dir(run))
+            if self._spool_id is None:
+                f = _FILES.acquire(self.run_dir(run))
+            else:  # fed from a spool: one file per (run, spool), cut back to the checkpoint
+                name, size = self._checkpointed.get(run, (None, None))
+                f = EventFile(self.run_dir(run), self._spool_id, size)
+                if name is not None and name != f.path.name:
+                    _log.warning("tensorboard: checkpointed file %s of run %r is gone; using %s", name, run, f.path)
+            self._runs[run] = f
             _log.info("tensorboard: run %r -> %s", run, self.run_dir(run))
         return f
 
@@ -206,15 +254,20 @@ class TensorBoardExporter(RecordExporter):
         for f in self._runs.values():
             f.flush()
 
-    def close(self) -> None:
+    def close(self, status: str = "success") -> None:
         from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
         for run, f in self._runs.items():
-            end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+            code = {"success": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE,
+                    "killed": api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
+            end = plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time())
             f.write(self._hparams_event("_hparams_/session_end_info",
                                         plugin_data_pb2.HParamsPluginData(session_end_info=end), time.time()))
             f.flush()
-            _FILES.release(self.run_dir(run))
+            if self._spool_id is None:
+                _FILES.release(self.run_dir(run))
+            else:
+                f.close()
         self._runs.clear()
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from otel_rl.config import ConfigError, env_default, readable_file
-from otel_rl.exporters.base import PermanentError, RecordExporter, require
+from otel_rl.exporters.base import PermanentError, RecordExporter, TransientError, require
 from otel_rl.exporters.naming import NameMapper
 from otel_rl.exporters.records import Batch, HistogramValue, Point
 
@@ -140,6 +140,7 @@ class WandbExporter(RecordExporter):
         self._names = NameMapper("wandb")
         self._runs: dict[str, Any] = {}
         self._journals: dict[str, _Journal] = {}
+        self._resume: tuple[Any, int] = (None, 0)
 
     def run_dir(self, run: str) -> str:
         active = self._runs.get(run)
@@ -176,6 +177,12 @@ class WandbExporter(RecordExporter):
         return active
 
     def write(self, batch: Batch) -> None:
+        try:
+            self._write(batch)
+        except self._wandb.errors.CommError as exc:  # network: W&B may be back later
+            raise TransientError(f"wandb: {exc}") from exc
+
+    def _write(self, batch: Batch) -> None:
         from otel_rl.spool import encode_batch
 
         runs = batch.runs()
@@ -185,10 +192,18 @@ class WandbExporter(RecordExporter):
         if runs and all(fingerprint in self._journals[r] for r in runs):
             _log.info("wandb: batch already written before a restart (replayed from a spool); skipped")
             return
-        for params in batch.params:
-            self._run(params.run).config.update(params.params, allow_val_change=True)
-        for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
+        previous, done = self._resume
+        start = done if previous is batch else 0  # a retried batch resumes after its last logged row
+        if start == 0:
+            for params in batch.params:
+                self._run(params.run).config.update(params.params, allow_val_change=True)
+        rows = [(run, step, list(points)) for (run, step), points in
+                groupby(batch.points, key=lambda p: (p.run, p.step))]
+        for i in range(start, len(rows)):
+            run, step, points = rows[i]
+            self._resume = (batch, i)
             self._run(run).log(self._row(step, points), commit=True)
+        self._resume = (None, 0)
         for run in runs:
             self._journals[run].add(fingerprint)
 
@@ -208,7 +223,8 @@ class WandbExporter(RecordExporter):
             return None
         return self._wandb.Histogram(np_histogram=arrays)
 
-    def close(self) -> None:
+    def close(self, status: str = "success") -> None:
+        exit_code = 0 if status == "success" else 1
         for run in self._runs.values():
-            run.finish()
+            run.finish(exit_code=exit_code)
         self._runs.clear()

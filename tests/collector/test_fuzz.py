@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 
-from otel_rl.exporters.translate import Translator
+from otel_rl.exporters.accumulate import Stream
+from otel_rl.exporters.translate import translate_proto
 from otel_rl_collector import wire
 from test_receive import _request
 
@@ -25,8 +26,9 @@ def _decode_and_translate(payload: bytes, content_type: str) -> None:
         request = wire.parse(payload, content_type, mpb.ExportMetricsServiceRequest)
     except EXPECTED:
         return
-    batch, rejected, _ = Translator().translate_proto(request)
-    assert rejected >= 0 and all(p.step >= 0 for p in batch.points)
+    translation = translate_proto(request)
+    batch = Stream().admit(translation.batch)
+    assert translation.rejected >= 0 and all(p.step >= 0 for p in batch.points)
 
 
 @BUDGET

@@ -81,46 +81,85 @@ def _p(rank, value, step=0, name="loss", kind="gauge"):
 
 def test_reducer_waits_for_all_ranks_then_emits_once():
     r = Reducer(timeout_s=60)
-    assert r.add([_p(0, 1.0), _p(1, 3.0)], {"r": 3}) == []
-    (out,) = r.add([_p(2, 5.0)], {"r": 3})
+    assert r.add([_p(0, 1.0), _p(1, 3.0)], {"r": 3}, now=0.0) == []
+    (out,) = r.add([_p(2, 5.0)], {"r": 3}, now=0.0)
     assert out.value == 3.0 and out.rank == -1
 
 
 @pytest.mark.parametrize("op, expected", [("mean", 2.0), ("max", 3.0), ("min", 1.0), ("sum", 6.0)])
 def test_reduce_ops_from_rules(op, expected):
     r = Reducer(rules=[("loss", op)], timeout_s=60)
-    (out,) = r.add([_p(0, 1.0), _p(1, 2.0), _p(2, 3.0)], {"r": 3})
+    (out,) = r.add([_p(0, 1.0), _p(1, 2.0), _p(2, 3.0)], {"r": 3}, now=0.0)
     assert out.value == expected
 
 
 def test_none_keeps_ranks_as_series_and_timing_defaults_to_max():
     r = Reducer(rules=[("loss", "none")], timeout_s=60)
-    out = r.add([_p(0, 1.0), _p(1, 2.0)], {"r": 2})
+    out = r.add([_p(0, 1.0), _p(1, 2.0)], {"r": 2}, now=0.0)
     assert sorted(p.attributes for p in out) == [(("rank", "0"),), (("rank", "1"),)]
-    (t,) = r.add([_p(0, 0.5, name="timing/gen"), _p(1, 0.9, name="timing/gen")], {"r": 2})
+    (t,) = r.add([_p(0, 0.5, name="timing/gen"), _p(1, 0.9, name="timing/gen")], {"r": 2}, now=0.0)
     assert t.value == 0.9
 
 
 def test_timeout_emits_partial_and_late_points_correct_the_step():
     r = Reducer(timeout_s=1.0)
-    r.add([_p(0, 2.0), _p(1, 4.0)], {"r": 3})
-    assert r.expire() == []  # not yet timed out
-    (partial,) = r.expire(now=time.monotonic() + 2.0)
+    r.add([_p(0, 2.0), _p(1, 4.0)], {"r": 3}, now=0.0)
+    assert r.expire(now=0.5) == []  # not yet timed out
+    (partial,) = r.expire(now=2.0)
     assert partial.value == 3.0 and r.partial_groups == 1  # emitted with the ranks present
-    (late,) = r.add([_p(2, 9.0)], {"r": 3})
+    (late,) = r.add([_p(2, 9.0)], {"r": 3}, now=0.0)
     assert late.value == 5.0 and r.late_points == 1  # corrected mean over all three ranks
 
 
 def test_resent_rank_is_idempotent():
     r = Reducer(timeout_s=60)
-    r.add([_p(0, 1.0)], {"r": 2})
-    r.add([_p(0, 1.0)], {"r": 2})  # a retry of the same request
-    (out,) = r.add([_p(1, 3.0)], {"r": 2})
+    r.add([_p(0, 1.0)], {"r": 2}, now=0.0)
+    r.add([_p(0, 1.0)], {"r": 2}, now=0.0)  # a retry of the same request
+    (out,) = r.add([_p(1, 3.0)], {"r": 2}, now=0.0)
     assert out.value == 2.0
 
 
 def test_histograms_merge_across_ranks():
     h = lambda c, lo, hi: HistogramValue(c, c * 1.0, lo, hi, ((0.0, 1.0, c),))  # noqa: E731
     r = Reducer(timeout_s=60)
-    (out,) = r.add([_p(0, h(2, 0.1, 0.9), kind="histogram"), _p(1, h(3, 0.2, 0.8), kind="histogram")], {"r": 2})
+    (out,) = r.add([_p(0, h(2, 0.1, 0.9), kind="histogram"), _p(1, h(3, 0.2, 0.8), kind="histogram")], {"r": 2}, now=0.0)
     assert (out.value.count, out.value.min, out.value.max, out.value.buckets) == (5, 0.1, 0.9, ((0.0, 1.0, 5),))
+
+
+def _c(rank, inc, step, name="episodes"):
+    """A counter increment from one rank (what the OTLP hop carries)."""
+    return Point("r", name, step, float(inc), 1.0, "counter", (), rank, "delta")
+
+
+def test_counter_increments_at_different_steps_add_up_across_ranks():
+    """Minimal case from the issue: rank 0 adds 10 at step 1, rank 1 adds 10 at step 2. The
+    run's total is 10 at step 1 and 20 at step 2 (the old reducer said 10 at step 2)."""
+    from otel_rl.exporters.accumulate import Stream
+
+    r, stream, world = Reducer(timeout_s=60), Stream(), {"r": 2}
+    out = []
+    out += stream.totals(r.add([_c(0, 10, 1), _p(0, 0.0, step=3)], world, now=0.0))  # rank 0 moves on
+    out += stream.totals(r.add([_c(1, 10, 2), _p(1, 0.0, step=3)], world, now=0.0))
+    out += stream.totals(r.expire(now=0.0, everything=True))
+    totals = {p.step: p.value for p in out if p.name == "episodes"}
+    assert totals == {1: 10.0, 2: 20.0}
+
+
+def test_counter_step_waits_until_every_rank_moved_past_it_then_late_increments_still_count():
+    r, world = Reducer(timeout_s=60), {"r": 2}
+    assert r.add([_c(0, 1, 5)], world, now=0.0) == []  # rank 1 may still add at step 5
+    assert [p for p in r.add([_p(1, 0.0, step=5)], world, now=0.0) if p.kind == "counter"] == []
+    (done,) = [p for p in r.add([_p(0, 0.0, step=6), _p(1, 0.0, step=6)], world, now=0.0) if p.kind == "counter"]
+    assert (done.step, done.value) == (5, 1.0)
+    (late,) = r.add([_c(1, 4, 5)], world, now=0.0)  # a late increment of an emitted step
+    assert (late.step, late.value, r.late_points) == (5, 4.0, 1)
+    (both,) = r.add([_c(0, 1, 7), _c(1, 2, 7)], world, now=0.0)  # every rank sent one: no wait
+    assert (both.step, both.value) == (7, 3.0)
+
+
+def test_counter_group_of_a_silent_rank_is_emitted_after_the_timeout():
+    r, world = Reducer(timeout_s=1.0), {"r": 2}
+    r.add([_c(0, 7, 2)], world, now=10.0)
+    assert r.expire(now=10.5) == []
+    (out,) = r.expire(now=11.5)
+    assert (out.step, out.value, r.partial_groups) == (2, 7.0, 1)

@@ -19,6 +19,7 @@ from backends import (
     read_swanlab,
     read_wandb,
 )
+from otel_rl.exporters.base import SinkExporter
 from otel_rl import Logger
 from otel_rl.config import ConfigError, load_config
 from otel_rl.exporters import registry
@@ -54,15 +55,15 @@ def test_all_four_backends_at_once_from_one_stream(tmp_path, mlflow_server):
 # -- MLflow -----------------------------------------------------------------------------------
 
 def test_mlflow_batches_at_most_1000_metrics_per_request(tmp_path, mlflow_server):
-    exporter = MlflowExporter(MlflowConfig(tracking_uri=mlflow_server.url, experiment="batching"))
+    exporter = SinkExporter(MlflowExporter(MlflowConfig(tracking_uri=mlflow_server.url, experiment="batching")))
     calls = []
-    real_log_batch = exporter._client.log_batch
+    real_log_batch = exporter.sink._client.log_batch
 
     def counting_log_batch(run_id, metrics=(), params=(), **kwargs):  # observe, then call the real one
         calls.append((len(metrics), len(params)))
         return real_log_batch(run_id, metrics=metrics, params=params, **kwargs)
 
-    exporter._client.log_batch = counting_log_batch
+    exporter.sink._client.log_batch = counting_log_batch
     meter, reader = _meter("batching")
     gauges = [meter.create_gauge(f"m{i}") for i in range(250)]
     for step in range(10):
@@ -79,7 +80,7 @@ def test_mlflow_batches_at_most_1000_metrics_per_request(tmp_path, mlflow_server
 
 
 def test_mlflow_names_are_sanitized_with_collisions_reported_once(tmp_path, mlflow_server, caplog):
-    exporter = MlflowExporter(MlflowConfig(tracking_uri=mlflow_server.url, experiment="names"))
+    exporter = SinkExporter(MlflowExporter(MlflowConfig(tracking_uri=mlflow_server.url, experiment="names")))
     meter, reader = _meter("names")
     loss = meter.create_gauge("loss")  # attribute values can hold any character
     loss.set(1.0, {"step": 0, "part": "a(b)"})
@@ -98,7 +99,7 @@ def test_mlflow_embedded_sqlite_default(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config({"mlflow": {"enabled": True}}).backends["mlflow"]
     assert cfg.tracking_uri == "sqlite:///mlflow.db"
-    exporter = MlflowExporter(cfg)
+    exporter = SinkExporter(MlflowExporter(cfg))
     meter, reader = _meter("embedded")
     meter.create_gauge("loss").set(0.25, {"step": 4})
     assert exporter.export(reader.get_metrics_data()) is MetricExportResult.SUCCESS
@@ -139,7 +140,7 @@ def test_mlflow_server_down_at_start_buffers_and_never_blocks_training(tmp_path)
 
 def test_wandb_histograms_and_config(tmp_path):
     cfg = load_config({"wandb": backend_config("wandb", tmp_path)}).backends["wandb"]
-    exporter = registry.create("wandb", cfg)
+    exporter = SinkExporter(registry.create("wandb", cfg))
     meter, reader = _meter("wb")
     meter.create_gauge("otel_rl.hparams").set(1, {"lr": 0.5})
     h = meter.create_histogram("adv", explicit_bucket_boundaries_advisory=[0.0, 1.0])
@@ -162,7 +163,7 @@ def test_wandb_config_errors():
 # -- SwanLab ----------------------------------------------------------------------------------
 
 def test_swanlab_duplicate_steps_last_in_batch_wins_later_ones_are_counted(tmp_path, caplog):
-    exporter = SwanlabExporter(SwanlabConfig(mode="offline", logdir=str(tmp_path / "sl")))
+    exporter = SinkExporter(SwanlabExporter(SwanlabConfig(mode="offline", logdir=str(tmp_path / "sl"))))
     meter, reader = _meter("dup")
     g = meter.create_gauge("loss")
     g.set(1.0, {"step": 0, "src": "a"})
@@ -175,12 +176,12 @@ def test_swanlab_duplicate_steps_last_in_batch_wins_later_ones_are_counted(tmp_p
     scalars = read_swanlab(tmp_path / "sl", "dup")["scalars"]
     assert scalars["loss"] == {1: 5.0, 2: 6.0}
     assert scalars["loss/src:a"] == {0: 1.0}
-    assert exporter.duplicates == 1
+    assert exporter.sink.duplicates == 1
     assert sum("already has a value at step 1" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_swanlab_local_mode(tmp_path):
-    exporter = SwanlabExporter(SwanlabConfig(mode="local", logdir=str(tmp_path / "sl")))
+    exporter = SinkExporter(SwanlabExporter(SwanlabConfig(mode="local", logdir=str(tmp_path / "sl"))))
     meter, reader = _meter("local")
     meter.create_gauge("reward").set(3.0, {"step": 7})
     assert exporter.export(reader.get_metrics_data()) is MetricExportResult.SUCCESS
@@ -189,7 +190,7 @@ def test_swanlab_local_mode(tmp_path):
 
 
 def test_swanlab_histograms_become_scalars_and_names_are_trimmed(tmp_path):
-    exporter = SwanlabExporter(SwanlabConfig(mode="offline", logdir=str(tmp_path / "sl")))
+    exporter = SinkExporter(SwanlabExporter(SwanlabConfig(mode="offline", logdir=str(tmp_path / "sl"))))
     meter, reader = _meter("h")
     h = meter.create_histogram("lat")
     h.record(2.0, {"step": 0})

@@ -15,7 +15,7 @@ from backends import BACKENDS, backend_config, read_params, read_scalars, read_w
 from conftest import f32_close
 from otel_rl.config import load_config
 from otel_rl.exporters import registry
-from otel_rl.exporters.base import DELTA_TEMPORALITY
+from otel_rl.exporters.base import DELTA_TEMPORALITY, SinkExporter
 
 
 @pytest.fixture(params=BACKENDS)
@@ -28,7 +28,7 @@ def backend(request, tmp_path):
         def __init__(self):
             self.name = name
             self.tmp = tmp_path
-            self.exporter = registry.create(name, cfg)
+            self.exporter = SinkExporter(registry.create(name, cfg))  # the SDK face of the sink
 
         def scalars(self, run="r"):
             return read_scalars(name, tmp_path, run, url)

@@ -10,6 +10,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportR
 from opentelemetry.sdk.resources import Resource
 
 from conftest import f32_close, read_hparams, read_tensorboard
+from otel_rl.exporters.base import SinkExporter
 from otel_rl.exporters.base import DELTA_TEMPORALITY
 from otel_rl.exporters.tensorboard import TensorBoardConfig, TensorBoardExporter
 
@@ -21,7 +22,7 @@ def _meter(run="r"):
 
 
 def test_contract_success_then_failure_after_shutdown_and_double_shutdown(tmp_path):
-    exporter = TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path)))
+    exporter = SinkExporter(TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path))))
     meter, reader = _meter()
     meter.create_gauge("x").set(1.0, {"step": 0})
     assert exporter.export(reader.get_metrics_data()) is MetricExportResult.SUCCESS
@@ -38,7 +39,7 @@ def test_float64_round_trips_within_float32_tolerance(tmp_path):
     rng = random.Random(7)
     values = [rng.uniform(-1, 1) * 10 ** rng.randint(-30, 30) for _ in range(500)]
     values += [1e-45, 3.0e38, -0.0, 1 / 3, 123456789.123456789]
-    exporter = TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path)))
+    exporter = SinkExporter(TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path))))
     meter, reader = _meter()
     g = meter.create_gauge("v")
     for step, v in enumerate(values):
@@ -53,7 +54,7 @@ def test_float64_round_trips_within_float32_tolerance(tmp_path):
 
 
 def test_histograms_become_tensorboard_histograms(tmp_path):
-    exporter = TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path)))
+    exporter = SinkExporter(TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path))))
     meter, reader = _meter()
     h = meter.create_histogram("lat", explicit_bucket_boundaries_advisory=[1.0, 2.0, 5.0])
     for v in (0.5, 1.5, 1.7, 4.0, 9.0):
@@ -67,7 +68,7 @@ def test_histograms_become_tensorboard_histograms(tmp_path):
 
 
 def test_hparams_through_the_hparams_plugin(tmp_path):
-    exporter = TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path)))
+    exporter = SinkExporter(TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path))))
     meter, reader = _meter()
     meter.create_gauge("otel_rl.hparams").set(1, {"lr": 0.001, "algo": "ppo", "kl": False})
     exporter.export(reader.get_metrics_data())
@@ -76,8 +77,8 @@ def test_hparams_through_the_hparams_plugin(tmp_path):
 
 
 def test_one_writer_per_run_directory(tmp_path):
-    a = TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path)))
-    b = TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path)))
+    a = SinkExporter(TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path))))
+    b = SinkExporter(TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path))))
     meter, reader = _meter()
     g = meter.create_gauge("x")
     g.set(1.0, {"step": 0})
@@ -94,7 +95,7 @@ def test_one_writer_per_run_directory(tmp_path):
 
 
 def test_runs_get_their_own_directories(tmp_path):
-    exporter = TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path)))
+    exporter = SinkExporter(TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path))))
     for run in ("a", "b"):
         meter, reader = _meter(run)
         meter.create_gauge("x").set(1.0 if run == "a" else 2.0, {"step": 5})
@@ -107,7 +108,7 @@ def test_runs_get_their_own_directories(tmp_path):
 def test_unwritable_log_dir_returns_failure_not_an_exception(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    exporter = TensorBoardExporter(TensorBoardConfig(log_dir=str(blocker)))
+    exporter = SinkExporter(TensorBoardExporter(TensorBoardConfig(log_dir=str(blocker))))
     meter, reader = _meter()
     meter.create_gauge("x").set(1.0, {"step": 0})
     assert exporter.export(reader.get_metrics_data()) is MetricExportResult.FAILURE
@@ -122,7 +123,7 @@ def test_default_log_dir_from_env(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nonfinite_values_are_kept(tmp_path, value):
-    exporter = TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path)))
+    exporter = SinkExporter(TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path))))
     meter, reader = _meter()
     meter.create_gauge("x").set(0.0, {"step": 0, "otel_rl.nonfinite": str(value)})
     exporter.export(reader.get_metrics_data())
