@@ -290,3 +290,51 @@ def read_mlflow(tracking_uri: str, experiment: str, run: str) -> dict:
             scalars[key]["duplicates"] = len(history) - len(scalars[key])
     return {"scalars": scalars, "params": dict(found.data.params), "run_id": found.info.run_id,
             "status": found.info.status}
+
+
+def read_counts(name: str, tmp: Path, run: str, mlflow_url: str | None = None) -> dict:
+    """How many times each (key, step) is stored, from the backend's own storage:
+    ``{key: {step: count}}`` (an exactly-once check needs every count to be 1)."""
+    from collections import Counter
+
+    from conftest import read_tensorboard_events
+
+    counts: dict[str, Counter] = {}
+    if name == "tensorboard":
+        for tag, events in read_tensorboard_events(tmp / "tb" / run).items():
+            counts[tag] = Counter(step for step, _ in events)
+    elif name == "wandb":
+        for row in read_wandb(tmp / "wb", run)["rows"]:
+            for key in row:
+                if not key.startswith("_") and key != "otel_rl/step":
+                    counts.setdefault(key, Counter())[row.get("otel_rl/step")] += 1
+    elif name == "swanlab":
+        from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+        from swanlab.sdk.internal.core_python.store import DataStoreReader
+
+        for run_dir in sorted(glob.glob(str(tmp / "sl" / "run-*"))):
+            reader = DataStoreReader()
+            reader.open(glob.glob(os.path.join(run_dir, "*.swanlab"))[0])
+            mine, found = {}, None
+            try:
+                while (raw := reader.scan()) is not None:
+                    rec = Record()
+                    rec.ParseFromString(raw)
+                    if rec.HasField("start"):
+                        found = rec.start.name
+                    elif rec.HasField("scalar"):
+                        mine.setdefault(rec.scalar.key, Counter())[int(rec.scalar.step)] += 1
+            finally:
+                reader.close()
+            if found == run:
+                for key, c in mine.items():
+                    counts.setdefault(key, Counter()).update(c)
+    else:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=mlflow_url or f"sqlite:///{tmp}/mlflow.db")
+        exp = client.get_experiment_by_name(f"exp-{tmp.name}")
+        (found,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`otel_rl.run_id` = '{run}'")
+        for key in found.data.metrics:
+            counts[key] = Counter(m.step for m in client.get_metric_history(found.info.run_id, key))
+    return {key: dict(c) for key, c in counts.items()}

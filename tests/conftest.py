@@ -36,6 +36,29 @@ def read_tensorboard(run_dir: Path) -> dict:
             "summary_metadata": {t: acc.SummaryMetadata(t) for t in tags["tensors"]}}
 
 
+def read_tensorboard_events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar event of every event file in ``run_dir``, duplicates included:
+    ``{tag: [(step, value), ...]}``, read with TensorBoard's own record loader."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader as EventFileLoader
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
+
+
+def exactly_once(events: list[tuple[int, float]]) -> dict[int, float]:
+    """``{step: value}`` after checking that no step appears twice."""
+    from collections import Counter
+
+    dupes = sorted(step for step, n in Counter(s for s, _ in events).items() if n > 1)
+    assert not dupes, f"steps written more than once: {dupes[:20]}"
+    return dict(events)
+
+
 def read_hparams(run_dir: Path) -> dict:
     """The HParams plugin's session-start hparams, decoded with the plugin's own protos."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

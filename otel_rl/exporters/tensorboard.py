@@ -87,6 +87,8 @@ class EventFile:
     def size(self) -> int:
         return self._file.tell()
 
+
+
     def _masked(self, data: bytes) -> int:
         x = self._crc(data) & 0xFFFFFFFF
         return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
@@ -99,6 +101,16 @@ class EventFile:
 
     def flush(self) -> None:
         self._file.flush()
+
+    def rollback(self, size: int) -> None:
+        """Cut the file back to ``size`` bytes: a batch that failed half-way (a full disk) leaves
+        neither a torn record nor a partial batch that its retry would write again."""
+        try:
+            self._file.close()  # may fail again flushing what is buffered: that is being dropped
+        except OSError:
+            pass
+        os.truncate(self.path, size)
+        self._file = open(self.path, "ab")
 
     def close(self) -> None:
         self._file.close()
@@ -166,6 +178,7 @@ class TensorBoardExporter(RecordExporter):
         self._runs: dict[str, EventFile] = {}
         self._hist_meta = None
         self._spool_id: str | None = None
+        self._before: dict | None = None
         self._checkpointed: dict[str, list] = {}  # run -> [file name, size] at the last checkpoint
 
     def run_dir(self, run: str) -> Path:
@@ -195,15 +208,25 @@ class TensorBoardExporter(RecordExporter):
                     _log.warning("tensorboard: checkpointed file %s of run %r is gone; using %s", name, run, f.path)
             self._runs[run] = f
             _log.info("tensorboard: run %r -> %s", run, self.run_dir(run))
+        if self._before is not None and run not in self._before:
+            self._before[run] = (f, f.size)
         return f
 
     def write(self, batch: Batch) -> None:
-        for params in batch.params:
-            self._write_hparams(params)
-        for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
-            self._write_step(run, step, list(points))
-        for f in {self._file(run) for run in batch.runs()}:
-            f.flush()
+        self._before = {}  # run -> (file, size before this batch), filled by _file()
+        try:
+            for params in batch.params:
+                self._write_hparams(params)
+            for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
+                self._write_step(run, step, list(points))
+            for f in {self._file(run) for run in batch.runs()}:
+                f.flush()
+        except BaseException:
+            for f, size in self._before.values():
+                f.rollback(size)
+            raise
+        finally:
+            self._before = None
 
     def _write_step(self, run: str, step: int, points: list[Point]) -> None:
         values = []

@@ -75,16 +75,22 @@ def proto_attributes(key_values) -> dict[str, Any]:
     return {kv.key: any_value(kv.value) for kv in key_values}
 
 
+#: Steps are int64 in every backend (TensorBoard events, MLflow, the OTLP int attribute).
+MAX_STEP = 2**63 - 1
+
+
 def _as_step(raw: Any) -> int | None:
+    """A non-negative int64 step from an attribute value, or None."""
+    step = None
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
-        return raw if raw >= 0 else None
-    if isinstance(raw, float) and raw.is_integer() and raw >= 0:
-        return int(raw)
-    if isinstance(raw, str) and raw.isdigit():
-        return int(raw)
-    return None
+        step = raw
+    elif isinstance(raw, float) and raw.is_integer():
+        step = int(raw)
+    elif isinstance(raw, str) and raw.isdigit() and len(raw) < 20:
+        step = int(raw)
+    return step if step is not None and 0 <= step <= MAX_STEP else None
 
 
 def exponential_buckets(scale: int, zero_count: int, zero_threshold: float,
