@@ -166,6 +166,7 @@ class SinkWorker:
         self._abandon = False  # set when stop() ran out of time: stop retrying
         self._closed = threading.Event()
         self._close_status = SUCCESS
+        self._written: tuple | None = None  # (batch, outcome) delivered but not yet checkpointed
         #: An unexpected worker error (a corrupt spool, a full disk at checkpoint time, a bug),
         #: None when healthy; cleared by the next delivery. The collector answers 503 meanwhile.
         self.broken: str | None = None
@@ -273,11 +274,16 @@ class SinkWorker:
                     return False
                 batch, token = head
                 self._busy = True
-            delivered, undelivered = self._deliver(batch)
+            if self._written is not None and self._written[0] is batch:
+                delivered, undelivered = self._written[1]  # written; only its checkpoint failed
+            else:
+                delivered, undelivered = self._deliver(batch)
             with self._cv:
                 if delivered is None:  # stopping: a spooled batch waits for the next start
                     return False
+                self._written = (batch, (delivered, undelivered))
                 self._queue.done(token, self._ack_state(batch))
+                self._written = None
                 self.stats.queued_points -= len(batch)
                 self.stats.exported_points += delivered
                 self.stats.dropped_points += undelivered

@@ -101,6 +101,7 @@ class Spool:
         self._file = open(self._path(self._segment), "ab")
         self._sizes.setdefault(self._segment, self._file.tell())
         self.quarantined_records = 0
+        self._skips: dict[tuple[int, int], int] = {}  # corrupt stretches: start -> where reading goes on
 
     def _path(self, segment: int) -> Path:
         return self.dir / f"seg-{segment:08d}.log"
@@ -185,6 +186,10 @@ class Spool:
                     return None
                 seg, off = seg + 1, 0
                 continue
+            skip = self._skips.get((seg, off))
+            if skip is not None:  # a corrupt stretch already quarantined
+                off = skip
+                continue
             with open(self._path(seg), "rb") as f:
                 f.seek(off)
                 header = f.read(_FRAME.size)
@@ -197,7 +202,8 @@ class Spool:
                 except (ValueError, KeyError, TypeError) as exc:
                     _log.error("spool %s: undecodable record at %d:%d: %s", self.dir, seg, off, exc)
             if batch is None:
-                off = self._quarantine_range(seg, off, size)
+                self._skips[(seg, off)] = resume = self._quarantine_range(seg, off, size)
+                off = resume
                 continue
             return batch, (seg, off + _FRAME.size + length)
 

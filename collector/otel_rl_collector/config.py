@@ -102,9 +102,13 @@ class SpoolConfig:
     dir: Optional[str] = env_default("OTEL_RL_SPOOL_DIR", None)
     max_bytes: int = 1 << 30
     fsync: bool = True
+    #: Seconds between checkpoints of the router state (and every 2,000 requests): what a
+    #: restart replays from the ingress. Replay is exact either way; shorter means faster restarts.
+    checkpoint_interval_s: float = 1.0
 
     def validate(self, path: str) -> None:
         positive(f"{path}.max_bytes", self.max_bytes)
+        positive(f"{path}.checkpoint_interval_s", self.checkpoint_interval_s)
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,7 @@ from otel_rl_collector.reduce import Reducer
 from otel_rl_collector.router import Router
 
 _log = logging.getLogger(__name__)
-#: Checkpoint the router state at most this often (and every CHECKPOINT_RECORDS records).
-CHECKPOINT_S = 1.0
+#: Checkpoint the router state at least every this many ingress records.
 CHECKPOINT_RECORDS = 2_000
 
 
@@ -185,14 +184,16 @@ class Collector:
 
     def _ingress_loop(self) -> None:
         cursor, since, last = self.ingress.cursor, 0, time.monotonic()
+        interval = self.config.spool.checkpoint_interval_s
         final = False
         while True:
             try:
                 item = self.ingress.read(cursor)
                 if item is None:
                     if final:
+                        self._checkpoint(cursor)
                         break
-                    if since:
+                    if since and time.monotonic() - last >= interval:
                         self._checkpoint(cursor)
                         since, last = 0, time.monotonic()
                     now = time.time()
@@ -209,7 +210,7 @@ class Collector:
                 if not self._emit(out, None):
                     break  # stopping with a sink refusing: the checkpoint stays before this record
                 cursor, since = after, since + 1
-                if since >= CHECKPOINT_RECORDS or time.monotonic() - last >= CHECKPOINT_S:
+                if since >= CHECKPOINT_RECORDS or time.monotonic() - last >= interval:
                     self._checkpoint(cursor)
                     since, last = 0, time.monotonic()
             except Exception:  # a bug or a full disk: report and retry, never die silently
@@ -350,7 +351,7 @@ class Collector:
             self.stats.received_points += len(batch.points)
             self.stats.rejected_points += translation.rejected
         response = mpb.ExportMetricsServiceResponse()
-        if translation.rejected:
+        if translation.reasons:  # rejected points, or warnings (a bad step placed at the latest)
             response.partial_success.rejected_data_points = translation.rejected
             response.partial_success.error_message = translation.reason
         return response
