@@ -51,6 +51,8 @@ def _self_metrics(port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         out = {}
         for line in r.read().decode().splitlines():
+            if line.startswith("#"):
+                continue
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
         return out
@@ -96,7 +98,7 @@ def throughput(seconds: float, points_per_request: int) -> dict:
                 else:
                     rejected += 1
                     time.sleep(0.5)
-            key = 'otel_rl_collector_sink_exported_points{sink="tensorboard"}'
+            key = 'otel_rl_collector_sink_exported_points_total{run="otel-rl-collector",sink="tensorboard"}'
             while _self_metrics(port).get(key, 0) < sent:
                 time.sleep(0.2)
             elapsed = time.perf_counter() - t0
@@ -138,7 +140,7 @@ def ten_ranks(steps: int) -> dict:
         peak = max(peak, collector.memory_info().rss)
         proc.terminate()
         proc.wait(60)
-    return {"ranks": 10, "steps": steps, "received_points": metrics["otel_rl_collector_received_points"],
+    return {"ranks": 10, "steps": steps, "received_points": metrics['otel_rl_collector_received_points_total{run="otel-rl-collector"}'],
             "rss_start_mb": base / 2**20, "rss_peak_mb": peak / 2**20}
 
 

@@ -37,9 +37,11 @@ def _collector(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"error: the collector needs its extra: pip install 'otel-rl[collector]' ({exc})", file=sys.stderr)
         return 2
+    from otel_rl.spool import SpoolLockedError
+
     try:
         collector = create(args.config).start()
-    except ConfigError as exc:
+    except (ConfigError, SpoolLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

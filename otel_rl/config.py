@@ -175,7 +175,8 @@ class Config:
 
     pipeline: PipelineConfig
     backends: dict[str, Any]
-    #: Telemetry sources that are not backends (``gpu``).
+    #: Sections that are not backends: ``gpu`` (a telemetry source), ``retry`` (the delivery
+    #: layer's :class:`~otel_rl.delivery.RetryPolicy`).
     sources: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def enabled(self) -> dict[str, Any]:
@@ -204,10 +205,11 @@ def load_config(source: "Config | Mapping[str, Any] | str | Path | None" = None)
 
     Top-level keys are the pipeline fields plus one section per backend name.
     """
+    from otel_rl.delivery import RetryPolicy
     from otel_rl.exporters import registry
     from otel_rl.gpu import GpuConfig
 
-    source_classes = {"gpu": GpuConfig}
+    source_classes = {"gpu": GpuConfig, "retry": RetryPolicy}  # sections that are not backends
 
     if isinstance(source, Config):
         return source

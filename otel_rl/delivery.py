@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 from otel_rl.exporters.base import SUCCESS, Sink, TransientError, Verdict, classify
 from otel_rl.exporters.records import Batch
@@ -64,8 +65,20 @@ class RetryPolicy:
     initial_backoff_s: float = 0.25
     max_backoff_s: float = 8.0
     jitter: float = 0.2
-    max_elapsed_s: float | None = None
+    max_elapsed_s: Optional[float] = None
     unknown_attempts: int = 5
+
+    def validate(self, path: str) -> None:
+        from otel_rl.config import ConfigError, positive
+
+        positive(f"{path}.initial_backoff_s", self.initial_backoff_s)
+        positive(f"{path}.max_backoff_s", self.max_backoff_s)
+        if self.max_elapsed_s is not None:
+            positive(f"{path}.max_elapsed_s", self.max_elapsed_s)
+        if not 0 <= self.jitter < 1:
+            raise ConfigError(f"{path}.jitter: must be in [0, 1), got {self.jitter!r}")
+        if self.unknown_attempts < 1:
+            raise ConfigError(f"{path}.unknown_attempts: must be >= 1, got {self.unknown_attempts!r}")
 
     def wait_s(self, attempt: int, retry_after_s: float | None = None) -> float:
         base = min(self.initial_backoff_s * 2 ** max(0, attempt - 1), self.max_backoff_s)

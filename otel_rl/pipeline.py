@@ -173,7 +173,7 @@ class Pipeline:
             if bind is not None:
                 bind(dict(self.resource.attributes))
         spools = open_spools(pcfg.spool_dir, [s.name for s in sinks], pcfg.spool_max_bytes, rank=pcfg.rank)
-        self.sinkset = SinkSet(sinks, pcfg.max_queue_points, spools=spools).start()
+        self.sinkset = SinkSet(sinks, pcfg.max_queue_points, self.config.sources["retry"], spools=spools).start()
         self._stream = Stream()
         self._admit_lock = threading.Lock()
         self.rejected_points = 0

@@ -10,6 +10,8 @@ sections as the in-process pipeline (``tensorboard:``, ``mlflow:``, ``prometheus
     tls: {cert_file: tls.crt, key_file: tls.key}
     limits: {max_request_bytes: 8388608, max_decompressed_bytes: 67108864}
     reduce: {gauge: mean, counter: sum, timeout_s: 5, rules: {"timing/*": max}}
+    spool: {dir: /data/spool, checkpoint_interval_s: 1}
+    retry: {initial_backoff_s: 0.25, max_backoff_s: 8, max_elapsed_s: null, unknown_attempts: 5}
     tensorboard: {enabled: true, log_dir: /data/runs}
 """
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from otel_rl.delivery import RetryPolicy
 from otel_rl.config import ConfigError, build, env_default, positive, read_mapping, readable_file
 
 from otel_rl_collector.reduce import OPS
@@ -137,13 +140,14 @@ class CollectorConfig:
     reduce: ReduceConfig
     spool: SpoolConfig
     backends: dict[str, Any]
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def enabled_backends(self) -> dict[str, Any]:
         return {n: c for n, c in self.backends.items() if getattr(c, "enabled", False)}
 
 
 _SECTIONS = {"auth": AuthConfig, "tls": TlsConfig, "limits": LimitsConfig, "reduce": ReduceConfig,
-             "spool": SpoolConfig}
+             "spool": SpoolConfig, "retry": RetryPolicy}
 
 
 def _receivers(data: Mapping | None) -> ReceiversConfig:

@@ -10,8 +10,9 @@
 | wrong content type / encoding | 415 | INVALID_ARGUMENT |
 | overloaded (a sink queue is full) | 503 + ``Retry-After`` | UNAVAILABLE (retryable) |
 
-HTTP error bodies are ``google.rpc.Status`` in the request's encoding. ``GET /health`` and
-``GET /metrics`` (self-metrics, Prometheus text) are served on the HTTP port.
+HTTP error bodies are ``google.rpc.Status`` in the request's encoding. ``GET /health`` (503
+while a sink's worker reports an error) and ``GET /metrics`` (self-metrics, see
+:mod:`otel_rl_collector.selfmetrics`) are served on the HTTP port.
 """
 
 from __future__ import annotations
@@ -37,19 +38,6 @@ _GRPC_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUT
 _HTTP_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 500: 13, 503: 14}  # google.rpc.Code values
 
 
-def render_self_metrics(metrics: dict) -> str:
-    lines = []
-    for key, value in metrics.items():
-        if isinstance(value, (int, float)):
-            lines.append(f"otel_rl_collector_{key} {value}")
-    for reason, count in metrics["rejected_by_reason"].items():
-        lines.append(f'otel_rl_collector_rejected_requests_by_reason{{reason="{reason}"}} {count}')
-    for sink, stats in metrics.get("sinks", {}).items():
-        for key, value in stats.items():
-            lines.append(f'otel_rl_collector_sink_{key}{{sink="{sink}"}} {value}')
-    return "\n".join(lines) + "\n"
-
-
 class HttpReceiver:
     kind = "http"
 
@@ -67,7 +55,7 @@ class HttpReceiver:
                     ok, details = owner.collector.health()
                     self._send(200 if ok else 503, json.dumps(details).encode(), "application/json")
                 elif self.path == "/metrics":
-                    body = render_self_metrics(owner.collector.self_metrics()).encode()
+                    body = owner.collector.selfmetrics.render().encode()
                     self._send(200, body, "text/plain; version=0.0.4")
                 else:
                     self._send(404, b"not found", "text/plain")

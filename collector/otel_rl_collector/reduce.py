@@ -184,6 +184,13 @@ class Reducer:
         ready.sort(key=lambda p: (p.run, p.step))
         return ready
 
+    def restart_clock(self, now: float) -> None:
+        """A restart after downtime: every waiting group gets a fresh ``timeout_s`` from ``now``,
+        so ranks replaying their spools are not taken for late ranks."""
+        self._pending = {k: (now, ranks) for k, (_, ranks) in self._pending.items()}
+        self._increments = {run: {k: (now, parts) for k, (_, parts) in groups.items()}
+                            for run, groups in self._increments.items()}
+
     def due(self, now: float) -> bool:
         """Whether :meth:`expire` at ``now`` would emit something."""
         limit = now - self.timeout_s

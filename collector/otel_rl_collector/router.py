@@ -49,7 +49,10 @@ class Router:
     def process(self, record: Batch) -> Batch:
         """One admitted record (or tick) -> what goes to the sinks, numbered."""
         meta = record.meta
-        if "tick" in meta:
+        if "resume" in meta:  # the collector restarted: waiting groups get a fresh timeout
+            self.reducer.restart_clock(meta["resume"])
+            ready, params = [], []
+        elif "tick" in meta:
             ready = self.reducer.expire(now=meta["tick"], everything=bool(meta.get("all")))
             params = []
         else:

@@ -96,7 +96,7 @@ class Collector:
                 sinks.append(registry.create(name, cfg))
         spool = config.spool
         spools = open_spools(spool.dir, [s.name for s in sinks], spool.max_bytes, spool.fsync)
-        self.sinkset = SinkSet(sinks, config.limits.max_queue_points, spools=spools)
+        self.sinkset = SinkSet(sinks, config.limits.max_queue_points, config.retry, spools=spools)
         self._lock = threading.Lock()  # admission (and, without a spool, the whole router)
         self.ingress = None
         if spool.dir:
@@ -104,7 +104,11 @@ class Collector:
 
             self.ingress = Spool(Path(spool.dir) / "_ingress", spool.max_bytes, fsync=spool.fsync)
         self._receivers: list = []
+        from otel_rl_collector.selfmetrics import SelfMetrics
+
+        self.selfmetrics = SelfMetrics(self)
         self._stop = threading.Event()
+        self._abort = threading.Event()  # the shutdown deadline passed: the router thread stops now
         self._drained = threading.Event()
         self._thread = threading.Thread(target=self._ingress_loop if self.ingress else self._expire_loop,
                                         name="otel-rl-router", daemon=True)
@@ -146,15 +150,19 @@ class Collector:
             receiver.stop()
         self._receivers.clear()
         self._stop.set()
-        if self._thread.is_alive():
-            self._drained.wait(deadline.left())
+        if self._thread.is_alive() and not self._drained.wait(deadline.left()):
+            self._abort.set()
+            _log.error("collector: shutdown deadline reached while processing the ingress; the rest "
+                       "is replayed at the next start")
         if self.ingress is None:
             with self._lock:
                 self._emit(self.router.process(Batch(meta={"tick": time.time(), "all": True})), deadline)
         delivered = self.sinkset.shutdown(deadline)
         if self.trace_sink is not None:
             self.trace_sink.shutdown()
+        self.selfmetrics.shutdown()
         if self.ingress is not None:
+            self._thread.join(1.0)
             self.ingress.close()
         return delivered
 
@@ -181,26 +189,26 @@ class Collector:
             replay += 1
         if replay:
             _log.info("collector: replaying %d admitted requests from %s", replay, self.ingress.dir)
+        if self.reducer.pending or replay:  # downtime does not count against the ranks' timeout
+            self.ingress.append(Batch(meta={"resume": time.time()}))
 
     def _ingress_loop(self) -> None:
         cursor, since, last = self.ingress.cursor, 0, time.monotonic()
         interval = self.config.spool.checkpoint_interval_s
-        final = False
-        while True:
+        while not self._abort.is_set():
             try:
                 item = self.ingress.read(cursor)
                 if item is None:
-                    if final:
-                        self._checkpoint(cursor)
-                        break
                     if since and time.monotonic() - last >= interval:
                         self._checkpoint(cursor)
                         since, last = 0, time.monotonic()
                     now = time.time()
-                    if self._stop.is_set():  # everything admitted is in: emit what still waits
-                        self._append_tick(now, everything=True)
-                        final = True
-                    elif self.reducer.due(now):
+                    if self._stop.is_set():
+                        # Everything admitted is processed. Groups still waiting for ranks stay
+                        # in the checkpoint and complete after the next start.
+                        self._checkpoint(cursor)
+                        break
+                    if self.reducer.due(now):
                         self._append_tick(now)
                     else:
                         self._stop.wait(0.2)
@@ -216,7 +224,7 @@ class Collector:
             except Exception:  # a bug or a full disk: report and retry, never die silently
                 self.stats.ingress_errors += 1
                 _log.exception("collector: ingress error (retrying)")
-                if self._stop.wait(1.0) and self.stats.ingress_errors > 1000:
+                if self._stop.wait(1.0):
                     break
         self._drained.set()
 

@@ -86,7 +86,8 @@ class PrometheusExporter(RecordExporter):
 
     name = "prometheus"
 
-    def __init__(self, config: PrometheusConfig | None = None) -> None:
+    def __init__(self, config: PrometheusConfig | None = None, serve: bool = True) -> None:
+        """``serve=False``: no HTTP server, :meth:`render` only (the collector's own /metrics)."""
         super().__init__()
         self.config = config or PrometheusConfig()
         self._series: OrderedDict[tuple, _Series] = OrderedDict()
@@ -110,6 +111,10 @@ class PrometheusExporter(RecordExporter):
             def log_message(self, *args):
                 pass
 
+        self._server = None
+        self.port = None
+        if not serve:
+            return
         self._server = ThreadingHTTPServer((self.config.host, self.config.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -148,7 +153,9 @@ class PrometheusExporter(RecordExporter):
                 series.buckets[right] = series.buckets.get(right, 0) + count
             series.count += p.value.count
             series.sum += p.value.sum
-        elif (p.step, p.time) >= (series.step, series.time):  # the latest value wins, not the last sent
+        elif p.increment is not None or (p.step, p.time) >= (series.step, series.time):
+            # a gauge: the value of the latest step wins, not the last sent; a sum: the running
+            # total as last admitted (a late increment at an older step still raises it)
             series.step, series.time, series.value = p.step, p.time, p.value
 
     def render(self) -> str:
@@ -177,5 +184,6 @@ class PrometheusExporter(RecordExporter):
         return "\n".join(lines) + "\n"
 
     def close(self, status: str = "success") -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

@@ -58,7 +58,7 @@ def _start_collector(config_path):
 
 def _self_metrics(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return dict(line.rsplit(" ", 1) for line in r.read().decode().splitlines())
+        return dict(line.rsplit(" ", 1) for line in r.read().decode().splitlines() if not line.startswith("#"))
 
 
 def test_collector_sigkill_and_restart_loses_nothing_acknowledged(tmp_path):
@@ -79,8 +79,8 @@ def test_collector_sigkill_and_restart_loses_nothing_acknowledged(tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             m = _self_metrics(port)
-            if float(m["otel_rl_collector_pending_groups"]) == 0 and \
-                    float(m['otel_rl_collector_sink_queued_points{sink="tensorboard"}']) == 0:
+            if float(m['otel_rl_collector_pending_groups{run="otel-rl-collector"}']) == 0 and \
+                    float(m['otel_rl_collector_sink_queued_points{run="otel-rl-collector",sink="tensorboard"}']) == 0:
                 break
             time.sleep(0.5)
     finally:

@@ -140,8 +140,8 @@ def test_cli_collector_end_to_end(tmp_path):
         assert _post(f"http://127.0.0.1:{port}/v1/metrics", _request("cli", 5, 0.5))[0] == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
-        assert "otel_rl_collector_received_points 1" in text
-        assert 'otel_rl_collector_sink_exported_points{sink="tensorboard"}' in text
+        assert 'otel_rl_collector_received_points_total{run="otel-rl-collector"} 1.0' in text
+        assert 'otel_rl_collector_sink_exported_points_total{run="otel-rl-collector",sink="tensorboard"}' in text
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -155,7 +155,7 @@ def test_grafana_dashboard_queries_series_the_sinks_produce():
     dash = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     assert all("step" not in e for e in exprs)
-    for name in ("hw_gpu_utilization", "otel_rl_collector_received_points", "otel_rl_collector_sink_dropped_points",
+    for name in ("hw_gpu_utilization", "otel_rl_collector_received_points_total", "otel_rl_collector_sink_dropped_points_total",
                  "tokens_total", "timing_"):
         assert any(name in e for e in exprs), name
     assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "run"}
