@@ -23,8 +23,9 @@ from otel_rl.exporters.records import Batch
 
 from otel_rl_collector.reduce import Reducer
 
-#: Batch ids remembered for de-duplication (per collector; a sender retries within minutes).
-SEEN_LIMIT = 200_000
+#: Batch ids remembered for de-duplication (a sender resends within its retry window; at 10
+#: batches/s from each of 100 ranks this covers about a minute). Checkpointed with the router.
+SEEN_LIMIT = 50_000
 WORLD_LIMIT = 100_000
 
 
