@@ -32,7 +32,8 @@ from otel_rl import _step
 from otel_rl.config import Config, default_run_name, load_config
 from otel_rl.delivery import Deadline, SinkSet
 from otel_rl.exporters import registry
-from otel_rl.exporters.accumulate import Stream
+from otel_rl.exporters.accumulate import Stream, coalesce
+from otel_rl.exporters.records import Batch
 from otel_rl.exporters.base import DELTA_TEMPORALITY, FAILED, KILLED, SUCCESS, Sink
 from otel_rl.exporters.translate import translate_sdk
 from otel_rl.semconv import RANK, RUN_ID, WORLD_SIZE
@@ -86,8 +87,7 @@ class StepReader(MetricReader):
         return self
 
     def _receive_metrics(self, metrics_data, timeout_millis: float = 10_000, **kwargs) -> None:
-        if metrics_data is not None:
-            self._on_collect(metrics_data)
+        self._on_collect(metrics_data)
 
     def request_collect(self) -> None:
         self._wake.set()
@@ -176,6 +176,8 @@ class Pipeline:
         self.sinkset = SinkSet(sinks, pcfg.max_queue_points, self.config.sources["retry"], spools=spools).start()
         self._stream = Stream()
         self._admit_lock = threading.Lock()
+        self._open_step: list = []  # points of the step still being recorded (see _on_collect)
+        self._release_all = False
         self.rejected_points = 0
         self.overflow_points = 0
         self.reader = StepReader(self._on_collect, pcfg.export_interval_s, pcfg.cardinality_limit)
@@ -208,8 +210,33 @@ class Pipeline:
             _log.warning("otel-rl: %d points could not be placed at a step: %s", translation.rejected,
                          translation.reason)
         with self._admit_lock:
-            batch = self._stream.admit(translation.batch)
+            batch = translation.batch
+            # The step the loop is still at may get more values after this collect: hold its
+            # points back and send the step whole with the next collect (or at flush/shutdown).
+            points = coalesce([*self._open_step, *batch.points]) if self._open_step else batch.points
+            current = None if self._release_all else _step.get_step()
+            self._open_step = [p for p in points if current is not None and p.step == current]
+            batch.points = [p for p in points if current is None or p.step != current]
+            batch.points.sort(key=lambda p: (p.run, p.step))
+            batch = self._stream.admit(batch)
             if batch:
+                self.sinkset.submit(batch)
+
+    def _collect_all(self, timeout_millis: float) -> None:
+        """Collect, releasing the open step too (flush and shutdown)."""
+        self._release_all = True
+        try:
+            self.reader.collect(timeout_millis=timeout_millis)
+        finally:
+            self._release_all = False
+        self._release_open_step()
+
+    def _release_open_step(self) -> None:
+        """Send the held step (when the last collect had nothing new, it stayed held)."""
+        with self._admit_lock:
+            held, self._open_step = self._open_step, []
+            if held:
+                batch = self._stream.admit(Batch(sorted(held, key=lambda p: (p.run, p.step))))
                 self.sinkset.submit(batch)
 
     @property
@@ -259,7 +286,7 @@ class Pipeline:
         step = _step.get_step()
         if step is not None:
             self.timing.on_step(step)
-        self.reader.collect(timeout_millis=timeout_s * 1e3)
+        self._collect_all(timeout_s * 1e3)
         spans_ok = _bounded(lambda: self.tracer_provider.force_flush(int(deadline.left() * 1e3)), deadline)
         return self.sinkset.flush(deadline) and bool(spans_ok)
 
@@ -288,7 +315,9 @@ class Pipeline:
         if self.gpu is not None:
             self.gpu.close()
         self.timing.emit()
+        self._release_all = True  # the last collect sends the open step too
         self.reader.stop(deadline)
+        self._release_open_step()
         _bounded(lambda: self.tracer_provider.shutdown(), deadline)
         delivered = self.sinkset.shutdown(deadline, status)
         _bounded(lambda: self.meter_provider.shutdown(timeout_millis=deadline.left() * 1e3), deadline)

@@ -143,3 +143,25 @@ def test_training_thread_only_enqueues(tmp_path):
         gate.set()
         logger.finish()
     assert len(read_tensorboard(tmp_path / "r")["scalars"]["a"]) == 2000
+
+
+def test_a_step_split_by_a_collect_arrives_whole_once(tmp_path):
+    """A collect runs while the loop is still recording its step (the reader thread, or an
+    early collect): that step is held back and sent whole, once, with the next collect."""
+    from conftest import exactly_once, read_tensorboard_events
+
+    pipeline = Pipeline(_config(tmp_path, export_interval_s=60.0))
+    meter = pipeline.get_meter("split")
+    lat, tokens = meter.create_histogram("lat", explicit_bucket_boundaries_advisory=[1.5]), meter.create_counter("tok")
+    otel_rl.set_step(5)
+    lat.record(1.0)
+    tokens.add(2)
+    pipeline.collect_now()  # mid-step
+    lat.record(2.0)
+    tokens.add(3)
+    otel_rl.set_step(6)
+    tokens.add(1)
+    pipeline.shutdown()
+    assert exactly_once(read_tensorboard_events(tmp_path / "r")["tok"]) == {5: 5.0, 6: 6.0}
+    (hist,) = read_tensorboard(tmp_path / "r")["histograms"]["lat"].values()
+    assert hist[:, 2].sum() == 2

@@ -27,22 +27,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from otel_rl.exporters.records import HistogramValue, Point
+from otel_rl.exporters.records import HistogramValue, Point, merge_histograms
 
 OPS = ("mean", "max", "min", "sum", "none")
 _SUMS = ("counter", "sum")
-
-
-def merge_histograms(values: list[HistogramValue]) -> HistogramValue:
-    buckets: dict[tuple[float, float], int] = {}
-    for h in values:
-        for left, right, count in h.buckets:
-            buckets[(left, right)] = buckets.get((left, right), 0) + count
-    mins = [h.min for h in values if not math.isnan(h.min)]
-    maxs = [h.max for h in values if not math.isnan(h.max)]
-    return HistogramValue(sum(h.count for h in values), sum(h.sum for h in values),
-                          min(mins) if mins else math.nan, max(maxs) if maxs else math.nan,
-                          tuple((lo, hi, c) for (lo, hi), c in sorted(buckets.items())))
 
 
 def reduce_values(op: str, values: list) -> float | HistogramValue:

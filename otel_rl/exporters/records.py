@@ -54,6 +54,19 @@ class HistogramValue:
         return out
 
 
+def merge_histograms(values: "list[HistogramValue]") -> HistogramValue:
+    """One distribution from several (same bucket layout or not): counts add up per bucket."""
+    buckets: dict[tuple[float, float], int] = {}
+    for h in values:
+        for left, right, count in h.buckets:
+            buckets[(left, right)] = buckets.get((left, right), 0) + count
+    mins = [h.min for h in values if not math.isnan(h.min)]
+    maxs = [h.max for h in values if not math.isnan(h.max)]
+    return HistogramValue(sum(h.count for h in values), sum(h.sum for h in values),
+                          min(mins) if mins else math.nan, max(maxs) if maxs else math.nan,
+                          tuple((lo, hi, c) for (lo, hi), c in sorted(buckets.items())))
+
+
 def scalar_items(value: "float | HistogramValue") -> list[tuple[str, float]]:
     """The scalar view of a value: ``[("", v)]``, or for a histogram
     ``[("count", .), ("sum", .), ("mean", .), ("min", .), ("max", .)]`` without unrecorded min/max."""

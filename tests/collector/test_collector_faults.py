@@ -87,6 +87,14 @@ def _start_collector(config_path):
     return proc
 
 
+def _stop_all(trainers, collector) -> None:
+    """End the trainers (if a failure left them running) and the collector, gracefully."""
+    for p in trainers:
+        stop_process(p)
+    collector.send_signal(signal.SIGTERM)
+    collector.wait(120)
+
+
 def _check_run(tmp_path, run, world, steps):
     events = read_tensorboard_events(tmp_path / "tb" / run)
     loss = exactly_once(events["loss"])
@@ -116,10 +124,7 @@ def test_collector_sigkilled_20_times_every_value_exactly_once(tmp_path):
             collector = _start_collector(config)
         _finish(trainers)
     finally:
-        for p in trainers:
-            stop_process(p)
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(120)
+        _stop_all(trainers, collector)
     _check_run(tmp_path, "crashes", world, steps)
 
 
@@ -165,10 +170,7 @@ def test_collector_down_five_minutes_trainer_with_spool_loses_nothing(tmp_path):
         collector = _start_collector(config)
         results = _finish(trainers)
     finally:
-        for p in trainers:
-            stop_process(p)
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(120)
+        _stop_all(trainers, collector)
     _check_run(tmp_path, "outage", world, steps)
     for result in results:
         before = [d for wall, d in result["durations"] if wall < down_from]
