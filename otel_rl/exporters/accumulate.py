@@ -73,16 +73,26 @@ class Stream:
     def place(self, batch: Batch) -> Batch:
         """Give step-less points their run's latest step (this batch's steps included)."""
         latest = self.latest_step
+        highest: dict[str, int] = {}
+        stepless = False
         for p in batch.points:
-            if p.step > latest.get(p.run, -1):
-                latest.put(p.run, p.step)
-        if any(p.step == NO_STEP for p in batch.points):
+            if p.step > highest.get(p.run, -1):
+                highest[p.run] = p.step
+            elif p.step == NO_STEP:
+                stepless = True
+        for run, step in highest.items():
+            if step > latest.get(run, -1):
+                latest.put(run, step)
+        if stepless:
             batch.points = sorted((p if p.step != NO_STEP else p.replace(step=latest.get(p.run, 0))
                                    for p in batch.points), key=lambda p: (p.run, p.step))
         return batch
 
     def deltas(self, points: Iterable[Point]) -> list[Point]:
         """Every sum as an increment (``temporality == "delta"``); unchanged re-exports dropped."""
+        points = points if isinstance(points, list) else list(points)
+        if not any(p.temporality not in ("", "delta") for p in points):
+            return points  # the common case: gauges and DELTA sums
         out = []
         for p in points:
             mode = p.temporality
@@ -112,6 +122,9 @@ class Stream:
     def totals(self, points: Iterable[Point]) -> list[Point]:
         """Increments added up per series: ``value`` becomes the running total, ``increment``
         the amount this point added."""
+        points = points if isinstance(points, list) else list(points)
+        if not any(p.temporality == "delta" for p in points):
+            return points
         out = []
         running = self.running
         for p in points:
