@@ -105,3 +105,18 @@ def test_cli_check_config(tmp_path, capsys):
     bad.write_text("wandbb: {}\n")
     assert main(["check-config", str(bad)]) == 2
     assert "config.wandbb: unknown key" in capsys.readouterr().err
+
+
+def test_the_readme_configuration_block_is_a_valid_config():
+    """The annotated config in README.md loads as it is (no field the code does not know)."""
+    import re
+
+    import yaml
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    config = load_config(yaml.safe_load(block))
+    assert config.sources["retry"].unknown_attempts == 5 and config.pipeline.shutdown_timeout_s == 30
