@@ -222,9 +222,11 @@ def read_wandb(wandb_dir: Path, run: str) -> dict:
     a resumed run has one per process), via `wandb leet inspect --json`."""
     scalars, config, rows, found = {}, {}, [], False
     for run_dir in sorted(glob.glob(str(wandb_dir / "wandb" / "offline-run-*"))):
+        if not glob.glob(os.path.join(run_dir, "run-*.wandb")):
+            continue  # a process killed before W&B created its run file
         records = _wandb_records(run_dir)
-        header = next(r for r in records if r["type"] == "run")
-        if header["run"].get("display_name") != run:
+        header = next((r for r in records if r["type"] == "run"), None)
+        if header is None or header["run"].get("display_name") != run:  # None: killed before its header
             continue
         found = True
         for r in records:

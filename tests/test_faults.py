@@ -161,10 +161,9 @@ def test_a_disk_that_fills_up_and_frees_loses_nothing(tmp_path, small_disk):
 
 
 KILL_TRAINER = """
-import sys, otel_rl
-log_dir, spool, first, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-pipeline = otel_rl.init({"run_name": "kills", "export_interval_s": 0.02, "spool_dir": spool,
-                         "tensorboard": {"log_dir": log_dir}})
+import json, sys, otel_rl
+backends, spool, first, count = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+pipeline = otel_rl.init({"run_name": "kills", "export_interval_s": 0.02, "spool_dir": spool, **backends})
 from opentelemetry import metrics
 x = metrics.get_meter("kill").create_gauge("x")
 print("ready", flush=True)
@@ -178,16 +177,17 @@ otel_rl.shutdown()
 """
 
 
-def test_trainer_sigkilled_22_times_every_acknowledged_value_exactly_once(tmp_path):
-    """SIGKILL at random points (while starting and replaying its spool, between a write and its
-    checkpoint, mid-flush). Every step a trainer saw delivered is in TensorBoard, and no step is
-    there twice: the event file is cut back to the spool's checkpoint before the replay."""
-    rng = random.Random(11)
-    log_dir, spool = tmp_path / "tb", tmp_path / "spool"
+def _kill_repeatedly(backends: dict, spool, kills: int, seed: int) -> set[int]:
+    """Start a trainer, SIGKILL it at a random point, `kills` times, then once run it to the end;
+    the steps the trainers saw delivered (acknowledged)."""
+    import json
+
+    rng = random.Random(seed)
+    config = json.dumps(backends)
     acknowledged: set[int] = set()
-    for attempt in range(22):
+    for attempt in range(kills):
         first = attempt * 1000
-        proc = subprocess.Popen([sys.executable, "-c", KILL_TRAINER, str(log_dir), str(spool), str(first), "600"],
+        proc = subprocess.Popen([sys.executable, "-c", KILL_TRAINER, config, str(spool), str(first), "600"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert proc.stdout.readline().strip() == "ready"
         kill_at = time.monotonic() + rng.uniform(0.0, 1.5)
@@ -202,14 +202,36 @@ def test_trainer_sigkilled_22_times_every_acknowledged_value_exactly_once(tmp_pa
         acked = [int(line) for line in lines if line.strip().isdigit()]
         if acked:
             acknowledged.update(range(first, max(acked) + 1))
-    final = subprocess.run([sys.executable, "-c", KILL_TRAINER, str(log_dir), str(spool), "99000", "5"],
+    final = subprocess.run([sys.executable, "-c", KILL_TRAINER, config, str(spool), "99000", "5"],
                            capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr[-2000:]
+    return acknowledged
+
+
+def test_trainer_sigkilled_22_times_every_acknowledged_value_exactly_once(tmp_path):
+    """SIGKILL at random points (while starting and replaying its spool, between a write and its
+    checkpoint, mid-flush). Every step a trainer saw delivered is in TensorBoard, and no step is
+    there twice: the event file is cut back to the spool's checkpoint before the replay."""
+    log_dir = tmp_path / "tb"
+    acknowledged = _kill_repeatedly({"tensorboard": {"log_dir": str(log_dir)}}, tmp_path / "spool", 22, seed=11)
     got = exactly_once(read_tensorboard_events(log_dir / "kills")["x"])
     assert len(acknowledged) > 500, len(acknowledged)
     missing = sorted(acknowledged - set(got))
     assert not missing, missing[:20]
     assert all(v == s * 1.5 for s, v in got.items())
+
+
+def test_trainer_sigkilled_into_a_real_mlflow_server_exactly_once(tmp_path, mlflow_server):
+    """The same against a real MLflow server: a replayed batch re-sends identical rows, which
+    MLflow stores once, so after 12 kills every acknowledged step is there exactly once."""
+    backends = {"tensorboard": {"enabled": False},
+                "mlflow": {"enabled": True, "tracking_uri": mlflow_server.url, "experiment": f"exp-{tmp_path.name}"}}
+    acknowledged = _kill_repeatedly(backends, tmp_path / "spool", 12, seed=5)
+    counts = read_counts("mlflow", tmp_path, "kills", mlflow_server.url)["x"]
+    assert len(acknowledged) > 200, len(acknowledged)
+    assert sorted(s for s, n in counts.items() if n > 1) == []
+    assert sorted(acknowledged - set(counts)) == []
+    assert read_scalars("mlflow", tmp_path, "kills", mlflow_server.url)["x"] == {s: s * 1.5 for s in counts}
 
 
 class HungServer:
