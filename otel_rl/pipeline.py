@@ -177,7 +177,6 @@ class Pipeline:
         self._stream = Stream()
         self._admit_lock = threading.Lock()
         self._open_step: list = []  # points of the step still being recorded (see _on_collect)
-        self._release_all = False
         self.rejected_points = 0
         self.overflow_points = 0
         self.reader = StepReader(self._on_collect, pcfg.export_interval_s, pcfg.cardinality_limit)
@@ -210,34 +209,27 @@ class Pipeline:
             _log.warning("otel-rl: %d points could not be placed at a step: %s", translation.rejected,
                          translation.reason)
         with self._admit_lock:
-            batch = translation.batch
             # The step the loop is still at may get more values after this collect: hold its
             # points back and send the step whole with the next collect (or at flush/shutdown).
-            points = coalesce([*self._open_step, *batch.points]) if self._open_step else batch.points
-            current = None if self._release_all else _step.get_step()
+            points = translation.batch.points
+            if self._open_step:
+                points = coalesce([*self._open_step, *points])
+            current = _step.get_step()
             self._open_step = [p for p in points if current is not None and p.step == current]
-            batch.points = [p for p in points if current is None or p.step != current]
-            batch.points.sort(key=lambda p: (p.run, p.step))
-            batch = self._stream.admit(batch)
-            if batch:
-                self.sinkset.submit(batch)
+            self._admit([p for p in points if current is None or p.step != current], translation.batch.params)
 
-    def _collect_all(self, timeout_millis: float) -> None:
-        """Collect, releasing the open step too (flush and shutdown)."""
-        self._release_all = True
-        try:
-            self.reader.collect(timeout_millis=timeout_millis)
-        finally:
-            self._release_all = False
-        self._release_open_step()
+    def _admit(self, points: list, params: list = ()) -> None:
+        """Admit points (in step order) and hand them to the sinks; under ``_admit_lock``."""
+        batch = self._stream.admit(Batch(sorted(points, key=lambda p: (p.run, p.step)), list(params)))
+        if batch:
+            self.sinkset.submit(batch)
 
     def _release_open_step(self) -> None:
-        """Send the held step (when the last collect had nothing new, it stayed held)."""
+        """Send the held step too (flush and shutdown)."""
         with self._admit_lock:
             held, self._open_step = self._open_step, []
             if held:
-                batch = self._stream.admit(Batch(sorted(held, key=lambda p: (p.run, p.step))))
-                self.sinkset.submit(batch)
+                self._admit(held)
 
     @property
     def sinks(self) -> list[Sink]:
@@ -286,7 +278,8 @@ class Pipeline:
         step = _step.get_step()
         if step is not None:
             self.timing.on_step(step)
-        self._collect_all(timeout_s * 1e3)
+        self.reader.collect(timeout_millis=timeout_s * 1e3)
+        self._release_open_step()
         spans_ok = _bounded(lambda: self.tracer_provider.force_flush(int(deadline.left() * 1e3)), deadline)
         return self.sinkset.flush(deadline) and bool(spans_ok)
 
@@ -315,7 +308,6 @@ class Pipeline:
         if self.gpu is not None:
             self.gpu.close()
         self.timing.emit()
-        self._release_all = True  # the last collect sends the open step too
         self.reader.stop(deadline)
         self._release_open_step()
         _bounded(lambda: self.tracer_provider.shutdown(), deadline)

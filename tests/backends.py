@@ -246,18 +246,16 @@ def read_wandb(wandb_dir: Path, run: str) -> dict:
     return {"scalars": scalars, "config": config, "rows": rows}
 
 
-def read_swanlab(logdir: Path, run: str) -> dict:
-    """Scalars (SwanLab's DataStoreReader + its Record proto) and config of experiment ``run``."""
-    import yaml
+def _swanlab_experiments(logdir: Path):
+    """``(run_dir, experiment name, [(key, step, value), ...])`` per SwanLab run directory,
+    every scalar record included, read with SwanLab's DataStoreReader and its Record proto."""
     from swanlab.proto.swanlab.record.v1.record_pb2 import Record
     from swanlab.sdk.internal.core_python.store import DataStoreReader
-    from swanlab.sdk.internal.run.components.config.helper import revert_config
 
     for run_dir in sorted(glob.glob(str(logdir / "run-*"))):
-        files = glob.glob(os.path.join(run_dir, "*.swanlab"))
         reader = DataStoreReader()
-        reader.open(files[0])
-        scalars, name = {}, None
+        reader.open(glob.glob(os.path.join(run_dir, "*.swanlab"))[0])
+        name, scalars = None, []
         try:
             while (raw := reader.scan()) is not None:
                 rec = Record()
@@ -266,11 +264,23 @@ def read_swanlab(logdir: Path, run: str) -> dict:
                     name = rec.start.name
                 elif rec.HasField("scalar"):
                     s = rec.scalar
-                    scalars.setdefault(s.key, {}).setdefault(int(s.step), float(s.value.number))
+                    scalars.append((s.key, int(s.step), float(s.value.number)))
         finally:
             reader.close()
+        yield run_dir, name, scalars
+
+
+def read_swanlab(logdir: Path, run: str) -> dict:
+    """Scalars (the first value per step, as SwanLab shows it) and config of experiment ``run``."""
+    import yaml
+    from swanlab.sdk.internal.run.components.config.helper import revert_config
+
+    for run_dir, name, records in _swanlab_experiments(logdir):
         if name != run:
             continue
+        scalars: dict = {}
+        for key, step, value in records:
+            scalars.setdefault(key, {}).setdefault(step, value)
         cfg_file = Path(run_dir) / "files" / "config.yaml"
         config = revert_config(yaml.safe_load(cfg_file.read_text()) or {}) if cfg_file.is_file() else {}
         return {"scalars": scalars, "config": dict(config)}
@@ -311,26 +321,10 @@ def read_counts(name: str, tmp: Path, run: str, mlflow_url: str | None = None) -
                 if not key.startswith("_") and key != "otel_rl/step":
                     counts.setdefault(key, Counter())[row.get("otel_rl/step")] += 1
     elif name == "swanlab":
-        from swanlab.proto.swanlab.record.v1.record_pb2 import Record
-        from swanlab.sdk.internal.core_python.store import DataStoreReader
-
-        for run_dir in sorted(glob.glob(str(tmp / "sl" / "run-*"))):
-            reader = DataStoreReader()
-            reader.open(glob.glob(os.path.join(run_dir, "*.swanlab"))[0])
-            mine, found = {}, None
-            try:
-                while (raw := reader.scan()) is not None:
-                    rec = Record()
-                    rec.ParseFromString(raw)
-                    if rec.HasField("start"):
-                        found = rec.start.name
-                    elif rec.HasField("scalar"):
-                        mine.setdefault(rec.scalar.key, Counter())[int(rec.scalar.step)] += 1
-            finally:
-                reader.close()
+        for _, found, records in _swanlab_experiments(tmp / "sl"):
             if found == run:
-                for key, c in mine.items():
-                    counts.setdefault(key, Counter()).update(c)
+                for key, step, _ in records:
+                    counts.setdefault(key, Counter())[step] += 1
     else:
         from mlflow.tracking import MlflowClient
 

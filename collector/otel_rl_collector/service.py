@@ -156,7 +156,7 @@ class Collector:
                        "is replayed at the next start")
         if self.ingress is None:
             with self._lock:
-                self._emit(self.router.process(Batch(meta={"tick": time.time(), "all": True})), deadline)
+                self._emit(self.router.process(Batch(meta={"tick": time.time(), "all": True})))
         delivered = self.sinkset.shutdown(deadline)
         if self.trace_sink is not None:
             self.trace_sink.shutdown()
@@ -172,7 +172,7 @@ class Collector:
             now = time.time()
             with self._lock:
                 if self.reducer.due(now):
-                    self._emit(self.router.process(Batch(meta={"tick": now})), None)
+                    self._emit(self.router.process(Batch(meta={"tick": now})))
         self._drained.set()
 
     # -- durable ingress: one thread, in order, checkpointed with the router state ----------------
@@ -215,7 +215,7 @@ class Collector:
                     continue
                 batch, after = item
                 out = self.router.process(batch)
-                if not self._emit(out, None):
+                if not self._emit(out):
                     break  # stopping with a sink refusing: the checkpoint stays before this record
                 cursor, since = after, since + 1
                 if since >= CHECKPOINT_RECORDS or time.monotonic() - last >= interval:
@@ -229,9 +229,8 @@ class Collector:
                     break
         self._drained.set()
 
-    def _append_tick(self, now: float, everything: bool = False) -> None:
-        meta = {"tick": now, "all": True} if everything else {"tick": now}
-        if not self.ingress.append(Batch(meta=meta)):
+    def _append_tick(self, now: float) -> None:
+        if not self.ingress.append(Batch(meta={"tick": now})):
             _log.error("collector: ingress spool full; cannot record a timeout tick")
             self._stop.wait(0.5)
 
@@ -242,23 +241,19 @@ class Collector:
         self.ingress.ack(cursor, {"router": state})
         return time.monotonic() - started
 
-    def _emit(self, out: Batch, deadline: Deadline | None) -> bool:
-        """Hand one emission to every sink; a sink whose spool is full is retried until it takes
-        it (the ingress holds the rest). False when stopping before every sink took it."""
+    def _emit(self, out: Batch) -> bool:
+        """Hand one emission to every sink. With a spool, a sink whose spool is full is retried
+        until it takes it (the ingress holds the rest); False when the shutdown deadline passed
+        first. Without one, a refusal is a counted drop."""
         if not out:
             return True
         refused = self.sinkset.submit_each(out)
-        while refused:
-            if deadline is not None and deadline.expired or self.ingress is None:
-                return False
-            if self._stop.is_set() and self._stop_hard():
+        while refused and self.ingress is not None:
+            if self._abort.is_set():
                 return False
             time.sleep(0.2)
             refused = self.sinkset.submit_each(out, refused)
-        return True
-
-    def _stop_hard(self) -> bool:
-        return all(not w._thread.is_alive() for w in self.workers)
+        return not refused
 
     # -- the request path ---------------------------------------------------------------------
     def check_auth(self, authorization: str | None) -> None:
@@ -359,7 +354,7 @@ class Collector:
                     raise RequestError(503, "the ingress spool is full; retry later", retry_after_s=5.0)
                 self.router.remember(ids)
             else:
-                self._emit(self.router.process(batch), None)
+                self._emit(self.router.process(batch))
             self.stats.received_points += len(batch.points)
             self.stats.rejected_points += translation.rejected
         response = mpb.ExportMetricsServiceResponse()

@@ -8,13 +8,10 @@ every step exactly once in the backends, read back with their own readers.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import statistics
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,46 +22,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 from backends import PrometheusServer, free_port, stop_process
 from conftest import exactly_once, read_tensorboard_events
 from otel_rl_collector import create
-
-TRAINER = """
-import json, os, sys, time, otel_rl
-endpoint, steps, gap, spool = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-otel_rl.init({"run_name": os.environ["RUN"], "export_interval_s": 0.1, "tensorboard": {"enabled": False},
-              "spool_dir": spool or None, "otlp": {"enabled": True, "endpoint": endpoint, "timeout_s": 5}})
-from opentelemetry import metrics
-meter = metrics.get_meter("rank")
-loss, episodes = meter.create_gauge("loss"), meter.create_counter("episodes")
-rank = int(os.environ["RANK"])
-durations = []
-for step in range(steps):
-    t0 = time.perf_counter()
-    otel_rl.set_step(step)
-    loss.set(step + rank)
-    if step % (rank + 2) == 0:  # ranks finish episodes at different steps
-        episodes.add(1)
-    time.sleep(gap)
-    durations.append((time.time(), time.perf_counter() - t0))
-t0 = time.monotonic()
-delivered = otel_rl.shutdown(timeout_s=float(os.environ.get("SHUTDOWN_S", "60")))
-print(json.dumps({"durations": durations, "shutdown_s": time.monotonic() - t0, "delivered": delivered}))
-"""
-
-
-def _trainers(endpoint, world, steps, gap, run, spool="", shutdown_s=60):
-    return [subprocess.Popen([sys.executable, "-c", TRAINER, endpoint, str(steps), str(gap), str(spool)],
-                             env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "RUN": run,
-                                  "SHUTDOWN_S": str(shutdown_s)},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
-
-
-def _finish(procs, timeout=600) -> list[dict]:
-    out = []
-    for p in procs:
-        stdout, err = p.communicate(timeout=timeout)
-        assert p.returncode == 0, err[-3000:]
-        out.append(json.loads(stdout.strip().splitlines()[-1]))
-    return out
-
+from trainers import finish, start_collector, start_trainers
 
 def true_totals(world: int, steps: int) -> dict[int, float]:
     """The run's episode count at every step: every rank's increments up to that step."""
@@ -78,13 +36,6 @@ def _collector_config(tmp_path, port, checkpoint_s=1.0):
                       "reduce: {timeout_s: 120}\n"
                       f"tensorboard: {{log_dir: {tmp_path / 'tb'}}}\n")
     return config
-
-
-def _start_collector(config_path):
-    proc = subprocess.Popen([sys.executable, "-m", "otel_rl.cli", "collector", "--config", str(config_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert "ready" in proc.stdout.readline()
-    return proc
 
 
 def _stop_all(trainers, collector) -> None:
@@ -113,16 +64,16 @@ def test_collector_sigkilled_20_times_every_value_exactly_once(tmp_path):
     rng = random.Random(7)
     port = free_port()
     config = _collector_config(tmp_path, port, checkpoint_s=3.0)  # a long replay after each kill
-    collector = _start_collector(config)
+    collector = start_collector(config)
     steps, world = 500, 2
-    trainers = _trainers(f"http://127.0.0.1:{port}", world, steps, 0.1, "crashes", tmp_path / "tspool")
+    trainers = start_trainers(f"http://127.0.0.1:{port}", world, steps, 0.1, "crashes", tmp_path / "tspool")
     try:
         for _ in range(20):
             time.sleep(rng.uniform(0.2, 2.0))
             collector.send_signal(signal.SIGKILL)
             collector.wait()
-            collector = _start_collector(config)
-        _finish(trainers)
+            collector = start_collector(config)
+        finish(trainers)
     finally:
         _stop_all(trainers, collector)
     _check_run(tmp_path, "crashes", world, steps)
@@ -137,7 +88,7 @@ def test_counter_totals_across_four_ranks_are_true_totals_at_every_step(tmp_path
                         "prometheus": {"enabled": True, "port": prom_port}}).start()
     steps, world = 120, 4
     try:
-        _finish(_trainers(f"http://127.0.0.1:{collector.http_port}", world, steps, 0.01, "episodes"))
+        finish(start_trainers(f"http://127.0.0.1:{collector.http_port}", world, steps, 0.01, "episodes"))
         prometheus = PrometheusServer(tmp_path, [f"127.0.0.1:{prom_port}"]).start()
         try:
             total = true_totals(world, steps)[steps - 1]
@@ -156,10 +107,10 @@ def test_collector_down_five_minutes_trainer_with_spool_loses_nothing(tmp_path):
     outage_s = float(os.environ.get("OTEL_RL_TEST_OUTAGE_S", "300"))
     port = free_port()
     config = _collector_config(tmp_path, port)
-    collector = _start_collector(config)
+    collector = start_collector(config)
     gap = 0.05
     steps, world = int((outage_s + 25) / gap), 2
-    trainers = _trainers(f"http://127.0.0.1:{port}", world, steps, gap, "outage", tmp_path / "tspool")
+    trainers = start_trainers(f"http://127.0.0.1:{port}", world, steps, gap, "outage", tmp_path / "tspool")
     try:
         time.sleep(8)
         collector.send_signal(signal.SIGTERM)
@@ -167,8 +118,8 @@ def test_collector_down_five_minutes_trainer_with_spool_loses_nothing(tmp_path):
         down_from = time.time()
         time.sleep(outage_s)
         down_to = time.time()
-        collector = _start_collector(config)
-        results = _finish(trainers)
+        collector = start_collector(config)
+        results = finish(trainers)
     finally:
         _stop_all(trainers, collector)
     _check_run(tmp_path, "outage", world, steps)

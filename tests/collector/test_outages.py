@@ -4,56 +4,16 @@ arrives, once, and the trainers' step time does not move."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 
 from backends import MlflowServer, free_port, read_mlflow
 from conftest import read_tensorboard
 from otel_rl_collector import create
-
-RANK = """
-import json, os, sys, time, otel_rl
-endpoint, steps, gap, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-otel_rl.init({"run_name": os.environ["RUN"], "export_interval_s": 0.2, "tensorboard": {"enabled": False},
-              "otlp": {"enabled": True, "endpoint": endpoint, "timeout_s": 20}})
-from opentelemetry import metrics
-loss = metrics.get_meter("rank").create_gauge("loss")
-rank = int(os.environ["RANK"])
-durations = []
-for step in range(steps):
-    t0 = time.perf_counter()
-    otel_rl.set_step(step)
-    loss.set(step + rank)
-    time.sleep(gap)
-    durations.append((time.time(), time.perf_counter() - t0))
-otel_rl.shutdown()
-json.dump(durations, open(out, "w"))
-"""
-
-
-def _ranks(tmp_path, endpoint, world, steps, gap, run):
-    return [subprocess.Popen([sys.executable, "-c", RANK, endpoint, str(steps), str(gap), str(tmp_path / f"r{r}.json")],
-                             env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "RUN": run},
-                             stderr=subprocess.PIPE) for r in range(world)]
-
-
-def _wait(procs, timeout=300):
-    for p in procs:
-        _, err = p.communicate(timeout=timeout)
-        assert p.returncode == 0, err.decode()[-2000:]
-
-
-def _start_collector(config_path):
-    proc = subprocess.Popen([sys.executable, "-m", "otel_rl.cli", "collector", "--config", str(config_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert "ready" in proc.stdout.readline()
-    return proc
+from trainers import finish, start_collector, start_trainers
 
 
 def _self_metrics(port):
@@ -67,15 +27,15 @@ def test_collector_sigkill_and_restart_loses_nothing_acknowledged(tmp_path):
     config.write_text(f"receivers:\n  http: {{port: {port}}}\n  grpc: {{enabled: false}}\n"
                       f"spool: {{dir: {tmp_path / 'spool'}}}\nreduce: {{timeout_s: 60}}\n"
                       f"tensorboard: {{log_dir: {tmp_path / 'tb'}}}\n")
-    collector = _start_collector(config)
+    collector = start_collector(config)
     steps = 120
-    ranks = _ranks(tmp_path, f"http://127.0.0.1:{port}", 2, steps, 0.04, "killed")
+    ranks = start_trainers(f"http://127.0.0.1:{port}", 2, steps, 0.04, "killed")
     time.sleep(2.5)
     os.kill(collector.pid, signal.SIGKILL)  # no shutdown, no flush
     collector.wait()
-    collector = _start_collector(config)  # same spool: replays what it had acknowledged
+    collector = start_collector(config)  # same spool: replays what it had acknowledged
     try:
-        _wait(ranks)
+        finish(ranks)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             m = _self_metrics(port)
@@ -100,7 +60,7 @@ def test_mlflow_down_30s_mid_run_every_point_once_and_training_unaffected(tmp_pa
                         "mlflow": {"enabled": True, "tracking_uri": server.url, "experiment": "outage",
                                    "timeout_s": 2}}).start()
     steps, gap = 700, 0.05  # about 40 s of training
-    ranks = _ranks(tmp_path, f"http://127.0.0.1:{collector.http_port}", 4, steps, gap, "outage")
+    ranks = start_trainers(f"http://127.0.0.1:{collector.http_port}", 4, steps, gap, "outage")
     try:
         time.sleep(6)
         outage_start = time.time()
@@ -108,7 +68,7 @@ def test_mlflow_down_30s_mid_run_every_point_once_and_training_unaffected(tmp_pa
         time.sleep(30)
         outage_end = time.time()
         server.start()  # same sqlite store, same port
-        _wait(ranks)
+        results = finish(ranks)
     finally:
         collector.shutdown(timeout_s=180)
         data = read_mlflow(server.url, "outage", "outage")
@@ -119,8 +79,8 @@ def test_mlflow_down_30s_mid_run_every_point_once_and_training_unaffected(tmp_pa
     stats = collector.self_metrics()["sinks"]["mlflow"]
     assert stats["failed_attempts"] > 0 and stats["dropped_points"] == 0
     before, during = [], []
-    for r in range(4):
-        for wall, duration in json.loads((tmp_path / f"r{r}.json").read_text()):
+    for result in results:
+        for wall, duration in result["durations"]:
             (during if outage_start <= wall <= outage_end else before if wall < outage_start else []).append(duration)
     assert len(during) > 100
     assert statistics.median(during) <= 1.10 * statistics.median(before), (statistics.median(before),
