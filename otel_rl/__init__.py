@@ -28,12 +28,14 @@ from otel_rl._step import STEP_ATTRIBUTE, get_step, set_step
 from otel_rl.config import Config, ConfigError, load_config
 from otel_rl.exporters.base import MissingExtraError
 from otel_rl.logger import Logger
-from otel_rl.pipeline import Pipeline
+from otel_rl import recording as _recording
+from otel_rl.pipeline import Pipeline, active_pipeline as _current_pipeline
+from otel_rl.tracing import CurrentRunTracerProvider
 from otel_rl.timing import span
 
 __all__ = [
     "STEP_ATTRIBUTE", "Config", "ConfigError", "Logger", "MissingExtraError", "Pipeline",
-    "get_pipeline", "get_step", "init", "load_config", "set_step", "shutdown", "span",
+    "get_pipeline", "get_step", "init", "load_config", "log_hyperparams", "set_step", "shutdown", "span",
 ]
 __version__ = "0.1.0"
 
@@ -44,44 +46,51 @@ _global_set = False
 
 
 def init(config: Config | dict | str | None = None, *, set_global: bool = True) -> Pipeline:
-    """Build the embedded pipeline from ``config`` (dict, YAML path or :class:`Config`).
+    """Start a run: build the embedded pipeline from ``config`` (dict, YAML path or
+    :class:`Config`) and make it the current run.
 
-    With ``set_global`` (default) the OTel global MeterProvider becomes a
-    step-stamping wrapper of it and the global TracerProvider its tracer provider, so
-    ``opentelemetry.metrics.get_meter()`` and ``trace.get_tracer()`` work unchanged.
-    OTel allows the globals to be set once per process; a second ``init`` returns a
-    new pipeline whose meters come from ``pipeline.get_meter``. :func:`span` always
-    records into the pipeline of the last ``init``.
+    The OTel global meter and tracer providers (set once per process, on the first ``init``)
+    record into the *current* run: the last ``init`` of this thread/context, else the last one in
+    the process. So a notebook can ``init`` again after ``shutdown``, and a sweep can run one
+    run per thread; each run is complete and separate. ``set_global=False`` leaves the OTel
+    globals alone (use ``pipeline.get_meter``/``get_tracer``).
     """
     global _active, _global_set
     pipeline = Pipeline(config)
     pipeline.activate()
     with _lock:
         _active = pipeline
-        if set_global:
-            if _global_set:
-                _log.warning("otel-rl: the OTel global providers are already set for this process; "
-                             "use pipeline.get_meter() / get_tracer() for the new pipeline")
-            else:
-                _metrics.set_meter_provider(pipeline.step_meter_provider)
-                _trace.set_tracer_provider(pipeline.tracer_provider)
-                _global_set = True
+        if set_global and not _global_set:
+            _metrics.set_meter_provider(_recording.MeterProvider())
+            _trace.set_tracer_provider(CurrentRunTracerProvider())
+            _global_set = True
     return pipeline
 
 
+def log_hyperparams(params: dict) -> None:
+    """Record the current run's hyperparameters (nested dicts flattened with ``/``): the HParams
+    plugin in TensorBoard, the run config in W&B and SwanLab, params in MLflow."""
+    pipeline = _current_pipeline()
+    if pipeline is None:
+        raise RuntimeError("otel_rl.log_hyperparams: no run; call otel_rl.init() first")
+    pipeline.log_hyperparams(params)
+
+
 def get_pipeline() -> Pipeline | None:
-    """The pipeline built by the last :func:`init`, if any."""
-    return _active
+    """The pipeline of the current run, if any."""
+    return _current_pipeline() or _active
 
 
 def shutdown(timeout_s: float = 30.0, status: str | None = None) -> bool:
-    """Flush and close the pipeline built by :func:`init`, returning within ``timeout_s``
+    """Flush and close the current run's pipeline, returning within ``timeout_s``
     (+ a little) whatever the backends do; ``status`` (``success``, ``failed``, ``killed``;
     default: ``failed`` after an uncaught exception) is the run's final state in the backends.
     Runs at interpreter exit for every pipeline not shut down. True when everything was delivered."""
     global _active
+    pipeline = _current_pipeline() or _active
     with _lock:
-        pipeline, _active = _active, None
+        if _active is pipeline:
+            _active = None
     if pipeline is None:
         return True
     return pipeline.shutdown(timeout_s, status)

@@ -1,13 +1,13 @@
-"""The embedded (in-process) pipeline: the same path the collector runs, fed by the SDK.
+"""The embedded (in-process) pipeline: the same path the collector runs, fed by the run's tape.
 
 ::
 
-    instruments (step attribute) --> MeterProvider --> StepReader (DELTA, own thread)
-        --> translate (stateless) --> Stream.admit (steps, increments, running totals)
-        --> SinkSet: a worker (and optional spool) per sink
+    OTel API instruments / Logger --> Recorder tape (one append per call, see otel_rl.recording)
+        --> Drainer (own thread) --> translate_records (stateless) --> Stream.admit (steps,
+        increments, running totals) --> SinkSet: a worker (and optional spool) per sink
             --> TensorBoard | W&B | SwanLab | MLflow | Prometheus | OTLP (to a collector)
 
-One reader feeds every sink, so recording cost does not grow with the number of backends, and
+One drain feeds every sink, so recording cost does not grow with the number of backends, and
 each batch is translated and admitted once. The OTLP exporter to a collector is a sink of the
 set: with ``spool_dir`` a collector outage loses nothing and training never waits for it.
 """
@@ -18,35 +18,35 @@ import atexit
 import logging
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_rl import _step
-from otel_rl.config import Config, default_run_name, load_config
+from otel_rl import _step, recording
+from otel_rl.config import Config, ConfigError, default_run_name, load_config
 from otel_rl.delivery import Deadline, SinkSet
 from otel_rl.exporters import registry
-from otel_rl.exporters.accumulate import Stream, coalesce
+from otel_rl.exporters.accumulate import Stream
 from otel_rl.exporters.records import Batch
-from otel_rl.exporters.base import DELTA_TEMPORALITY, FAILED, KILLED, SUCCESS, Sink
-from otel_rl.exporters.translate import translate_sdk
+from otel_rl.exporters.base import FAILED, KILLED, SUCCESS, Sink
+from otel_rl.exporters.translate import record_step, translate_records
 from otel_rl.semconv import RANK, RUN_ID, WORLD_SIZE
 from otel_rl.timing import PhaseTimer
 
 _log = logging.getLogger(__name__)
-_active: list["Pipeline"] = []  # the pipeline otel_rl.span() and friends use: the last activated
 _live: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()  # shut down at interpreter exit
 _crashed: list[BaseException] = []  # an exception no one caught: the run's status is "failed"
 
 
 def active_pipeline() -> "Pipeline | None":
-    return _active[-1] if _active else None
+    """The pipeline of the current run (see :func:`otel_rl.recording.current`)."""
+    recorder = recording.current()
+    return getattr(recorder, "owner", None) if recorder is not None else None
 
 
 def open_spools(spool_dir: str | None, names: list[str], max_bytes: int, fsync: bool = True,
@@ -69,59 +69,47 @@ def open_spools(spool_dir: str | None, names: list[str], max_bytes: int, fsync: 
     return spools
 
 
-class StepReader(MetricReader):
-    """Collects every ``interval_s``, or sooner when :meth:`request_collect` is called, and
-    hands each collect to ``on_collect`` (on the collecting thread)."""
+class Drainer:
+    """The pipeline's own thread: drains the run's tape every ``interval_s``, or sooner when
+    woken (a step boundary every ``flush_every_steps`` steps, a burst filling the tape), and
+    hands the records to ``on_records`` (with the observable instruments' observations on the
+    timer cycles only, so sampling NVML does not follow the step rate)."""
 
-    def __init__(self, on_collect, interval_s: float, cardinality_limit: int) -> None:
-        super().__init__(preferred_temporality=DELTA_TEMPORALITY,
-                         cardinality_limits={cls: cardinality_limit for cls in DELTA_TEMPORALITY})
-        self._on_collect = on_collect
+    def __init__(self, on_records, interval_s: float) -> None:
+        self._on_records = on_records
         self._interval_s = interval_s
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="otel-rl-reader", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="otel-rl-drain", daemon=True)
 
-    def start(self) -> "StepReader":
+    def start(self) -> "Drainer":
         self._thread.start()
         return self
 
-    def _receive_metrics(self, metrics_data, timeout_millis: float = 10_000, **kwargs) -> None:
-        self._on_collect(metrics_data)
-
-    def request_collect(self) -> None:
+    def wake(self) -> None:
         self._wake.set()
 
     def _run(self) -> None:
+        next_observe = time.monotonic() + self._interval_s
         while not self._stop.is_set():
-            self._wake.wait(self._interval_s)
+            self._wake.wait(max(0.0, next_observe - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 return
+            observe = time.monotonic() >= next_observe
+            if observe:
+                next_observe = time.monotonic() + self._interval_s
             try:
-                self.collect()
-            except Exception:  # keep collecting; one bad cycle must not end telemetry
-                _log.exception("collect failed")
+                self._on_records(observe)
+            except Exception:  # keep draining; one bad cycle must not end telemetry
+                _log.exception("otel-rl: drain failed")
 
     def stop(self, deadline: Deadline) -> None:
-        """End the thread, then collect one last time (what was recorded since the last cycle)."""
+        """End the thread (the caller drains one last time)."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(deadline.left())
-        try:
-            self.collect(timeout_millis=deadline.left() * 1e3)
-        except Exception:
-            _log.exception("final collect failed")
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        self.collect(timeout_millis=timeout_millis)
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs) -> None:
-        """The SDK's shutdown: the pipeline already stopped the thread and collected."""
-        self._stop.set()
-        self._wake.set()
 
 
 def resolve_resource(config: Config) -> Resource:
@@ -137,10 +125,9 @@ def resolve_resource(config: Config) -> Resource:
     return Resource.create(attributes)
 
 
-def _build_sinks(config: Config, tracer_provider: TracerProvider):
-    """(sinks, extra SDK readers) for every enabled backend; span exporters go on the tracer."""
-    sinks, readers = [], []
-    pcfg = config.pipeline
+def _build_sinks(config: Config, tracer_provider: TracerProvider) -> list[Sink]:
+    """A sink for every enabled backend; span exporters go on the tracer provider."""
+    sinks = []
     for name, backend_config in config.enabled().items():
         spec = registry.spec(name)
         span_exporter = registry.create_span_exporter(name, backend_config)
@@ -149,25 +136,29 @@ def _build_sinks(config: Config, tracer_provider: TracerProvider):
         if spec.exporter is None:
             continue
         exporter = registry.create(name, backend_config)
-        if isinstance(exporter, Sink):
-            sinks.append(exporter)
-        else:  # a third-party SDK MetricExporter: its own periodic reader
-            readers.append(PeriodicExportingMetricReader(
-                exporter, export_interval_millis=pcfg.export_interval_s * 1e3,
-                cardinality_limits={cls: pcfg.cardinality_limit for cls in DELTA_TEMPORALITY}))
-    return sinks, readers
+        if not isinstance(exporter, Sink):
+            raise ConfigError(f"backend {name!r}: {type(exporter).__name__} is not an otel_rl Sink "
+                              "(otel_rl.exporters.base.Sink: write/flush/close); plugins must implement it")
+        sinks.append(exporter)
+    return sinks
+
+
+#: Records of the step still being recorded are held back at most this long (or this many).
+HOLD_MAX_S = 60.0
+HOLD_MAX_RECORDS = 200_000
 
 
 class Pipeline:
-    """Owns the MeterProvider, the reader, the admission state and the sinks of one process."""
+    """Owns one run: its recorder (tape and step), tracer provider, admission state and sinks."""
 
     def __init__(self, config: Config | dict | str | None = None) -> None:
         self.config = load_config(config)
         pcfg = self.config.pipeline
         self.resource = resolve_resource(self.config)
         self.run_name = str(self.resource.attributes[RUN_ID])
+        self.rank = pcfg.rank if pcfg.rank is not None else -1
         self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
-        sinks, readers = _build_sinks(self.config, self.tracer_provider)
+        sinks = _build_sinks(self.config, self.tracer_provider)
         for sink in sinks:
             bind = getattr(sink, "bind_resource", None)
             if bind is not None:
@@ -175,15 +166,19 @@ class Pipeline:
         spools = open_spools(pcfg.spool_dir, [s.name for s in sinks], pcfg.spool_max_bytes, rank=pcfg.rank)
         self.sinkset = SinkSet(sinks, pcfg.max_queue_points, self.config.sources["retry"], spools=spools).start()
         self._stream = Stream()
-        self._admit_lock = threading.Lock()
-        self._open_step: list = []  # points of the step still being recorded (see _on_collect)
+        self._drain_lock = threading.Lock()
+        self._held: list[tuple] = []  # records of the step still being recorded (see _drain)
+        self._held_since = 0.0
         self.rejected_points = 0
+        self.rejected_reasons: dict[str, str] = {}
         self.overflow_points = 0
-        self.reader = StepReader(self._on_collect, pcfg.export_interval_s, pcfg.cardinality_limit)
-        self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[self.reader, *readers],
-                                            shutdown_on_exit=False)
-        self.reader.start()
-        self.step_meter_provider = _step.StepMeterProvider(self.meter_provider)
+        self.drainer = Drainer(self._drain, pcfg.export_interval_s)
+        self.recorder = recording.Recorder(wake=self.drainer.wake, on_step=self._on_step,
+                                           max_records=max(pcfg.max_queue_points, 100_000))
+        self.recorder.owner = self
+        self.recorder.step = _step.take_unbound_step()
+        self.meter_provider = recording.MeterProvider(self.recorder)
+        self.drainer.start()
         self.timing = PhaseTimer(self.meter_provider.get_meter("otel_rl.timing"),
                                  self.tracer_provider.get_tracer("otel_rl"))
         self.gpu = None
@@ -195,41 +190,53 @@ class Pipeline:
         self._pending_steps = 0
         self._closed = False
         self._shutdown_lock = threading.Lock()
-        _step.add_step_listener(self._on_step)
+        self._warned: set[str] = set()
+        self.activate()  # the newest run is the current one (otel_rl.set_step, spans, global meters)
         _live.add(self)
         _install_exit_hooks()
         _log.info("otel-rl: run %r -> %s", self.run_name, "; ".join(self.describe()) or "no sinks")
 
     # -- the path ----------------------------------------------------------------------------
-    def _on_collect(self, metrics_data) -> None:
-        translation = translate_sdk(metrics_data)
-        if translation.rejected:
-            self.rejected_points += translation.rejected
-            self.overflow_points += translation.overflow
-            _log.warning("otel-rl: %d points could not be placed at a step: %s", translation.rejected,
-                         translation.reason)
-        with self._admit_lock:
-            # The step the loop is still at may get more values after this collect: hold its
-            # points back and send the step whole with the next collect (or at flush/shutdown).
-            points = translation.batch.points
-            if self._open_step:
-                points = coalesce([*self._open_step, *points])
-            current = _step.get_step()
-            self._open_step = [p for p in points if current is not None and p.step == current]
-            self._admit([p for p in points if current is None or p.step != current], translation.batch.params)
+    def _drain(self, observe: bool = False, release: bool = False) -> None:
+        """Tape -> points -> admission -> sinks. The step the loop is still at may get more
+        values (a histogram's samples, a counter's increments): its records are held back and
+        sent whole with a later drain (at most ``HOLD_MAX_S``), or at flush/shutdown."""
+        with self._drain_lock:
+            records = self.recorder.drain()
+            if observe:
+                records.extend(self.recorder.observe())
+            if self._held:
+                records = self._held + records
+                self._held = []
+            current = self.recorder.step
+            if current is not None and not release and records:
+                held = [r for r in records if record_step(r) == current]
+                if held and (len(held) < HOLD_MAX_RECORDS and (
+                        not self._held_since or time.monotonic() - self._held_since < HOLD_MAX_S)):
+                    self._held = held
+                    self._held_since = self._held_since or time.monotonic()
+                    records = [r for r in records if record_step(r) != current]
+                else:
+                    self._held_since = 0.0
+            else:
+                self._held_since = 0.0
+            if not records:
+                return
+            translation = translate_records(records, self.run_name, self.rank)
+            if translation.rejected or translation.reasons:
+                self._report(translation)
+            batch = translation.batch
+            batch = self._stream.admit(Batch(batch.points, batch.params))
+            if batch:
+                self.sinkset.submit(batch)
 
-    def _admit(self, points: list, params: list = ()) -> None:
-        """Admit points (in step order) and hand them to the sinks; under ``_admit_lock``."""
-        batch = self._stream.admit(Batch(sorted(points, key=lambda p: (p.run, p.step)), list(params)))
-        if batch:
-            self.sinkset.submit(batch)
-
-    def _release_open_step(self) -> None:
-        """Send the held step too (flush and shutdown)."""
-        with self._admit_lock:
-            held, self._open_step = self._open_step, []
-            if held:
-                self._admit(held)
+    def _report(self, translation) -> None:
+        self.rejected_points += translation.rejected
+        for kind, reason in translation.reasons.items():
+            if kind not in self._warned and len(self._warned) < 10_000:
+                self._warned.add(kind)
+                self.rejected_reasons.setdefault(kind, reason)
+                _log.warning("otel-rl: %s (reported once; counted in stats()['rejected_points'])", reason)
 
     @property
     def sinks(self) -> list[Sink]:
@@ -248,50 +255,64 @@ class Pipeline:
         return lines
 
     def get_meter(self, name: str, version: str | None = None):
-        """A meter whose instruments stamp the current step (see :func:`otel_rl.set_step`)."""
-        return self.step_meter_provider.get_meter(name, version)
+        """A meter of this run: its instruments record at this run's step, whatever is current."""
+        return self.meter_provider.get_meter(name, version)
 
-    def activate(self, only_if_none: bool = False) -> None:
-        """Make this the pipeline that :func:`otel_rl.span` records into."""
-        if not (only_if_none and _active) and not self._closed:
-            _active.append(self)
+    def activate(self, only_if_none: bool = False, context_only: bool = False) -> None:
+        """Make this the current run here (see :func:`otel_rl.recording.current`): the global
+        meter provider, :func:`otel_rl.set_step` and :func:`otel_rl.span` use it."""
+        if self._closed or (only_if_none and recording.current() is not None):
+            return
+        recording.activate(self.recorder, context_only=context_only)
 
     def get_tracer(self, name: str = "otel_rl"):
         return self.tracer_provider.get_tracer(name)
+
+    def set_step(self, step: int) -> None:
+        """Set this run's step (``otel_rl.set_step`` sets the current run's)."""
+        self.recorder.set_step(_step.check_step(step))
+
+    @property
+    def step(self) -> int | None:
+        return self.recorder.step
+
+    def log_hyperparams(self, params) -> None:
+        """Record the run's hyperparameters (nested dicts flattened with ``/``)."""
+        self.recorder.put(("p", None, dict(params), None, time.time_ns()))
 
     def _on_step(self, step: int) -> None:
         self.timing.on_step(step)
         self._pending_steps += 1
         if self._pending_steps >= self.config.pipeline.flush_every_steps:
             self._pending_steps = 0
-            self.reader.request_collect()
+            self.drainer.wake()
 
     def collect_now(self) -> None:
-        """Collect and queue everything recorded so far (on the calling thread)."""
+        """Drain and queue everything recorded so far (on the calling thread)."""
         self._pending_steps = 0
-        self.reader.collect()
+        self._drain()
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         """Export everything recorded so far (timing of finished steps included) and wait until
         every sink wrote it."""
         deadline = Deadline(timeout_s)
-        step = _step.get_step()
+        step = self.recorder.step
         if step is not None:
             self.timing.on_step(step)
-        self.reader.collect(timeout_millis=timeout_s * 1e3)
-        self._release_open_step()
+        self._drain(observe=True, release=True)
         spans_ok = _bounded(lambda: self.tracer_provider.force_flush(int(deadline.left() * 1e3)), deadline)
         return self.sinkset.flush(deadline) and bool(spans_ok)
 
     def stats(self) -> dict[str, Any]:
-        """Self-metrics: per-sink point counts, plus points that could not be placed at a step."""
+        """Self-metrics: per-sink point counts, plus what could not be recorded or placed."""
         out: dict[str, Any] = self.sinkset.stats()
         out["overflow_points"] = self.overflow_points
         out["rejected_points"] = self.rejected_points
+        out["dropped_records"] = self.recorder.dropped
         return out
 
     def shutdown(self, timeout_s: float = 30.0, status: str | None = None) -> bool:
-        """Emit the last step's timing, collect, deliver and close every sink with the run's
+        """Emit the last step's timing, drain, deliver and close every sink with the run's
         ``status`` (default: ``failed`` after an uncaught exception, else ``success``); returns
         within ``timeout_s`` (+ a little) whatever the sinks do; True when everything was
         delivered. Safe to call twice."""
@@ -302,18 +323,14 @@ class Pipeline:
         deadline = Deadline(timeout_s)
         if status is None:
             status = SUCCESS if not _crashed else KILLED if isinstance(_crashed[-1], KeyboardInterrupt) else FAILED
-        _step.remove_step_listener(self._on_step)
-        while self in _active:
-            _active.remove(self)
+        self.timing.emit()
+        self.drainer.stop(deadline)
+        recording.deactivate(self.recorder)
+        self._drain(observe=True, release=True)
         if self.gpu is not None:
             self.gpu.close()
-        self.timing.emit()
-        self.reader.stop(deadline)
-        self._release_open_step()
         _bounded(lambda: self.tracer_provider.shutdown(), deadline)
-        delivered = self.sinkset.shutdown(deadline, status)
-        _bounded(lambda: self.meter_provider.shutdown(timeout_millis=deadline.left() * 1e3), deadline)
-        return delivered
+        return self.sinkset.shutdown(deadline, status)
 
 
 def _bounded(fn, deadline: Deadline):

@@ -104,7 +104,7 @@ class span:  # noqa: N801 - used like a function: `with otel_rl.span("rollout"):
         pipeline = active_pipeline()
         timer = pipeline.timing if pipeline is not None else None
         tracer = timer.tracer if timer is not None else trace.get_tracer("otel_rl")
-        step = _step.get_step()
+        step = pipeline.step if pipeline is not None else _step.get_step()
         attrs = dict(self.attributes)
         if step is not None:
             attrs[_step.STEP_ATTRIBUTE] = step

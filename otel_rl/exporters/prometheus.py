@@ -72,12 +72,13 @@ def _number(value: float) -> str:
 
 
 class _Series:
-    __slots__ = ("kind", "step", "time", "value", "buckets", "count", "sum")
+    __slots__ = ("kind", "step", "time", "value", "buckets", "edges", "count", "sum")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.step, self.time, self.value = -1, 0.0, 0.0
-        self.buckets: dict[float, int] = {}  # upper edge -> count (not cumulative)
+        self.buckets: dict[float, int] | None = {}  # upper edge -> count (not cumulative)
+        self.edges: tuple | None = None  # the upper edges of the first distribution
         self.count, self.sum = 0, 0.0
 
 
@@ -149,8 +150,20 @@ class PrometheusExporter(RecordExporter):
                                            "recently updated (counted in evicted)", self.config.max_series)
         self._series.move_to_end(key)
         if isinstance(p.value, HistogramValue):  # per-step distributions add up to a cumulative one
-            for _, right, count in p.value.buckets:
-                series.buckets[right] = series.buckets.get(right, 0) + count
+            edges = tuple(right for _, right, _ in p.value.buckets)
+            if series.edges is None:
+                series.edges = edges
+            if series.buckets is not None and edges != series.edges:
+                # bins fitted to each step's data: adding them up would make a new `le` series
+                # every step; the series keeps _count and _sum only (fixed bounds: see README)
+                series.buckets = None
+                self.warn_once(f"edges:{p.name}", "prometheus: histogram %r changes its bucket bounds "
+                               "between steps (bins fitted to the data); exported as _count and _sum "
+                               "only (give the instrument explicit_bucket_boundaries_advisory for "
+                               "buckets)", p.name)
+            if series.buckets is not None:
+                for _, right, count in p.value.buckets:
+                    series.buckets[right] = series.buckets.get(right, 0) + count
             series.count += p.value.count
             series.sum += p.value.sum
         elif p.increment is not None or (p.step, p.time) >= (series.step, series.time):
@@ -175,10 +188,11 @@ class PrometheusExporter(RecordExporter):
                 lines.append(f"{name}{{{label_text}}} {_number(s.value)}")
                 continue
             running = 0
-            for edge in sorted(e for e in s.buckets if math.isfinite(e)):
+            for edge in sorted(e for e in s.buckets or () if math.isfinite(e)):
                 running += s.buckets[edge]
                 lines.append(f'{name}_bucket{{{label_text},le="{_number(edge)}"}} {running}')
-            lines.append(f'{name}_bucket{{{label_text},le="+Inf"}} {s.count}')
+            if s.buckets is not None:
+                lines.append(f'{name}_bucket{{{label_text},le="+Inf"}} {s.count}')
             lines.append(f"{name}_sum{{{label_text}}} {_number(s.sum)}")
             lines.append(f"{name}_count{{{label_text}}} {s.count}")
         return "\n".join(lines) + "\n"

@@ -315,3 +315,124 @@ def histogram(out: Translation, run: str, rank: int, name: str, temporality: str
         math.nan if minimum is None else float(minimum),
         math.nan if maximum is None else float(maximum), buckets)
     out.batch.points.append(Point(run, name, step, value, time_ns / 1e9, "histogram", rest, rank, mode))
+
+
+# -- the in-process tape (otel_rl.recording) ------------------------------------------------
+_COUNTERS = {"c": ("counter", "delta"), "u": ("sum", "delta"),
+             "oc": ("counter", "cumulative"), "ou": ("sum", "cumulative")}
+
+
+def record_step(record: tuple) -> int:
+    """The step a tape record belongs to: its ``step`` attribute, else the step current when it
+    was recorded, else :data:`NO_STEP`."""
+    attrs = record[5] if len(record) > 5 else None
+    if attrs and STEP_ATTRIBUTE in attrs:
+        step = _as_step(attrs[STEP_ATTRIBUTE])
+        if step is not None:
+            return step
+    return NO_STEP if record[3] is None else record[3]
+
+
+def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts flattened with ``/``; ``prefix`` prepended as ``prefix/key``."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        full = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, full))
+        else:
+            out[full] = value
+    return out
+
+
+def as_number(value: Any) -> float | None:
+    """bool/int/float, or a one-element numpy/torch value, as a float; None otherwise."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    item = getattr(value, "item", None)
+    numel = getattr(value, "numel", None)  # torch; numpy has .size
+    size = numel() if callable(numel) else getattr(value, "size", 1)
+    if callable(item) and size == 1:
+        try:
+            return float(item())
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _param_value(value: Any) -> bool | int | float | str:
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def translate_records(records: Iterable[tuple], run: str, rank: int = -1) -> Translation:
+    """Tape records (see :mod:`otel_rl.recording`) as points: every gauge value its own point
+    at its recorded time; counter increments of one series and step added up; histogram
+    samples of one series and step as one distribution fitted to them."""
+    from otel_rl.recording import fit_histogram
+
+    out = Translation()
+    points = out.batch.points
+    sums: dict[tuple, list] = {}
+    samples: dict[tuple, list] = {}
+    for record in records:
+        kind = record[0]
+        if kind == "m":  # a Logger call: (m, prefix, metrics, step, time_ns)
+            _, prefix, metrics, step, t_ns = record[:5]
+            wall = t_ns / 1e9
+            for key, value in flatten(metrics, prefix).items():
+                number = as_number(value)
+                if number is None:
+                    out.reject(1, f"value:{key}", f"metric {key!r}: value {value!r} is not a number")
+                    continue
+                points.append(Point(run, key or "_", step, number, wall, "gauge", (), rank))
+            continue
+        if kind == "p":  # hyperparameters: (p, None, params, step, time_ns)
+            out.batch.params.append(RunParams(run, {k or "_": _param_value(v)
+                                                    for k, v in flatten(record[2]).items()},
+                                              record[4] / 1e9))
+            continue
+        _, name, value, step, t_ns, attrs = record[:6]
+        rest: tuple = ()
+        if attrs:
+            if STEP_ATTRIBUTE in attrs:
+                parsed = _as_step(attrs[STEP_ATTRIBUTE])
+                if parsed is None:
+                    out.reject(0, "bad_step", f"metric {name!r}: bad {STEP_ATTRIBUTE!r} attribute "
+                               f"{attrs[STEP_ATTRIBUTE]!r}; placed at the step current when recorded")
+                else:
+                    step = parsed
+            rest = tuple(sorted((k, str(v)) for k, v in attrs.items() if k != STEP_ATTRIBUTE))
+        if step is None:
+            step = NO_STEP
+        number = as_number(value)
+        if number is None or (kind != "g" and not math.isfinite(number)):
+            what = "not a number" if number is None else "not finite (only gauges keep NaN/inf)"
+            out.reject(1, f"value:{name}", f"metric {name!r}: value {value!r} is {what}")
+            continue
+        if kind == "g":
+            points.append(Point(run, name, step, number, t_ns / 1e9, "gauge", rest, rank))
+        elif kind == "h":
+            entry = samples.get((name, rest, step))
+            if entry is None:
+                samples[(name, rest, step)] = [t_ns, [number], record[6] if len(record) > 6 else None]
+            else:
+                entry[0] = t_ns
+                entry[1].append(number)
+        else:
+            point_kind, mode = _COUNTERS[kind]
+            if kind == "c" and number < 0:
+                out.reject(1, f"negative:{name}", f"counter {name!r}: negative increment {number!r} "
+                           "(use an up-down counter)")
+                continue
+            key = (name, rest, step, point_kind, mode)
+            entry = sums.get(key)
+            if entry is None or mode == "cumulative":
+                sums[key] = [t_ns, number]
+            else:
+                entry[0] = t_ns
+                entry[1] += number
+    for (name, rest, step, point_kind, mode), (t_ns, total) in sums.items():
+        points.append(Point(run, name, step, total, t_ns / 1e9, point_kind, rest, rank, mode))
+    for (name, rest, step), (t_ns, values, bounds) in samples.items():
+        points.append(Point(run, name, step, fit_histogram(values, bounds), t_ns / 1e9, "histogram", rest, rank))
+    return _finish(out)
