@@ -334,3 +334,60 @@ def read_counts(name: str, tmp: Path, run: str, mlflow_url: str | None = None) -
         for key in found.data.metrics:
             counts[key] = Counter(m.step for m in client.get_metric_history(found.info.run_id, key))
     return {key: dict(c) for key, c in counts.items()}
+
+
+class TensorBoardServer:
+    """A real ``tensorboard`` server with its default flags (the fast Rust loader, which drops
+    steps written out of order) on 127.0.0.1, queried over its HTTP API as the UI does."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120.0) -> "TensorBoardServer":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1",
+             "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=open(self.logdir.parent / "tb-server.log", "ab"))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("tensorboard exited: " + (self.logdir.parent / "tb-server.log").read_text()[-2000:])
+            try:
+                urllib.request.urlopen(self.url + "/data/runs", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("tensorboard did not come up")
+
+    def get(self, path: str, **query):
+        from urllib.parse import urlencode
+
+        with urllib.request.urlopen(f"{self.url}{path}?{urlencode(query)}", timeout=30) as r:
+            return json.loads(r.read())
+
+    def wait_loaded(self, runs: list[str], tags: list[str], timeout_s: float = 120.0) -> dict:
+        """The scalar tags per run once every run in ``runs`` lists every tag in ``tags``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.get("/data/plugin/scalars/tags")
+            if all(r in found and all(t in found[r] for t in tags) for r in runs):
+                time.sleep(6)  # the loader reloads every 5 s: let it finish reading the files
+                return self.get("/data/plugin/scalars/tags")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"tensorboard never listed {runs} x {tags}: {found}")
+            time.sleep(1)
+
+    def scalars(self, run: str, tag: str) -> list[tuple[float, int, float]]:
+        """``[(wall_time, step, value)]`` as the scalars dashboard gets them."""
+        return [tuple(x) for x in self.get("/data/plugin/scalars/scalars", run=run, tag=tag)]
+
+    def histograms(self, run: str, tag: str) -> list:
+        """``[(wall_time, step, [[left, right, count], ...])]`` as the histograms dashboard gets them."""
+        return [tuple(x) for x in self.get("/data/plugin/histograms/histograms", run=run, tag=tag)]
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None

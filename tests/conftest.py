@@ -13,36 +13,44 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def read_tensorboard(run_dir: Path) -> dict:
     """{"scalars": {tag: {step: value}}, "histograms": {tag: {step: ndarray[k,3]}}, "tensors": tags},
-    read with TensorBoard's own EventAccumulator (no downsampling)."""
+    read with TensorBoard's own EventAccumulator (no downsampling), the run's ``late-<n>``
+    sub-runs (points whose tag had passed their step) included."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.util import tensor_util
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
-    acc.Reload()
-    tags = acc.Tags()
-    scalars = {}
-    for tag in tags["scalars"]:
-        series = {}
-        for ev in acc.Scalars(tag):
-            series[ev.step] = ev.value
-        scalars[tag] = series
-    histograms = {}
-    for tag in tags["tensors"]:
-        events = acc.Tensors(tag)
-        if tag.startswith("_hparams_"):
-            continue
-        histograms[tag] = {ev.step: tensor_util.make_ndarray(ev.tensor_proto) for ev in events}
-    return {"scalars": scalars, "histograms": histograms, "tensors": list(tags["tensors"]),
-            "summary_metadata": {t: acc.SummaryMetadata(t) for t in tags["tensors"]}}
+    scalars: dict = {}
+    histograms: dict = {}
+    tensors: list = []
+    metadata: dict = {}
+    for directory in [Path(run_dir), *sorted(Path(run_dir).glob("late-*"))]:
+        acc = EventAccumulator(str(directory), size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
+        acc.Reload()
+        tags = acc.Tags()
+        for tag in tags["scalars"]:
+            series = scalars.setdefault(tag, {})
+            for ev in acc.Scalars(tag):
+                series[ev.step] = ev.value
+        for tag in tags["tensors"]:
+            if tag not in tensors:
+                tensors.append(tag)
+                metadata[tag] = acc.SummaryMetadata(tag)
+            if tag.startswith("_hparams_"):
+                continue
+            histograms.setdefault(tag, {}).update(
+                {ev.step: tensor_util.make_ndarray(ev.tensor_proto) for ev in acc.Tensors(tag)})
+    return {"scalars": scalars, "histograms": histograms, "tensors": tensors, "summary_metadata": metadata}
 
 
 def read_tensorboard_events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar event of every event file in ``run_dir``, duplicates included:
+    """Every scalar event of every event file in ``run_dir`` and its ``late-<n>`` sub-runs,
+    duplicates included:
     ``{tag: [(step, value), ...]}``, read with TensorBoard's own record loader."""
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader as EventFileLoader
 
     out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+    files = [*sorted(Path(run_dir).glob("events.out.tfevents.*")),
+             *sorted(Path(run_dir).glob("late-*/events.out.tfevents.*"))]
+    for path in files:
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
                 if value.HasField("simple_value"):

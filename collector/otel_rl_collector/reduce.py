@@ -2,7 +2,8 @@
 
 **Gauges and histograms.** A point from rank r of a run with world size N waits until all N
 ranks have sent the same (metric, attributes, step), or ``timeout_s`` passed since the first
-one arrived; then the reduced value is emitted once. Ops: ``mean``, ``max``, ``min``, ``sum``,
+one arrived; then the reduced value is emitted once. Every value counts: a name a rank logged
+several times at one step adds each value (``mean`` is the mean of all of them). Ops: ``mean``, ``max``, ``min``, ``sum``,
 or ``none`` (every rank kept as its own series with a ``rank`` attribute). Histograms are
 merged. A late point (its step was already emitted) is never dropped: the step is reduced again
 and emitted as a correction, counted in :attr:`Reducer.late_points`. The memory of emitted
@@ -54,8 +55,8 @@ class Reducer:
         self.timeout_s = timeout_s
         self.window = window
         self._ops: dict[tuple[str, str], str] = {}
-        self._pending: dict[tuple, tuple[float, dict[int, Point]]] = {}  # group -> (first seen, ranks)
-        self._emitted: OrderedDict[tuple, dict[int, Point]] = OrderedDict()
+        self._pending: dict[tuple, tuple[float, dict[int, list[Point]]]] = {}  # group -> (first seen, ranks)
+        self._emitted: OrderedDict[tuple, dict[int, list[Point]]] = OrderedDict()
         self._increments: dict[str, dict[tuple, tuple[float, list[Point]]]] = {}  # run -> group -> ...
         self._progress: dict[str, dict[int, int]] = {}  # run -> rank -> highest step seen
         self.late_points = 0
@@ -101,26 +102,30 @@ class Reducer:
         key = (p.run, p.name, p.kind, p.attributes, p.step)
         emitted = self._emitted.get(key)
         if emitted is not None:  # late: correct the step
-            if p.rank not in emitted:
-                self.late_points += 1
-            emitted[p.rank] = p
-            ready.append(self._reduced(key, op, emitted))
+            self.late_points += 1
+            before = max((q.time for values in emitted.values() for q in values), default=p.time)
+            emitted.setdefault(p.rank, []).append(p)
+            corrected = self._reduced(key, op, emitted)
+            # after the value it corrects, also for backends that order a step's values by time
+            ready.append(corrected.replace(time=max(corrected.time, before + 0.001)))
             return
         first, ranks = self._pending.setdefault(key, (now, {}))
-        ranks[p.rank] = p  # a resent rank overwrites: idempotent
+        # every value a rank logged at this step counts (a name logged several times at one
+        # step); a resent request never gets here (the collector dedupes batch ids)
+        ranks.setdefault(p.rank, []).append(p)
         if len(ranks) >= size:
             del self._pending[key]
             ready.append(self._reduced(key, op, ranks))
             self._remember(key, ranks)
 
-    def _reduced(self, key: tuple, op: str, ranks: dict[int, Point]) -> Point:
+    def _reduced(self, key: tuple, op: str, ranks: dict[int, list[Point]]) -> Point:
         run, name, kind, attributes, step = key
-        points = list(ranks.values())
+        points = [p for values in ranks.values() for p in values]
         value = reduce_values(op, [p.value for p in points])
         return Point(run, name, step, value, max(p.time for p in points), kind, attributes,
                      temporality=points[0].temporality)
 
-    def _remember(self, key: tuple, ranks: dict[int, Point]) -> None:
+    def _remember(self, key: tuple, ranks: dict[int, list[Point]]) -> None:
         self._emitted[key] = ranks
         if len(self._emitted) > self.window:
             self._emitted.popitem(last=False)
@@ -196,8 +201,11 @@ class Reducer:
                 "late_points": self.late_points, "partial_groups": self.partial_groups}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._pending = state["pending"]
-        self._emitted = OrderedDict(state["emitted"])
+        def lists(ranks: dict) -> dict:  # checkpoints before 0.2 held one point per rank
+            return {r: v if isinstance(v, list) else [v] for r, v in ranks.items()}
+
+        self._pending = {k: (first, lists(ranks)) for k, (first, ranks) in state["pending"].items()}
+        self._emitted = OrderedDict((k, lists(ranks)) for k, ranks in state["emitted"])
         self._increments = state["increments"]
         self._progress = state["progress"]
         self.late_points, self.partial_groups = state["late_points"], state["partial_groups"]

@@ -124,12 +124,19 @@ class MlflowExporter(RecordExporter):
         for params in batch.params:
             kept = per_run.setdefault(params.run, ([], []))[1]
             kept.extend(Param(k, v) for k, v in self._new_params(params.run, params.params))
+        seen: set = set()
         for p in batch.points:
             metrics = per_run.setdefault(p.run, ([], []))[0]
-            ts = int(p.time * 1000)
+            ts = round(p.time * 1000)
             for suffix, value in scalar_items(p.value):
                 key = self._names.key(p.name, p.attributes, suffix)
-                metrics.append(Metric(key, value, ts, p.step))
+                # MLflow stores a metric once per (key, timestamp, step, value): an equal value
+                # logged again at the same step in the same millisecond gets the next millisecond
+                t = ts
+                while (p.run, key, t, p.step, value) in seen:
+                    t += 1
+                seen.add((p.run, key, t, p.step, value))
+                metrics.append(Metric(key, value, t, p.step))
         chunks = []
         for run, (metrics, params) in per_run.items():
             for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):

@@ -55,16 +55,32 @@ class HistogramValue:
 
 
 def merge_histograms(values: "list[HistogramValue]") -> HistogramValue:
-    """One distribution from several (same bucket layout or not): counts add up per bucket."""
-    buckets: dict[tuple[float, float], int] = {}
-    for h in values:
-        for left, right, count in h.buckets:
-            buckets[(left, right)] = buckets.get((left, right), 0) + count
+    """One distribution from several. With one bucket layout, counts add up per bucket; with
+    different layouts (bins fitted to each sender's data) the counts are re-binned into equal
+    bins from the overall min to max, each source bucket counted in the bin of its midpoint:
+    count, sum, min and max stay exact, the shape is approximate within one source bucket."""
     mins = [h.min for h in values if not math.isnan(h.min)]
     maxs = [h.max for h in values if not math.isnan(h.max)]
-    return HistogramValue(sum(h.count for h in values), sum(h.sum for h in values),
-                          min(mins) if mins else math.nan, max(maxs) if maxs else math.nan,
-                          tuple((lo, hi, c) for (lo, hi), c in sorted(buckets.items())))
+    count, total = sum(h.count for h in values), math.fsum(h.sum for h in values)
+    lo, hi = (min(mins) if mins else math.nan), (max(maxs) if maxs else math.nan)
+    layouts = {tuple((left, right) for left, right, _ in h.buckets) for h in values}
+    if len(layouts) == 1 or not (mins and maxs):
+        buckets: dict[tuple[float, float], int] = {}
+        for h in values:
+            for left, right, c in h.buckets:
+                buckets[(left, right)] = buckets.get((left, right), 0) + c
+        return HistogramValue(count, total, lo, hi, tuple((l, r, c) for (l, r), c in sorted(buckets.items())))
+    if lo == hi:
+        return HistogramValue(count, total, lo, hi, ((lo, hi, count),))
+    k = 30
+    width = (hi - lo) / k
+    counts = [0] * k
+    for h in values:
+        for left, right, c in h.finite_buckets():
+            middle = (left + right) / 2
+            counts[min(max(int((middle - lo) / width), 0), k - 1)] += c
+    return HistogramValue(count, total, lo, hi, tuple(
+        (lo + i * width, hi if i == k - 1 else lo + (i + 1) * width, c) for i, c in enumerate(counts)))
 
 
 def scalar_items(value: "float | HistogramValue") -> list[tuple[str, float]]:

@@ -3,7 +3,9 @@
 Duplicate steps: SwanLab keeps the *first* value logged for a (key, step) and silently
 drops later ones (SwanLab#1363). This sink defines instead:
 
-- within one export batch, the last value of a (key, step) wins (as TensorBoard shows it);
+- several values of a (key, step) in one export batch (a name logged several times at one
+  step; the pipeline sends a step whole) become their mean, counted in
+  :attr:`SwanlabExporter.averaged_values` and logged once per key;
 - a value for a (key, step) already written by an earlier batch cannot replace the stored
   one, so it is not sent; it is counted in :attr:`SwanlabExporter.duplicates` and logged
   once per key. Nothing disappears without a trace. The memory of written (key, step)
@@ -19,6 +21,7 @@ capture of the process's stdout is turned off (it would record the trainer's pri
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -69,6 +72,7 @@ class SwanlabExporter(RecordExporter):
         self._active: tuple[str, Any] | None = None
         self._written: OrderedDict = OrderedDict()
         self.duplicates = 0
+        self.averaged_values = 0
 
     def run_dir(self, run: str) -> str:
         return f"{self.config.logdir} ({self.config.mode}, experiment {run!r})"
@@ -96,10 +100,21 @@ class SwanlabExporter(RecordExporter):
         for params in batch.params:
             self._run(params.run).config.update(params.params)
         for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
-            row: dict[str, float] = {}
-            for p in points:  # later values of the same key overwrite earlier ones
+            values: dict[str, list[float]] = {}
+            for p in points:
                 for suffix, value in scalar_items(p.value):
-                    row[self._names.key(p.name, p.attributes, suffix)] = value
+                    values.setdefault(self._names.key(p.name, p.attributes, suffix), []).append(value)
+            row = {}
+            for key, logged in values.items():
+                if len(logged) > 1:  # SwanLab holds one value per step: the mean, counted
+                    self.averaged_values += len(logged)
+                    self.warn_once(f"mean:{run}:{key}", "swanlab: %r has %d values at step %d; SwanLab "
+                                   "keeps one per step, so it gets their mean (counted in "
+                                   "averaged_values; every value is in TensorBoard, W&B and MLflow)",
+                                   key, len(logged), step)
+                    row[key] = math.fsum(logged) / len(logged)
+                else:
+                    row[key] = logged[0]
             row = self._first_writes(run, step, row)
             if row:
                 self._run(run).log(row, step=step)

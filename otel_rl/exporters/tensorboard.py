@@ -6,10 +6,18 @@ directory, shared by every exporter in the process that targets it.
 Values: scalars go into ``Summary.Value.simple_value``, TensorBoard's scalar
 type, which is **float32**: a float64 round-trips with relative error at most
 2**-24 (about 6e-8); magnitudes above 3.4e38 become +-inf; NaN and inf are kept.
-All scalars of one step share one event record, so writing costs one record
-per step, not per value. Histograms are histogram-plugin tensors
-(``[k, 3]`` of left edge, right edge, count). Hyperparameters go through the
-HParams plugin (session start/end info).
+Scalars of one step recorded within 5 ms of each other share one event record (its wall time
+is theirs), so writing costs about one record per step, not per value; a name logged again at
+the same step starts a new record, so every value is in the file. Histograms are
+histogram-plugin tensors (``[k, 3]`` of left edge, right edge, count). Hyperparameters go
+through the HParams plugin (session start/end info).
+
+Steps out of order: TensorBoard's default loader drops every point of a tag from the step
+where the tag's steps go backwards (DESIGN.md). So a point whose step is lower than one
+already written for its tag goes to the sub-run ``<run>/late-<n>`` (the first one where the
+tag has not passed that step): TensorBoard lists it as a run of its own, and every step stays
+visible. A repeated step is not "backwards" (TensorBoard shows its last value; the file
+holds them all).
 """
 
 from __future__ import annotations
@@ -180,6 +188,11 @@ class TensorBoardExporter(RecordExporter):
         self._spool_id: str | None = None
         self._before: dict | None = None
         self._checkpointed: dict[str, list] = {}  # run -> [file name, size] at the last checkpoint
+        from otel_rl.exporters.accumulate import LRU
+
+        self._last = LRU(200_000)  # (run, generation, tag) -> highest step written
+        #: Points written to a ``late-<n>`` sub-run because their tag had passed their step.
+        self.late_points = 0
 
     def run_dir(self, run: str) -> Path:
         """``<log_dir>/<run>``; a run id that is not a plain name (``../x``, ``/abs``, control
@@ -189,25 +202,33 @@ class TensorBoardExporter(RecordExporter):
     def bind_spool(self, spool_id: str, state: dict | None) -> None:
         self._spool_id = f"otel-rl-{spool_id}"
         self._checkpointed = dict((state or {}).get("files", {}))
+        for key, step in (state or {}).get("last", []):
+            self._last.put(tuple(key), step)
 
     def checkpoint_state(self) -> dict:
         files = dict(self._checkpointed)
-        files.update({run: [f.path.name, f.size] for run, f in self._runs.items()})
+        files.update({_run_key(run): [f.path.name, f.size] for run, f in self._runs.items()})
         self._checkpointed = files
-        return {"files": files}
+        return {"files": files, "last": [[list(k), v] for k, v in self._last.items()]}
 
-    def _file(self, run: str) -> EventFile:
+    def _dir(self, run: str) -> Path:
+        """The directory of a run key: ``run`` or ``(run, generation)`` for a late sub-run."""
+        if isinstance(run, tuple):
+            return self.run_dir(run[0]) / f"late-{run[1]}"
+        return self.run_dir(run)
+
+    def _file(self, run) -> EventFile:
         f = self._runs.get(run)
         if f is None:
             if self._spool_id is None:
-                f = _FILES.acquire(self.run_dir(run))
+                f = _FILES.acquire(self._dir(run))
             else:  # fed from a spool: one file per (run, spool), cut back to the checkpoint
-                name, size = self._checkpointed.get(run, (None, None))
-                f = EventFile(self.run_dir(run), self._spool_id, size)
+                name, size = self._checkpointed.get(_run_key(run), (None, None))
+                f = EventFile(self._dir(run), self._spool_id, size)
                 if name is not None and name != f.path.name:
                     _log.warning("tensorboard: checkpointed file %s of run %r is gone; using %s", name, run, f.path)
             self._runs[run] = f
-            _log.info("tensorboard: run %r -> %s", run, self.run_dir(run))
+            _log.info("tensorboard: run %r -> %s", run, self._dir(run))
         if self._before is not None and run not in self._before:
             self._before[run] = (f, f.size)
         return f
@@ -219,7 +240,7 @@ class TensorBoardExporter(RecordExporter):
                 self._write_hparams(params)
             for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
                 self._write_step(run, step, list(points))
-            for f in {self._file(run) for run in batch.runs()}:
+            for f in {f for f, _ in self._before.values()}:
                 f.flush()
         except BaseException:
             for f, size in self._before.values():
@@ -229,16 +250,48 @@ class TensorBoardExporter(RecordExporter):
             self._before = None
 
     def _write_step(self, run: str, step: int, points: list[Point]) -> None:
-        values = []
+        """One event per group of values recorded within 5 ms of each other (a repeated tag
+        starts a new group), in the run or, for a tag already past ``step``, a late sub-run."""
+        groups: dict = {}  # target -> [event time, tags, values] of the open group
         for p in points:
             tag = self._names.key(p.name, p.attributes)
+            target = self._target(run, tag, step)
+            group = groups.get(target)
+            if group is None or tag in group[1] or abs(p.time - group[0]) > 0.005:
+                if group is not None:
+                    self._emit(target, step, group)
+                group = groups[target] = [p.time, set(), []]
+            group[1].add(tag)
             if isinstance(p.value, HistogramValue):
-                values.append(self._histogram_value(tag, p.value))
+                group[2].append(self._histogram_value(tag, p.value))
             else:
-                values.append(self._summary_pb2.Summary.Value(tag=tag, simple_value=p.value))
-        event = self._event_pb2.Event(wall_time=max(p.time for p in points), step=step,
-                                      summary=self._summary_pb2.Summary(value=values))
-        self._file(run).write(event)
+                group[2].append(self._summary_pb2.Summary.Value(tag=tag, simple_value=p.value))
+        for target, group in groups.items():
+            self._emit(target, step, group)
+
+    def _target(self, run: str, tag: str, step: int):
+        """``run``, or ``(run, n)`` for the first late sub-run where ``tag`` has not passed ``step``."""
+        generation = 0
+        while True:
+            key = (run, generation, tag)
+            last = self._last.get(key)
+            if last is None or step >= last or generation == MAX_LATE_RUNS:
+                if last != step:
+                    self._last.put(key, step)
+                if generation:
+                    self.late_points += 1
+                    self.warn_once(f"late:{run}", "tensorboard: run %r: steps of %r went backwards "
+                                   "(step %d after %d); such points go to the sub-run %r so that "
+                                   "TensorBoard shows them (counted in late_points)", run, tag, step,
+                                   self._last.get((run, 0, tag)), f"late-{generation}")
+                    return (run, generation)
+                return run
+            generation += 1
+
+    def _emit(self, target, step: int, group: list) -> None:
+        event = self._event_pb2.Event(wall_time=group[0], step=step,
+                                      summary=self._summary_pb2.Summary(value=group[2]))
+        self._file(target).write(event)
 
     def _histogram_value(self, tag: str, hist: HistogramValue):
         from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -288,10 +341,20 @@ class TensorBoardExporter(RecordExporter):
                                         plugin_data_pb2.HParamsPluginData(session_end_info=end), time.time()))
             f.flush()
             if self._spool_id is None:
-                _FILES.release(self.run_dir(run))
+                _FILES.release(self._dir(run))
             else:
                 f.close()
         self._runs.clear()
+
+
+#: At most this many late sub-runs per run (steps going backwards over and over, e.g. a loop
+#: that logs in reverse, land in the last one, where TensorBoard's loader may hide some).
+MAX_LATE_RUNS = 8
+
+
+def _run_key(run) -> str:
+    """A run key as the checkpoint names it (late sub-runs: ``run/late-<n>``)."""
+    return f"{run[0]}/late-{run[1]}" if isinstance(run, tuple) else run
 
 
 def _set_hparam(slot, value: Any) -> None:

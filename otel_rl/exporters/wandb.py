@@ -197,23 +197,32 @@ class WandbExporter(RecordExporter):
         if start == 0:
             for params in batch.params:
                 self._run(params.run).config.update(params.params, allow_val_change=True)
-        rows = [(run, step, list(points)) for (run, step), points in
-                groupby(batch.points, key=lambda p: (p.run, p.step))]
+        rows = self._rows(batch)
         for i in range(start, len(rows)):
-            run, step, points = rows[i]
+            run, row = rows[i]
             self._resume = (batch, i)
-            self._run(run).log(self._row(step, points), commit=True)
+            self._run(run).log(row, commit=True)
         self._resume = (None, 0)
         for run in runs:
             self._journals[run].add(fingerprint)
 
-    def _row(self, step: int, points) -> dict[str, Any]:
-        row: dict[str, Any] = {STEP_METRIC: step}
-        for p in points:
-            value = self._value(p)
-            if value is not None:
-                row[self._names.key(p.name, p.attributes)] = value
-        return row
+    def _rows(self, batch: Batch) -> list[tuple[str, dict[str, Any]]]:
+        """One row per step; a key logged again at the same step starts another row at that
+        step, so every value is kept (W&B's ``_step`` only counts rows; charts plot
+        ``otel_rl/step``). ``_timestamp`` is when the row's first value was recorded."""
+        rows: list[tuple[str, dict[str, Any]]] = []
+        for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
+            row: dict[str, Any] | None = None
+            for p in points:
+                value = self._value(p)
+                if value is None:
+                    continue
+                key = self._names.key(p.name, p.attributes)
+                if row is None or key in row:
+                    row = {STEP_METRIC: step, "_timestamp": p.time}
+                    rows.append((run, row))
+                row[key] = value
+        return rows
 
     def _value(self, p: Point):
         if not isinstance(p.value, HistogramValue):

@@ -111,12 +111,13 @@ def test_timeout_emits_partial_and_late_points_correct_the_step():
     assert late.value == 5.0 and r.late_points == 1  # corrected mean over all three ranks
 
 
-def test_resent_rank_is_idempotent():
+def test_every_value_a_rank_logged_at_a_step_counts():
+    # CleanRL logs a return per finished episode: rank 0 logged two values at step 0
+    # (a retried request never reaches the reducer: the collector dedupes batch ids)
     r = Reducer(timeout_s=60)
-    r.add([_p(0, 1.0)], {"r": 2}, now=0.0)
-    r.add([_p(0, 1.0)], {"r": 2}, now=0.0)  # a retry of the same request
-    (out,) = r.add([_p(1, 3.0)], {"r": 2}, now=0.0)
-    assert out.value == 2.0
+    r.add([_p(0, 1.0), _p(0, 2.0)], {"r": 2}, now=0.0)
+    (out,) = r.add([_p(1, 6.0)], {"r": 2}, now=0.0)
+    assert out.value == 3.0
 
 
 def test_histograms_merge_across_ranks():
