@@ -145,6 +145,9 @@ class PipelineConfig:
       With a rank set, each rank gets ``<spool_dir>/rank-<n>/``; a directory is locked by the
       process using it.
     - ``shutdown_timeout_s``: the deadline for the shutdown that runs at interpreter exit.
+    - ``resume``: a ``run_name`` that a backend already holds from an earlier process starts a
+      new backend run by default (TensorBoard ``<run>-2``, a new MLflow run, a new W&B run);
+      ``true`` continues it. A process restarted on its spool always continues its own run.
     """
 
     run_name: str = env_default("OTEL_RL_RUN_NAME", None)
@@ -158,6 +161,7 @@ class PipelineConfig:
     flush_every_steps: int = 2_000
     max_queue_points: int = 100_000
     shutdown_timeout_s: float = 30.0
+    resume: bool = False
 
     def validate(self, path: str) -> None:
         positive(f"{path}.export_interval_s", self.export_interval_s)

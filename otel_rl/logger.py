@@ -59,8 +59,9 @@ class Logger:
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping of name -> value, got {type(metrics).__name__}")
         recorder = self._recorder
-        recorder.set_step(step)
+        # the values first: span timings waiting for their step take this one (otel_rl.timing)
         recorder.put(("m", prefix, dict(metrics), step, time.time_ns()))
+        recorder.set_step(step)
 
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         """Record the run's hyperparameters (nested dicts flattened with ``/``)."""

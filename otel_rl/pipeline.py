@@ -160,6 +160,7 @@ class Pipeline:
         self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
         sinks = _build_sinks(self.config, self.tracer_provider)
         for sink in sinks:
+            sink.resume = pcfg.resume
             bind = getattr(sink, "bind_resource", None)
             if bind is not None:
                 bind(dict(self.resource.attributes))
@@ -179,8 +180,7 @@ class Pipeline:
         self.recorder.step = _step.take_unbound_step()
         self.meter_provider = recording.MeterProvider(self.recorder)
         self.drainer.start()
-        self.timing = PhaseTimer(self.meter_provider.get_meter("otel_rl.timing"),
-                                 self.tracer_provider.get_tracer("otel_rl"))
+        self.timing = PhaseTimer(self.recorder, self.tracer_provider.get_tracer("otel_rl"))
         self.gpu = None
         if self.config.sources["gpu"].enabled:
             from otel_rl.gpu import GpuSampler

@@ -66,12 +66,19 @@ class Recorder:
         self.dropped = 0
         self.observables: list[tuple[str, str, Sequence[Callable]]] = []
         self.owner: Any = None  # the pipeline of this run
+        self._deferred: list = []  # (step at span end, settle) of spans not yet placed at a step
         self._wake = wake
         self._on_step = on_step
         self._wake_at = wake_at
         self._max = max_records
 
     def put(self, record: tuple) -> None:
+        if self._deferred:
+            self._settle(record)
+        self.put_quiet(record)
+
+    def put_quiet(self, record: tuple) -> None:
+        """:meth:`put` without settling deferred span timings (the timings themselves)."""
         tape = self.tape
         if len(tape) >= self._wake_at:
             if len(tape) >= self._max:
@@ -85,8 +92,40 @@ class Recorder:
 
     def set_step(self, step: int) -> None:
         if step != self.step:
+            if self._deferred:  # the step is over: timings still waiting belong to it
+                self._settle_at(self.step)
             self.step = step
             self._on_step(step)
+
+    # -- span timings: which step they belong to (README, "Timing spans") --------------------
+    def defer(self, settle: Callable[[int | None], None]) -> None:
+        """A span ended: ``settle(step)`` runs with the step of the next value recorded (when it
+        is not lower than the step now), or with the step now when the step changes first."""
+        self._deferred.append((self.step, settle))
+
+    def _settle(self, record: tuple) -> None:
+        from otel_rl.exporters.translate import NO_STEP, record_step
+
+        step = record_step(record) if record[0] != PARAMS else NO_STEP
+        self._settle_at(step if step != NO_STEP else None)
+
+    def _settle_at(self, step: int | None) -> None:
+        deferred, self._deferred = self._deferred, []
+        for at_end, settle in deferred:
+            if step is None or (at_end is not None and step < at_end):
+                step_for = at_end
+            else:
+                step_for = step
+            try:
+                settle(step_for)
+            except Exception:
+                _log.exception("otel-rl: recording a span timing failed")
+
+    def settle_all(self) -> None:
+        """Settle every deferred timing at the step current when its span ended (shutdown)."""
+        deferred, self._deferred = self._deferred, []
+        for at_end, settle in deferred:
+            settle(at_end)
 
     def drain(self, limit: int | None = None) -> list[tuple]:
         """Take the records recorded so far (at most ``limit``), oldest first."""

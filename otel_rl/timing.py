@@ -2,9 +2,17 @@
 
 Each use is a real OTel span (nesting follows the phases: step > rollout > generation),
 exported by the pipeline's span processors (OTLP, MLflow traces). Its duration also
-becomes the gauge ``timing/<phase>`` (seconds) at the training step current when the span
-started, like NeMo-RL's Timer and verl's ``timing_s/*``. Repeated phases within one step
-are reduced (``reduce=``: ``sum`` by default, or ``mean``, ``max``, ``min``, ``count``).
+becomes the gauge ``timing/<phase>`` (seconds), like NeMo-RL's Timer and verl's ``timing_s/*``.
+Repeated phases within one step are reduced (``reduce=``: ``sum`` by default, or ``mean``,
+``max``, ``min``, ``count``).
+
+**Which step a timing belongs to**: the step of the first value recorded after the span ends,
+or the step current when it ended if that is higher or the step changes first. This fits both
+loop shapes:
+
+- set the step first (``set_step(i)``, then the phases, then the values): step ``i``;
+- log at the end (the phases, then ``log_metrics(m, step=i)`` or CleanRL's
+  ``writer.add_scalar(..., global_step)``): step ``i`` too, not the previous iteration's.
 
 A step's reduced value is emitted once, when the step is over (the next ``set_step``) or
 at shutdown, so no backend ever sees a partial sum for a step.
@@ -34,13 +42,12 @@ def _reduce(how: str, acc: list[float]) -> float:
 class PhaseTimer:
     """Accumulates span durations per (phase, step) and emits ``timing/<phase>`` gauges."""
 
-    def __init__(self, meter, tracer) -> None:
-        self._meter = meter
+    def __init__(self, recorder, tracer) -> None:
+        self._recorder = recorder
         self.tracer = tracer
         self._lock = threading.Lock()
         self._acc: dict[tuple[str, int], list[float]] = {}
         self._how: dict[str, str] = {}
-        self._gauges: dict[str, Any] = {}
 
     def record(self, phase: str, reduce: str, step: int, seconds: float) -> None:
         with self._lock:
@@ -56,28 +63,34 @@ class PhaseTimer:
                 acc[2] = max(acc[2], seconds)
                 acc[3] = min(acc[3], seconds)
 
+    def defer(self, phase: str, reduce: str, seconds: float) -> None:
+        """Place a finished span's timing once its step is known (see the module docstring)."""
+        with self._lock:
+            previous = self._how.setdefault(phase, reduce)
+        if previous != reduce:
+            raise ValueError(f"span {phase!r}: reduce={reduce!r} but earlier spans used {previous!r}")
+        self._recorder.defer(lambda at: self.record(phase, reduce, at if at is not None else 0, seconds))
+
     def on_step(self, step: int) -> None:
         """A new step began: emit every phase of earlier steps."""
         if self._acc:  # the common case on the hot path: nothing timed, nothing to do
             self.emit(lambda s: s < step)
 
-    def emit(self, which: Callable[[int], bool] = lambda s: True) -> None:
+    def emit(self, which: Callable[[int], bool] | None = None) -> None:
+        """Emit the phases of the steps ``which`` accepts; None: every step (at shutdown, after
+        settling timings still waiting at the step their spans ended at)."""
+        if which is None:
+            self._recorder.settle_all()
+            which = lambda s: True  # noqa: E731
         with self._lock:
             done = [(key, acc) for key, acc in self._acc.items() if which(key[1])]
             for key, _ in done:
                 del self._acc[key]
+        now = time.time_ns()
         for (phase, step), acc in sorted(done, key=lambda kv: kv[0][1]):
-            self._gauge(phase).set(_reduce(self._how[phase], acc), {_step.STEP_ATTRIBUTE: step})
-
-    def _gauge(self, phase: str):
-        gauge = self._gauges.get(phase)
-        if gauge is None:
-            with self._lock:
-                gauge = self._gauges.get(phase)
-                if gauge is None:
-                    gauge = self._gauges[phase] = self._meter.create_gauge(
-                        TIMING_PREFIX + phase, unit="s", description=f"duration of {phase!r} per step")
-        return gauge
+            # put_quiet: a timing is not a value that settles other spans' steps
+            self._recorder.put_quiet(("g", TIMING_PREFIX + phase, _reduce(self._how[phase], acc), step, now,
+                                      None))
 
 
 class span:  # noqa: N801 - used like a function: `with otel_rl.span("rollout"):`
@@ -118,7 +131,7 @@ class span:  # noqa: N801 - used like a function: `with otel_rl.span("rollout"):
         elapsed = time.perf_counter() - t0
         try:
             if timer is not None:
-                timer.record(self.phase, self.reduce, step if step is not None else 0, elapsed)
+                timer.defer(self.phase, self.reduce, elapsed)
         finally:
             cm.__exit__(*exc_info)
 

@@ -18,6 +18,7 @@ import enum
 import importlib
 import logging
 import threading
+import uuid
 from abc import ABC, abstractmethod
 
 from opentelemetry.sdk.metrics import (
@@ -120,11 +121,18 @@ class Sink(ABC):
 
     #: The registry name, e.g. ``"tensorboard"``.
     name: str = ""
+    #: Run identity (README, "Runs"): False (the default), a run id that the backend already
+    #: holds from an earlier process starts a new backend run; True continues it. Set by the
+    #: pipeline from its ``resume`` setting before the first write.
+    resume: bool = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closed = False
         self.warn_once = WarnOnce(logging.getLogger(f"otel_rl.sinks.{self.name}"))
+        #: Who is writing: the spool id when fed from a spool (so a restarted process finds its
+        #: own backend runs again), else a random id of this sink instance.
+        self.instance = uuid.uuid4().hex[:12]
 
     @property
     def closed(self) -> bool:
@@ -167,7 +175,9 @@ class Sink(ABC):
     # -- durable state (sinks that can make a replay after a crash exact) ---------------------
     def bind_spool(self, spool_id: str, state: dict | None) -> None:
         """Called once before the first write when this sink is fed from a spool: ``state`` is
-        what :meth:`checkpoint_state` returned at the spool's last checkpoint (None: none yet)."""
+        what :meth:`checkpoint_state` returned at the spool's last checkpoint (None: none yet).
+        Subclasses that override it call this one."""
+        self.instance = spool_id
 
     def checkpoint_state(self) -> dict | None:
         """JSON-able state saved with the spool checkpoint after each delivered batch."""

@@ -33,6 +33,8 @@ _log = logging.getLogger(__name__)
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
+#: The writer that created a run (a spool id, or a random id per process).
+INSTANCE_TAG = "otel_rl.instance"
 RUN_TAG = "otel_rl.run_id"
 
 
@@ -82,14 +84,20 @@ class MlflowExporter(RecordExporter):
         return run_id
 
     def _find_or_create(self, run: str) -> str:
+        """This writer's own run (tagged with its instance: a process restarted on its spool finds
+        it again); else, with ``resume``, the latest run of that id; else a new run."""
         client = self._client
         exp = client.get_experiment_by_name(self.config.experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(self.config.experiment)
-        found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_TAG}` = '{_quote(run)}'",
+        tag = f"tags.`{RUN_TAG}` = '{_quote(run)}'"
+        found = client.search_runs([exp_id], filter_string=f"{tag} and tags.`{INSTANCE_TAG}` = '{self.instance}'",
                                    max_results=1)
+        if not found and self.resume:
+            found = client.search_runs([exp_id], filter_string=tag, max_results=1,
+                                       order_by=["attributes.start_time DESC"])
         if found:
             return found[0].info.run_id
-        return client.create_run(exp_id, run_name=run, tags={RUN_TAG: run}).info.run_id
+        return client.create_run(exp_id, run_name=run, tags={RUN_TAG: run, INSTANCE_TAG: self.instance}).info.run_id
 
     def _call(self, fn, *args, **kwargs):
         """Run an MLflow call, classifying its failure for the delivery layer."""

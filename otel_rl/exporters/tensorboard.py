@@ -145,6 +145,10 @@ class _SharedFiles:
         self._lock = threading.Lock()
         self._files: dict[Path, list] = {}
 
+    def holds(self, logdir: Path) -> bool:
+        with self._lock:
+            return logdir.resolve() in self._files
+
     def acquire(self, logdir: Path) -> EventFile:
         key = logdir.resolve()
         with self._lock:
@@ -188,6 +192,7 @@ class TensorBoardExporter(RecordExporter):
         self._spool_id: str | None = None
         self._before: dict | None = None
         self._checkpointed: dict[str, list] = {}  # run -> [file name, size] at the last checkpoint
+        self._dirs: dict[str, str] = {}  # run -> its directory name under log_dir
         from otel_rl.exporters.accumulate import LRU
 
         self._last = LRU(200_000)  # (run, generation, tag) -> highest step written
@@ -196,12 +201,43 @@ class TensorBoardExporter(RecordExporter):
 
     def run_dir(self, run: str) -> Path:
         """``<log_dir>/<run>``; a run id that is not a plain name (``../x``, ``/abs``, control
-        characters, over 128 characters) becomes a safe one with a hash suffix, never a path."""
-        return self.log_dir / path_component(run)
+        characters, over 128 characters) becomes a safe one with a hash suffix, never a path.
+        A directory that already holds another process's event files belongs to an earlier
+        run of the same name: this run gets ``<run>-2`` (``-3``, ...), or with ``resume`` the
+        latest of them."""
+        chosen = self._dirs.get(run)
+        if chosen is None:
+            base = path_component(run)
+            chosen, latest = base, None
+            n = 1
+            while self._taken(self.log_dir / chosen):
+                latest = chosen
+                n += 1
+                chosen = f"{base}-{n}"
+            if self.resume and latest is not None:  # continue the latest run of that name
+                chosen = latest
+            elif chosen != base:
+                _log.warning("tensorboard: %s already holds run %r from an earlier process; this run "
+                             "writes to %s (set resume: true to continue it)", self.log_dir / base, run,
+                             self.log_dir / chosen)
+            self._dirs[run] = chosen
+        return self.log_dir / chosen
+
+    def _taken(self, directory: Path) -> bool:
+        """Whether ``directory`` holds event files of another writer (not this process, not this
+        sink's spool)."""
+        if _FILES.holds(directory):
+            return False
+        files = list(directory.glob("events.out.tfevents.*")) if directory.is_dir() else []
+        if self._spool_id is not None and any(f.name.endswith("." + self._spool_id) for f in files):
+            return False
+        return bool(files)
 
     def bind_spool(self, spool_id: str, state: dict | None) -> None:
+        super().bind_spool(spool_id, state)
         self._spool_id = f"otel-rl-{spool_id}"
         self._checkpointed = dict((state or {}).get("files", {}))
+        self._dirs.update((state or {}).get("dirs", {}))
         for key, step in (state or {}).get("last", []):
             self._last.put(tuple(key), step)
 
@@ -209,7 +245,8 @@ class TensorBoardExporter(RecordExporter):
         files = dict(self._checkpointed)
         files.update({_run_key(run): [f.path.name, f.size] for run, f in self._runs.items()})
         self._checkpointed = files
-        return {"files": files, "last": [[list(k), v] for k, v in self._last.items()]}
+        return {"files": files, "dirs": dict(self._dirs),
+                "last": [[list(k), v] for k, v in self._last.items()]}
 
     def _dir(self, run: str) -> Path:
         """The directory of a run key: ``run`` or ``(run, generation)`` for a late sub-run."""

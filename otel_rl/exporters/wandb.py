@@ -161,7 +161,14 @@ class WandbExporter(RecordExporter):
         # which resolves a relative dir against its own working directory, not ours.
         run_root = Path(cfg.dir).resolve()
         run_root.mkdir(parents=True, exist_ok=True)
-        run_id = wandb_run_id(run)
+        # a new W&B run per writer (the spool id: a restarted process continues its own run);
+        # with resume, the latest run of that name written here (its id is kept in a file)
+        latest = run_root / "wandb" / f"otel-rl-latest-{wandb_run_id(run)}.txt"
+        run_id = wandb_run_id(f"{run}-{self.instance}")
+        if self.resume and latest.is_file():
+            run_id = latest.read_text().strip() or run_id
+        latest.parent.mkdir(parents=True, exist_ok=True)
+        latest.write_text(run_id)
         self._journals[run] = _Journal(run_root / "wandb" / f"otel-rl-written-{run_id}.json")
         try:
             active = wandb.init(
