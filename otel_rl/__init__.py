@@ -31,10 +31,11 @@ from otel_rl.logger import Logger
 from otel_rl import recording as _recording
 from otel_rl.pipeline import Pipeline, active_pipeline as _current_pipeline
 from otel_rl.tracing import CurrentRunTracerProvider
+from otel_rl.summary import SummaryWriter
 from otel_rl.timing import span
 
 __all__ = [
-    "STEP_ATTRIBUTE", "Config", "ConfigError", "Logger", "MissingExtraError", "Pipeline",
+    "STEP_ATTRIBUTE", "Config", "ConfigError", "Logger", "MissingExtraError", "Pipeline", "SummaryWriter",
     "get_pipeline", "get_step", "init", "load_config", "log_hyperparams", "set_step", "shutdown", "span",
 ]
 __version__ = "0.1.0"

@@ -135,9 +135,9 @@ class PipelineConfig:
     - ``service_name``: OTel ``service.name`` (env ``OTEL_SERVICE_NAME``, default ``otel-rl``);
       ``OTEL_RESOURCE_ATTRIBUTES`` is honored too.
     - ``export_interval_s``: seconds between exports (env ``OTEL_METRIC_EXPORT_INTERVAL``, in ms).
-    - ``cardinality_limit``: attribute sets (i.e. steps) per metric per export interval.
-    - ``flush_every_steps``: export early once this many new steps are pending, so bursts
-      stay under ``cardinality_limit``.
+    - ``flush_every_steps``: drain the run's tape early once this many new steps are pending.
+    - ``cardinality_limit``: accepted for older configs and ignored (the tape has no per-interval
+      limit; it was the OTel SDK's).
     - ``max_queue_points``: per-sink queue bound; past it batches are dropped and counted.
     - ``spool_dir``: keep each sink's queue in a durable spool under ``<spool_dir>/<sink>``
       (env ``OTEL_RL_SPOOL_DIR``): a backend outage or a crash loses nothing queued, and a

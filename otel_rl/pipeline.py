@@ -175,7 +175,7 @@ class Pipeline:
         self.overflow_points = 0
         self.drainer = Drainer(self._drain, pcfg.export_interval_s)
         self.recorder = recording.Recorder(wake=self.drainer.wake, on_step=self._on_step,
-                                           max_records=max(pcfg.max_queue_points, 100_000))
+                                           max_records=max(pcfg.max_queue_points * 10, 1_000_000))
         self.recorder.owner = self
         self.recorder.step = _step.take_unbound_step()
         self.meter_provider = recording.MeterProvider(self.recorder)

@@ -47,19 +47,22 @@ GAUGE, COUNTER, UPDOWN, HISTOGRAM, OBSERVED_SUM, OBSERVED_UPDOWN, METRICS, PARAM
 HISTOGRAM_BINS = 30
 
 _time_ns = time.time_ns
+_sleep = time.sleep
 
 
 class Recorder:
     """One run's tape and current step.
 
     ``put`` never blocks: past ``wake_at`` records it asks the drain thread to run now; past
-    ``max_records`` (a drain thread starved for a long time) a record is dropped and counted in
-    :attr:`dropped`, so memory stays bounded whatever the training loop does.
+    ``yield_at`` (a loop recording faster than the drain thread converts, e.g. a tight loop with
+    no compute) each record yields the GIL once (``time.sleep(0)``) so the drain thread keeps up
+    and memory stays bounded; past ``max_records`` (a drain thread that cannot run at all) a
+    record is dropped and counted in :attr:`dropped`.
     """
 
     def __init__(self, *, wake: Callable[[], None] = lambda: None,
                  on_step: Callable[[int], None] = lambda step: None,
-                 wake_at: int = 20_000, max_records: int = 2_000_000) -> None:
+                 wake_at: int = 10_000, yield_at: int = 50_000, max_records: int = 2_000_000) -> None:
         self.tape: deque = deque()
         self.step: int | None = None
         self.closed = False
@@ -70,6 +73,7 @@ class Recorder:
         self._wake = wake
         self._on_step = on_step
         self._wake_at = wake_at
+        self._yield_at = max(yield_at, wake_at)
         self._max = max_records
 
     def put(self, record: tuple) -> None:
@@ -88,6 +92,8 @@ class Recorder:
                                "has not run; records are dropped and counted", self._max)
                 return
             self._wake()
+            if len(tape) >= self._yield_at:
+                _sleep(0)  # hand the GIL to the drain thread
         tape.append(record)
 
     def set_step(self, step: int) -> None:

@@ -10,8 +10,9 @@ WORLD_SIZE = "otel_rl.world_size"
 #: A gauge whose point attributes are the run's hyperparameters (value 1), like a
 #: Prometheus info metric; sinks turn it into their hyperparameter API.
 HPARAMS_METRIC = "otel_rl.hparams"
-#: NONFINITE_ATTRIBUTE: OTel SDKs drop NaN/inf measurements. Gauges set through otel-rl
-#: carry them as value 0 plus this attribute ("nan", "inf", "-inf"); translation restores it.
+#: NONFINITE_ATTRIBUTE: OTel SDKs drop NaN/inf measurements; a sender may carry them as value 0
+#: plus this attribute ("nan", "inf", "-inf"), which translation restores (otel-rl's own
+#: recording sends NaN/inf as they are).
 
 #: The SDK's overflow marker: points past the cardinality limit are merged here.
 OVERFLOW_ATTRIBUTE = "otel.metric.overflow"

@@ -242,3 +242,37 @@ def test_collector_four_ranks_every_step_reduced_in_every_backend(tmp_path, mlfl
             latest[m.step] = m.value
         assert set(latest) == set(steps), name
         assert all(_close(latest[s], steps[s], 1e-9) for s in steps), (name, latest, steps)
+
+
+def test_names_arrive_under_their_documented_key_in_every_backend(tmp_path, mlflow_server):
+    """Case kept, nothing skipped for its spelling; each backend's key as README's table says."""
+    from backends import read_scalars
+
+    from otel_rl import Logger
+    from otel_rl.exporters.prometheus import PrometheusExporter
+
+    names = {"charts/SPS": 1.0, "Loss": 2.0, "loss": 3.0, "eval//reward": 4.0, "/value": 5.0, "": 6.0,
+             "reward mean[0]": 7.0}
+    logger = Logger({"run_name": "names", "tensorboard": {"log_dir": str(tmp_path / "tb")},
+                     "wandb": {"enabled": True, "mode": "offline", "dir": str(tmp_path / "wb")},
+                     "swanlab": {"enabled": True, "mode": "offline", "logdir": str(tmp_path / "sl")},
+                     "mlflow": {"enabled": True, "tracking_uri": mlflow_server.url, "experiment": f"exp-{tmp_path.name}"},
+                     "prometheus": {"enabled": True, "port": 0}})
+    for step in range(3):
+        logger.log_metrics(names, step=step)
+    prometheus = next(s for s in logger.pipeline.sinks if isinstance(s, PrometheusExporter))
+    logger.pipeline.force_flush()
+    exposition = prometheus.render()
+    logger.finish()
+    want = {
+        "tensorboard": {"charts/SPS", "Loss", "loss", "eval//reward", "/value", "unnamed", "reward mean[0]"},
+        "wandb": {"charts/SPS", "Loss", "loss", "eval//reward", "/value", "unnamed", "reward mean[0]"},
+        "mlflow": {"charts/SPS", "Loss", "loss", "eval/reward", "value", "unnamed", "reward mean_0_"},
+        "swanlab": {"charts/SPS", "Loss", "loss", "eval//reward", "value", "unnamed", "reward mean[0]"},
+    }
+    for backend, keys in want.items():
+        scalars = read_scalars(backend, tmp_path, "names", mlflow_server.url)
+        assert set(scalars) == keys, (backend, sorted(scalars))
+        assert scalars["Loss"] == {0: 2.0, 1: 2.0, 2: 2.0} and scalars["loss"] == {0: 3.0, 1: 3.0, 2: 3.0}, backend
+    for line in ('charts_SPS{run="names"} 1.0', 'Loss{run="names"} 2.0', 'loss{run="names"} 3.0'):
+        assert line in exposition, exposition

@@ -65,7 +65,7 @@ def test_names_arrive_as_written_and_bad_values_are_reported(tmp_path, caplog):
     logger.finish()
 
     scalars = read_tensorboard(tmp_path / "r")["scalars"]
-    assert set(scalars) == {"ok", "_", "nested/", "np_scalar", "flag", "nan", "inf", "reward mean[0]", "9lives"}
+    assert set(scalars) == {"ok", "unnamed", "nested/", "np_scalar", "flag", "nan", "inf", "reward mean[0]", "9lives"}
     assert scalars["ok"] == {0: 0.0, 1: 1.0, 2: 2.0}
     assert all(math.isnan(v) for v in scalars["nan"].values()) and len(scalars["nan"]) == 3
     assert scalars["inf"] == {0: math.inf, 1: math.inf, 2: math.inf}

@@ -57,6 +57,7 @@ class Reducer:
         self._ops: dict[tuple[str, str], str] = {}
         self._pending: dict[tuple, tuple[float, dict[int, list[Point]]]] = {}  # group -> (first seen, ranks)
         self._emitted: OrderedDict[tuple, dict[int, list[Point]]] = OrderedDict()
+        self._emitted_at: dict[tuple, float] = {}  # group -> time of its latest emission
         self._increments: dict[str, dict[tuple, tuple[float, list[Point]]]] = {}  # run -> group -> ...
         self._progress: dict[str, dict[int, int]] = {}  # run -> rank -> highest step seen
         self.late_points = 0
@@ -103,11 +104,13 @@ class Reducer:
         emitted = self._emitted.get(key)
         if emitted is not None:  # late: correct the step
             self.late_points += 1
-            before = max((q.time for values in emitted.values() for q in values), default=p.time)
+            before = self._emitted_at.get(key, p.time)
             emitted.setdefault(p.rank, []).append(p)
             corrected = self._reduced(key, op, emitted)
             # after the value it corrects, also for backends that order a step's values by time
-            ready.append(corrected.replace(time=max(corrected.time, before + 0.001)))
+            corrected = corrected.replace(time=max(corrected.time, before + 0.001))
+            self._emitted_at[key] = corrected.time
+            ready.append(corrected)
             return
         first, ranks = self._pending.setdefault(key, (now, {}))
         # every value a rank logged at this step counts (a name logged several times at one
@@ -115,8 +118,9 @@ class Reducer:
         ranks.setdefault(p.rank, []).append(p)
         if len(ranks) >= size:
             del self._pending[key]
-            ready.append(self._reduced(key, op, ranks))
-            self._remember(key, ranks)
+            point = self._reduced(key, op, ranks)
+            ready.append(point)
+            self._remember(key, ranks, point.time)
 
     def _reduced(self, key: tuple, op: str, ranks: dict[int, list[Point]]) -> Point:
         run, name, kind, attributes, step = key
@@ -125,10 +129,13 @@ class Reducer:
         return Point(run, name, step, value, max(p.time for p in points), kind, attributes,
                      temporality=points[0].temporality)
 
-    def _remember(self, key: tuple, ranks: dict[int, list[Point]]) -> None:
+    def _remember(self, key: tuple, ranks: dict[int, list[Point]], at: float | None = None) -> None:
         self._emitted[key] = ranks
+        if at is not None:
+            self._emitted_at[key] = at
         if len(self._emitted) > self.window:
-            self._emitted.popitem(last=False)
+            old, _ = self._emitted.popitem(last=False)
+            self._emitted_at.pop(old, None)
 
     # -- counters and sums: increments summed per step once every rank moved past it ----------
     def _increment(self, p: Point, now: float, ready: list[Point]) -> None:
@@ -170,8 +177,9 @@ class Reducer:
                     if everything or now - first >= self.timeout_s]:
             _, ranks = self._pending.pop(key)
             self.partial_groups += 1
-            ready.append(self._reduced(key, self.op_for(key[1], key[2]), ranks))
-            self._remember(key, ranks)
+            point = self._reduced(key, self.op_for(key[1], key[2]), ranks)
+            ready.append(point)
+            self._remember(key, ranks, point.time)
         for run in list(self._increments):
             self._flush_increments(run, 1 << 30, ready, now=now, everything=everything)
         ready.sort(key=lambda p: (p.run, p.step))
@@ -196,7 +204,7 @@ class Reducer:
 
     # -- snapshots -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"pending": self._pending, "emitted": list(self._emitted.items()),
+        return {"pending": self._pending, "emitted": list(self._emitted.items()), "emitted_at": self._emitted_at,
                 "increments": self._increments, "progress": self._progress,
                 "late_points": self.late_points, "partial_groups": self.partial_groups}
 
@@ -206,6 +214,7 @@ class Reducer:
 
         self._pending = {k: (first, lists(ranks)) for k, (first, ranks) in state["pending"].items()}
         self._emitted = OrderedDict((k, lists(ranks)) for k, ranks in state["emitted"])
+        self._emitted_at = dict(state.get("emitted_at", {}))
         self._increments = state["increments"]
         self._progress = state["progress"]
         self.late_points, self.partial_groups = state["late_points"], state["partial_groups"]

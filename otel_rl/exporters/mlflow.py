@@ -118,6 +118,9 @@ class MlflowExporter(RecordExporter):
         for i in range(start, len(chunks)):
             run, metrics, params = chunks[i]
             self._resume = (batch, i)
+            if isinstance(metrics, str):  # a text: (run, artifact path, text)
+                self._call(self._client.log_text, self.run_id(run), params, metrics)
+                continue
             self._call(self._client.log_batch, self.run_id(run), metrics=metrics, params=params,
                        synchronous=True)
         self._resume = (None, 0)
@@ -133,7 +136,11 @@ class MlflowExporter(RecordExporter):
             kept = per_run.setdefault(params.run, ([], []))[1]
             kept.extend(Param(k, v) for k, v in self._new_params(params.run, params.params))
         seen: set = set()
+        texts = []
         for p in batch.points:
+            if p.kind == "text":
+                texts.append((p.run, f"text/{self._names.key(p.name)}/step-{p.step}.md", p.value))
+                continue
             metrics = per_run.setdefault(p.run, ([], []))[0]
             ts = round(p.time * 1000)
             for suffix, value in scalar_items(p.value):
@@ -151,6 +158,7 @@ class MlflowExporter(RecordExporter):
                 chunks.append((run, metrics[i:i + MAX_METRICS_PER_BATCH], []))
             for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
                 chunks.append((run, [], params[i:i + MAX_PARAMS_PER_BATCH]))
+        chunks.extend((run, path, text) for run, path, text in texts)
         self._cached_chunks = (batch, chunks)
         return chunks
 

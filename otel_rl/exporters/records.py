@@ -98,7 +98,8 @@ class Point:
     ``name`` is the OTel metric name; ``attributes`` are the point attributes
     other than the step, sorted, as ``(key, str(value))`` pairs. ``kind`` is
     ``"gauge"``, ``"counter"`` (monotonic sum: a running total), ``"sum"`` (non-monotonic
-    sum: a running total that may go down) or ``"histogram"``; ``time`` is Unix seconds.
+    sum: a running total that may go down), ``"histogram"``, or ``"text"`` (``value`` is a
+    string: ``SummaryWriter.add_text``); ``time`` is Unix seconds.
     """
 
     run: str

@@ -101,7 +101,11 @@ class SwanlabExporter(RecordExporter):
             self._run(params.run).config.update(params.params)
         for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
             values: dict[str, list[float]] = {}
+            texts: dict[str, Any] = {}
             for p in points:
+                if p.kind == "text":
+                    texts[self._names.key(p.name, p.attributes)] = self._swanlab.Text(p.value)
+                    continue
                 for suffix, value in scalar_items(p.value):
                     values.setdefault(self._names.key(p.name, p.attributes, suffix), []).append(value)
             row = {}
@@ -116,6 +120,7 @@ class SwanlabExporter(RecordExporter):
                 else:
                     row[key] = logged[0]
             row = self._first_writes(run, step, row)
+            row.update(texts)
             if row:
                 self._run(run).log(row, step=step)
                 self._mark(run, step, row)  # only once SwanLab took it: a retry sends it again

@@ -301,6 +301,8 @@ class TensorBoardExporter(RecordExporter):
             group[1].add(tag)
             if isinstance(p.value, HistogramValue):
                 group[2].append(self._histogram_value(tag, p.value))
+            elif p.kind == "text":
+                group[2].append(self._text_value(tag, p.value))
             else:
                 group[2].append(self._summary_pb2.Summary.Value(tag=tag, simple_value=p.value))
         for target, group in groups.items():
@@ -329,6 +331,19 @@ class TensorBoardExporter(RecordExporter):
         event = self._event_pb2.Event(wall_time=group[0], step=step,
                                       summary=self._summary_pb2.Summary(value=group[2]))
         self._file(target).write(event)
+
+    def _text_value(self, tag: str, text: str):
+        """The text plugin's record, under ``<tag>/text_summary`` as torch's and tensorboardX's
+        ``add_text`` write it."""
+        from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
+        from tensorboard.plugins.text import metadata
+
+        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
+                                        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                                            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]))
+        return self._summary_pb2.Summary.Value(
+            tag=f"{tag}/text_summary", metadata=metadata.create_summary_metadata(display_name="", description=""),
+            tensor=tensor)
 
     def _histogram_value(self, tag: str, hist: HistogramValue):
         from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2

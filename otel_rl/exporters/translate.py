@@ -318,6 +318,8 @@ def histogram(out: Translation, run: str, rank: int, name: str, temporality: str
 
 
 # -- the in-process tape (otel_rl.recording) ------------------------------------------------
+#: The name a value logged under an empty key gets (``Logger.log_metrics({"": 1.0})``).
+EMPTY_NAME = "unnamed"
 _COUNTERS = {"c": ("counter", "delta"), "u": ("sum", "delta"),
              "oc": ("counter", "cumulative"), "ou": ("sum", "cumulative")}
 
@@ -384,14 +386,27 @@ def translate_records(records: Iterable[tuple], run: str, rank: int = -1) -> Tra
                 if number is None:
                     out.reject(1, f"value:{key}", f"metric {key!r}: value {value!r} is not a number")
                     continue
-                points.append(Point(run, key or "_", step, number, wall, "gauge", (), rank))
+                points.append(Point(run, key or EMPTY_NAME, step, number, wall, "gauge", (), rank))
             continue
         if kind == "p":  # hyperparameters: (p, None, params, step, time_ns)
-            out.batch.params.append(RunParams(run, {k or "_": _param_value(v)
+            out.batch.params.append(RunParams(run, {k or EMPTY_NAME: _param_value(v)
                                                     for k, v in flatten(record[2]).items()},
                                               record[4] / 1e9))
             continue
         _, name, value, step, t_ns, attrs = record[:6]
+        if kind == "t":  # text (SummaryWriter.add_text): (t, tag, text, step, time_ns, None)
+            points.append(Point(run, name, NO_STEP if step is None else step, str(value), t_ns / 1e9, "text",
+                                (), rank))
+            continue
+        if kind == "hs":  # a whole array of samples at once (SummaryWriter.add_histogram)
+            finite = [float(v) for v in value if math.isfinite(v)]
+            if len(finite) != len(value):
+                out.reject(len(value) - len(finite), f"value:{name}",
+                           f"histogram {name!r}: {len(value) - len(finite)} samples are not finite")
+            if finite:
+                points.append(Point(run, name, NO_STEP if step is None else step, fit_histogram(finite),
+                                    t_ns / 1e9, "histogram", (), rank))
+            continue
         rest: tuple = ()
         if attrs:
             if STEP_ATTRIBUTE in attrs:

@@ -7,9 +7,15 @@ metric ``otel_rl/step``, declared as the x-axis of every key (``define_metric``)
 W&B's own ``_step`` then just counts calls, so a step lower than an earlier one is
 stored like any other and charts place it at its step.
 
-Restarts: the W&B run id is derived from the otel-rl run (``resume="allow"``), so a restarted
-trainer or collector continues the same run; a batch replayed from a spool that was already
-written is recognized by its fingerprint and skipped (W&B cannot overwrite history rows).
+Runs: the W&B run id is derived from the otel-rl run and this writer's instance (its spool id,
+``resume="allow"``), so a restarted trainer or collector continues its own run while a new
+process with the same run name starts a new W&B run (``resume: true``: the latest run of that
+name written under ``dir``, whose id is kept in ``wandb/otel-rl-latest-<run>.txt``). A batch
+replayed from a spool that was already written is recognized by its fingerprint and skipped
+(W&B cannot overwrite history rows).
+
+Repeated values: a key logged again at the same step starts another row at that step, so every
+value is kept; each row's ``_timestamp`` is when its first value was recorded.
 
 Values: histograms become ``wandb.Histogram`` (at most 512 bins), hyperparameters
 go into the run config. Mode ``offline`` needs no key and no network; ``online``
@@ -232,6 +238,10 @@ class WandbExporter(RecordExporter):
         return rows
 
     def _value(self, p: Point):
+        if p.kind == "text":
+            import html
+
+            return self._wandb.Html(f"<pre>{html.escape(p.value)}</pre>")
         if not isinstance(p.value, HistogramValue):
             return p.value
         arrays = histogram_arrays(p.value)
