@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="tensorboard",
                         help="comma-separated subset of tensorboard,wandb,swanlab,mlflow (default: tensorboard)")
     parser.add_argument("--log-dir", default="runs", help="TensorBoard log dir (default: runs)")
-    parser.add_argument("--mlflow-uri", default="sqlite:///mlflow.db",
-                        help="MLflow tracking URI (default: the embedded sqlite:///mlflow.db)")
+    parser.add_argument("--mlflow-uri", default="sqlite:///mlruns/mlflow.db",
+                        help="MLflow tracking URI (default: the embedded sqlite:///mlruns/mlflow.db)")
     parser.add_argument("--run-name", default=None, help="run id (default: cartpole-pg-<time>)")
     parser.add_argument("--iterations", type=int, default=150, help="policy updates (default: 150)")
     parser.add_argument("--episodes-per-iter", type=int, default=8)
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dump_values:
         with open(args.dump_values, "w") as f:
             json.dump(logged, f)
-    where = pipeline.describe()
     otel_rl.shutdown()
+    where = pipeline.describe()  # after shutdown: every backend run is open and written by now
     print(f"\ntrained {args.iterations} steps in {time.perf_counter() - t_start:.1f}s (run {pipeline.run_name})")
     print("telemetry written to:")
     for line in where:
@@ -177,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
 VIEWERS = {
     "tensorboard": lambda c: f"tensorboard --logdir {c.log_dir}",
     "mlflow": lambda c: f"mlflow ui --backend-store-uri {c.tracking_uri}",
-    "wandb": lambda c: f"wandb sync {c.dir}/wandb/offline-run-*   (offline; or wandb leet)",
-    "swanlab": lambda c: f"swanlab watch {c.logdir}   (needs swanlab[dashboard]; or swanlab sync {c.logdir}/run-*)",
+    "wandb": lambda c: f"wandb sync {c.dir}/wandb/latest-run   (uploads the offline run; or: wandb leet {c.dir}/wandb/latest-run)",
+    "swanlab": lambda c: (f"swanlab sync {c.logdir}/run-*   (uploads the offline run; to browse locally run "
+                          f"with swanlab mode: local, then: swanlab watch {c.logdir})"),
 }
 
 

@@ -182,6 +182,10 @@ class Config:
     #: Sections that are not backends: ``gpu`` (a telemetry source), ``retry`` (the delivery
     #: layer's :class:`~otel_rl.delivery.RetryPolicy`).
     sources: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The framework whose logger config this was read from (``nemo-rl``, ``rlinf``), or None.
+    framework: Optional[str] = None
+    #: That config's base log directory (NeMo-RL ``log_dir``, RLinf ``log_path``), or None.
+    log_dir: Optional[str] = None
 
     def enabled(self) -> dict[str, Any]:
         return {name: cfg for name, cfg in self.backends.items() if getattr(cfg, "enabled", False)}
@@ -215,9 +219,13 @@ def load_config(source: "Config | Mapping[str, Any] | str | Path | None" = None)
 
     source_classes = {"gpu": GpuConfig, "retry": RetryPolicy}  # sections that are not backends
 
+    from otel_rl.compat import adapt
+
     if isinstance(source, Config):
         return source
-    source = read_mapping(source, "config")
+    if source is None and os.environ.get("OTEL_RL_CONFIG"):
+        source = os.environ["OTEL_RL_CONFIG"]
+    source, framework, log_dir = adapt(read_mapping(source, "config"))
     known = registry.names()
     pipeline_fields = {f.name for f in dataclasses.fields(PipelineConfig)}
     unknown = sorted(set(source) - pipeline_fields - set(known) - set(source_classes))
@@ -228,4 +236,4 @@ def load_config(source: "Config | Mapping[str, Any] | str | Path | None" = None)
     pipeline = build(PipelineConfig, {k: v for k, v in source.items() if k in pipeline_fields}, "config")
     backends = {name: build(registry.config_class(name), source.get(name), name) for name in known}
     sources = {name: build(cls, source.get(name), name) for name, cls in source_classes.items()}
-    return Config(pipeline, backends, sources)
+    return Config(pipeline, backends, sources, framework, log_dir)

@@ -192,7 +192,9 @@ class SinkWorker:
             if self.stats.queued_points:
                 _log.info("%s: replaying %d spooled points from %s", sink.name, self.stats.queued_points, spool.dir)
 
-    def start(self) -> "SinkWorker":
+    def start(self, open_runs: tuple[str, ...] = ()) -> "SinkWorker":
+        """Start the worker thread; it first opens ``open_runs`` in the backend (``Sink.open``)."""
+        self._open_runs = tuple(open_runs)
         self._thread.start()
         return self
 
@@ -265,6 +267,8 @@ class SinkWorker:
 
     # -- the worker thread -----------------------------------------------------------------
     def _run(self) -> None:
+        for run in getattr(self, "_open_runs", ()):
+            self.sink.open_run(run)
         try:
             while self._step():
                 pass
@@ -398,9 +402,10 @@ class SinkSet:
         spools = spools or {}
         self.workers = [SinkWorker(s, max_queue_points, policy, spool=spools.get(s.name)) for s in sinks]
 
-    def start(self) -> "SinkSet":
+    def start(self, open_runs: tuple[str, ...] = ()) -> "SinkSet":
+        """Start every worker; each first opens ``open_runs`` in its backend."""
         for worker in self.workers:
-            worker.start()
+            worker.start(open_runs)
         return self
 
     def submit(self, batch: Batch) -> bool:

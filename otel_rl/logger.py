@@ -50,8 +50,14 @@ class Logger:
         atexit.register(self.finish)
 
     # -- training thread ---------------------------------------------------------------
-    def log_metrics(self, metrics: Mapping[str, Any], step: int, prefix: str = "") -> None:
-        """Record every value of ``metrics`` at ``step``. Never blocks on a backend."""
+    def log_metrics(self, metrics: Mapping[str, Any], step: int, prefix: str | None = "",
+                    step_metric: str | None = None, step_finished: bool = False) -> None:
+        """Record every value of ``metrics`` at ``step``. Never blocks on a backend.
+
+        NeMo-RL's ``LoggerInterface`` signature: ``step_metric`` (NeMo-RL's custom W&B x-axis,
+        e.g. for GPU metrics) and ``step_finished`` are accepted; every backend here plots at
+        ``step`` (W&B's x-axis is always ``otel_rl/step``)."""
+        prefix = prefix or ""
         if self._finished:
             self._after_finish("log_metrics")
             return
@@ -69,6 +75,53 @@ class Logger:
             self._after_finish("log_hyperparams")
             return
         self.pipeline.log_hyperparams(params)
+
+    def log(self, data: Mapping[str, Any], step: int, backend: str | None = None,
+            worker_group_name: str | None = None, rank: int | None = None) -> None:
+        """RLinf's ``MetricLogger.log(data, step)``: :meth:`log_metrics` (``backend``,
+        ``worker_group_name`` and ``rank`` are accepted; every enabled backend gets the values)."""
+        self.log_metrics(data, step)
+
+    # -- the rest of NeMo-RL's Logger -----------------------------------------------------------
+    def log_histogram(self, histogram: Any, step: int, name: str) -> None:
+        """A distribution of the values in ``histogram`` at ``step`` (NeMo-RL's signature)."""
+        if self._finished:
+            self._after_finish("log_histogram")
+            return
+        from otel_rl.summary import _array
+
+        step = _step.check_step(step)
+        self._recorder.put(("hs", name, _array(histogram), step, time.time_ns(), None))
+
+    def log_plot(self, figure: Any, step: int, name: str) -> None:
+        """Not carried (figures are images): warned once, so NeMo-RL code keeps running."""
+        self._warn("plot", "Logger.log_plot: figures are not carried by otel-rl; %r ignored", name)
+
+    @property
+    def base_log_dir(self) -> str:
+        """NeMo-RL's ``log_dir`` (RLinf's ``log_path``) when the config came from one, else ``.``."""
+        return self.pipeline.config.log_dir or "."
+
+    def log_batched_dict_as_jsonl(self, to_log: Mapping[str, Any], filename: str) -> None:
+        """NeMo-RL's sample dump: one JSON line per sample of a dict of equal-length columns, to
+        ``base_log_dir/filename`` (overwritten)."""
+        columns = {k: list(v.tolist() if hasattr(v, "tolist") else v) for k, v in dict(to_log).items()}
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())] if columns else []
+        self._write_jsonl(filename, rows, "w")
+
+    def log_string_list_as_jsonl(self, to_log: list[str], filename: str) -> None:
+        """NeMo-RL's string dump: one JSON line per string, appended to ``base_log_dir/filename``."""
+        self._write_jsonl(filename, [str(x) for x in to_log], "a")
+
+    def _write_jsonl(self, filename: str, rows: list, mode: str) -> None:
+        import json
+        import os
+
+        path = os.path.join(self.base_log_dir, filename)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, mode) as f:
+            for row in rows:
+                f.write(json.dumps(row, default=str) + "\n")
 
     def finish(self, timeout_s: float = 30.0, status: str | None = None) -> None:
         """Flush every sink and (when owned) shut the pipeline down with the run's ``status``

@@ -165,7 +165,8 @@ class Pipeline:
             if bind is not None:
                 bind(dict(self.resource.attributes))
         spools = open_spools(pcfg.spool_dir, [s.name for s in sinks], pcfg.spool_max_bytes, rank=pcfg.rank)
-        self.sinkset = SinkSet(sinks, pcfg.max_queue_points, self.config.sources["retry"], spools=spools).start()
+        self.sinkset = SinkSet(sinks, pcfg.max_queue_points, self.config.sources["retry"],
+                               spools=spools).start(open_runs=(self.run_name,))
         self._stream = Stream()
         self._drain_lock = threading.Lock()
         self._held: list[tuple] = []  # records of the step still being recorded (see _drain)

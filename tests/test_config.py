@@ -120,3 +120,18 @@ def test_the_readme_configuration_block_is_a_valid_config():
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     config = load_config(yaml.safe_load(block))
     assert config.sources["retry"].unknown_attempts == 5 and config.pipeline.shutdown_timeout_s == 30
+
+
+def test_the_default_backend_comes_with_the_base_install():
+    """`pip install otel-rl` then `otel_rl.init()` must work: TensorBoard (on by default) is a
+    base dependency, not an extra."""
+    import tomllib
+
+    from conftest import ROOT
+
+    from otel_rl.config import load_config
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {dep.split(">")[0].split("=")[0].split("[")[0].strip() for dep in project["dependencies"]}
+    assert list(load_config({}).enabled()) == ["tensorboard"]
+    assert "tensorboard" in base

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 from conftest import ROOT, f32_close, read_tensorboard
 
@@ -56,15 +57,21 @@ def test_demo_with_all_four_backends(tmp_path, python):
          "--run-name", "demo4", "--iterations", "25", "--dump-values", str(values)],
         capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for hint in ("tensorboard --logdir runs", "mlflow ui --backend-store-uri sqlite:///mlflow.db",
-                 "wandb sync", "swanlab watch swanlog"):
+    for hint in ("tensorboard --logdir runs", "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db",
+                 "wandb sync ./wandb/latest-run", "swanlab sync swanlog/run-*"):
         assert hint in proc.stdout
+    # the printed W&B location is the run folder that `wandb sync` takes, and latest-run points to it
+    (wandb_line,) = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("wandb: ")]
+    run_folder = Path(wandb_line.split(": ", 1)[1])
+    assert run_folder.name.startswith("offline-run-") and list(run_folder.glob("run-*.wandb"))
+    assert (tmp_path / "wandb" / "latest-run").resolve() == run_folder.resolve()
+    assert not (tmp_path / "mlflow.db").exists()  # the demo's MLflow store lives under mlruns/ (git-ignored)
     expected = json.loads(values.read_text())["reward/mean"]
     stores = {
         "tensorboard": read_tensorboard(tmp_path / "runs" / "demo4")["scalars"],
         "wandb": read_wandb(tmp_path, "demo4")["scalars"],
         "swanlab": read_swanlab(tmp_path / "swanlog", "demo4")["scalars"],
-        "mlflow": read_mlflow(f"sqlite:///{tmp_path}/mlflow.db", "otel-rl-demo", "demo4")["scalars"],
+        "mlflow": read_mlflow(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "otel-rl-demo", "demo4")["scalars"],
     }
     for name, scalars in stores.items():
         got = scalars["reward/mean"]

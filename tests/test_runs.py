@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from opentelemetry import metrics
@@ -207,3 +208,27 @@ def _no_run_left_over():
     yield
     while otel_rl.get_pipeline() is not None and not otel_rl.get_pipeline()._closed:
         otel_rl.shutdown()
+
+
+def test_wandb_and_swanlab_runs_start_when_training_starts(tmp_path):
+    """Not at the first export (here a 60 s interval: the first write is at finish)."""
+    import glob
+    from datetime import datetime
+
+    from backends import _wandb_records
+
+    t0 = time.time()
+    logger = Logger({"run_name": "starts", "export_interval_s": 60, "tensorboard": {"enabled": False},
+                     "wandb": {"enabled": True, "mode": "offline", "dir": str(tmp_path / "wb")},
+                     "swanlab": {"enabled": True, "mode": "offline", "logdir": str(tmp_path / "sl")}})
+    time.sleep(4)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.finish()
+    (run_dir,) = glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*"))
+    header = next(r for r in _wandb_records(run_dir) if r["type"] == "run")["run"]
+    started = datetime.fromisoformat(header["start_time"].replace("Z", "+00:00")).timestamp()
+    assert started - t0 < 3, started - t0
+    (sl_run,) = glob.glob(str(tmp_path / "sl" / "run-*"))
+    # SwanLab names its run folder run-<local time of swanlab.init>
+    sl_started = datetime.strptime(Path(sl_run).name.split("-")[1], "%Y%m%d_%H%M%S").timestamp()
+    assert sl_started - t0 < 3, sl_started - t0

@@ -142,6 +142,21 @@ class Sink(ABC):
         """Where run ``run``'s data goes (a directory, a URL), for the startup log."""
         return self.name
 
+    def open(self, run: str) -> None:
+        """Start the backend's run ``run`` now, at the training's start (so its start time and
+        runtime are the training's), instead of at the first write. Default: nothing to do."""
+
+    def open_run(self, run: str) -> None:
+        """:meth:`open` under the sink's lock; errors are logged (the first write opens it again)."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.open(run)
+            except Exception as exc:
+                _log.warning("%s: could not open run %r at start (%s); it opens at the first write",
+                             self.name, run, exc)
+
     def write_batch(self, batch: Batch) -> None:
         """:meth:`write` under the sink's lock; raises :class:`SinkClosedError` after shutdown."""
         with self._lock:

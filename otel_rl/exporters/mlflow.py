@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 from otel_rl.config import env_default, positive
@@ -65,6 +66,9 @@ class MlflowExporter(RecordExporter):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(self.config.timeout_s))))
         from mlflow.tracking import MlflowClient
 
+        uri = self.config.tracking_uri or ""
+        if uri.startswith("sqlite:///") and uri[len("sqlite:///"):] not in ("", ":memory:"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)  # sqlite needs its folder
         self._client = MlflowClient(tracking_uri=self.config.tracking_uri)
         self._names = NameMapper("mlflow")
         self._run_ids: dict[str, str] = {}

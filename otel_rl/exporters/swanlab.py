@@ -77,6 +77,9 @@ class SwanlabExporter(RecordExporter):
     def run_dir(self, run: str) -> str:
         return f"{self.config.logdir} ({self.config.mode}, experiment {run!r})"
 
+    def open(self, run: str) -> None:
+        self._run(run)
+
     def _run(self, run: str):
         if self._active is not None and self._active[0] == run:
             return self._active[1]

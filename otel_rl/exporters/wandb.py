@@ -147,10 +147,15 @@ class WandbExporter(RecordExporter):
         self._runs: dict[str, Any] = {}
         self._journals: dict[str, _Journal] = {}
         self._resume: tuple[Any, int] = (None, 0)
+        self._folders: dict[str, str] = {}
 
     def run_dir(self, run: str) -> str:
-        active = self._runs.get(run)
-        return str(active.dir) if active is not None else f"{self.config.dir}/wandb ({self.config.mode})"
+        # the run folder (``wandb sync`` takes it), not its files/ sub-folder; kept after close
+        folder = self._folders.get(run)
+        return folder if folder is not None else f"{self.config.dir}/wandb ({self.config.mode})"
+
+    def open(self, run: str) -> None:
+        self._run(run)
 
     def _run(self, run: str):
         active = self._runs.get(run)
@@ -186,7 +191,8 @@ class WandbExporter(RecordExporter):
             raise PermanentError(f"wandb.init failed: {exc}") from exc
         active.define_metric(STEP_METRIC)
         active.define_metric("*", step_metric=STEP_METRIC)
-        _log.info("wandb: run %r -> %s", run, active.dir)
+        self._folders[run] = str(Path(active.dir).parent)
+        _log.info("wandb: run %r -> %s", run, self._folders[run])
         return active
 
     def write(self, batch: Batch) -> None:
