@@ -310,6 +310,7 @@ class Pipeline:
         out["overflow_points"] = self.overflow_points
         out["rejected_points"] = self.rejected_points
         out["dropped_records"] = self.recorder.dropped
+        out["throttled_records"] = self.recorder.throttled
         return out
 
     def shutdown(self, timeout_s: float = 30.0, status: str | None = None) -> bool:

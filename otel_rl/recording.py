@@ -53,16 +53,19 @@ _sleep = time.sleep
 class Recorder:
     """One run's tape and current step.
 
-    ``put`` never blocks: past ``wake_at`` records it asks the drain thread to run now; past
-    ``yield_at`` (a loop recording faster than the drain thread converts, e.g. a tight loop with
-    no compute) each record yields the GIL once (``time.sleep(0)``) so the drain thread keeps up
-    and memory stays bounded; past ``max_records`` (a drain thread that cannot run at all) a
-    record is dropped and counted in :attr:`dropped`.
+    ``put`` never waits on a backend: past ``wake_at`` records it asks the drain thread to run
+    now; past ``yield_at`` (a loop recording faster than the drain thread converts, e.g. a tight
+    loop with no compute) each record yields the GIL once (``time.sleep(0)``) so the drain thread
+    keeps up; past ``throttle_at`` (the drain thread is stuck on a slow spool disk) each record
+    pauses 0.5 ms, so the loop slows down instead of memory growing or values being dropped;
+    past ``max_records`` (a drain thread that cannot run at all) a record is dropped and
+    counted in :attr:`dropped`.
     """
 
     def __init__(self, *, wake: Callable[[], None] = lambda: None,
                  on_step: Callable[[int], None] = lambda step: None,
-                 wake_at: int = 10_000, yield_at: int = 50_000, max_records: int = 2_000_000) -> None:
+                 wake_at: int = 5_000, yield_at: int = 10_000, throttle_at: int = 50_000,
+                 max_records: int = 2_000_000) -> None:
         self.tape: deque = deque()
         self.step: int | None = None
         self.closed = False
@@ -74,6 +77,9 @@ class Recorder:
         self._on_step = on_step
         self._wake_at = wake_at
         self._yield_at = max(yield_at, wake_at)
+        self._throttle_at = max(throttle_at, self._yield_at)
+        #: Records that paused because the tape was past ``throttle_at``.
+        self.throttled = 0
         self._max = max_records
 
     def put(self, record: tuple) -> None:
@@ -93,7 +99,11 @@ class Recorder:
                 return
             self._wake()
             if len(tape) >= self._yield_at:
-                _sleep(0)  # hand the GIL to the drain thread
+                if len(tape) >= self._throttle_at:
+                    self.throttled += 1
+                    _sleep(0.0005)
+                else:
+                    _sleep(0)  # hand the GIL to the drain thread
         tape.append(record)
 
     def set_step(self, step: int) -> None:
