@@ -9,12 +9,40 @@ import sys
 from otel_rl.config import ConfigError, load_config
 
 
+#: Sections only a collector config has: a file with one of them is checked as one.
+_COLLECTOR_SECTIONS = {"receivers", "reduce", "auth", "tls", "limits", "spool"}
+
+
 def _check_config(args: argparse.Namespace) -> int:
+    """Validate a trainer config (``otel_rl.init``) or, with ``--collector`` or when the file has a
+    collector-only section, a collector config; print the resolved values."""
+    from otel_rl.config import read_mapping
+
     try:
+        collector = args.collector or bool(_COLLECTOR_SECTIONS & set(read_mapping(args.file, "config")))
+        if collector:
+            try:
+                from otel_rl_collector.config import load_collector_config
+            except ImportError as exc:
+                print(f"error: checking a collector config needs its extra: pip install 'otel-rl[collector]' ({exc})",
+                      file=sys.stderr)
+                return 2
+            ccfg = load_collector_config(args.file)
+            print("collector config: valid")
+            for field in dataclasses.fields(ccfg):
+                value = getattr(ccfg, field.name)
+                if field.name == "backends":
+                    for name, backend in value.items():
+                        print(f"{name}: {dataclasses.asdict(backend)}")
+                else:
+                    print(f"{field.name}: {value if not dataclasses.is_dataclass(value) else dataclasses.asdict(value)}")
+            return 0
         cfg = load_config(args.file)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if cfg.framework:
+        print(f"read as a {cfg.framework} logger config (docs/integrations.md)")
     print(f"pipeline: {dataclasses.asdict(cfg.pipeline)}")
     for name, backend in cfg.backends.items():
         print(f"{name}: {dataclasses.asdict(backend)}")
@@ -71,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a config file and print the resolved values")
     check.add_argument("file")
+    check.add_argument("--collector", action="store_true",
+                       help="check a collector config (the default when the file has a collector-only section)")
     check.set_defaults(func=_check_config)
     coll = sub.add_parser("collector", help="run the collector (OTLP in; ML backends and Prometheus out)")
     coll.add_argument("--config", help="collector YAML (default: all defaults)")

@@ -159,3 +159,26 @@ def test_grafana_dashboard_queries_series_the_sinks_produce():
                  "tokens_total", "timing_"):
         assert any(name in e for e in exprs), name
     assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "run"}
+
+
+def test_spool_on_the_volume_by_default_and_extra_env_and_volumes():
+    def collector_config(docs):
+        (cm,) = [d for d in by_kind(docs, "ConfigMap") if "collector.yaml" in d["data"]]
+        return yaml.safe_load(cm["data"]["collector.yaml"])
+
+    docs = render()
+    assert collector_config(docs)["spool"] == {"dir": "/data/spool", "max_bytes": 2147483648,
+                                               "checkpoint_interval_s": 1}
+    assert "spool" not in collector_config(render({"persistence": {"enabled": False}}))  # emptyDir: no promise
+    docs = render({"extraEnv": [{"name": "WANDB_BASE_URL", "value": "https://wandb.corp"}],
+                   "extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+                   "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}]})
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "WANDB_BASE_URL", "value": "https://wandb.corp"} in container["env"]
+    assert {"name": "ca", "configMap": {"name": "corp-ca"}} in pod["volumes"]
+    assert {"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True} in container["volumeMounts"]
+    for doc in docs:
+        if doc["kind"] not in CRDS:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)

@@ -112,4 +112,7 @@ swanlab: {enabled: {{ $v.backends.swanlab.enabled }}, mode: {{ $v.backends.swanl
 mlflow: {enabled: {{ $v.backends.mlflow.enabled }}, tracking_uri: {{ default "http://127.0.0.1:5000" $v.backends.mlflow.trackingUri | quote }}, experiment: {{ $v.backends.mlflow.experiment | quote }}}
 mlflow_traces: {enabled: {{ and $v.backends.mlflow.enabled $v.backends.mlflow.traces }}, tracking_uri: {{ default "http://127.0.0.1:5000" $v.backends.mlflow.trackingUri | quote }}, experiment: {{ $v.backends.mlflow.experiment | quote }}}
 prometheus: {enabled: {{ $v.backends.prometheus.enabled }}, host: 0.0.0.0, port: {{ $v.backends.prometheus.port }}}
+{{- if and $v.spool.enabled $v.persistence.enabled }}
+spool: {dir: {{ $v.persistence.mountPath }}/spool, max_bytes: {{ int $v.spool.maxBytes }}, checkpoint_interval_s: {{ $v.spool.checkpointIntervalSeconds }}}
+{{- end }}
 {{- end -}}
