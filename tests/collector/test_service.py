@@ -167,7 +167,6 @@ def test_example_configs_are_valid():
     gateway = yaml.safe_load((ROOT / "collector" / "otelcol-gateway.yaml").read_text())
     lb = gateway["exporters"]["loadbalancing"]
     assert lb["routing_key"] == "attributes" and lb["routing_attributes"] == ["otel_rl.run.id"]
-    assert 'delete_key(attributes, "step")' in gateway["processors"]["transform/drop_step"][
-        "metric_statements"][0]["statements"]
+    assert {"key": "step", "action": "delete"} in gateway["processors"]["attributes/drop_step"]["actions"]
     prom = gateway["service"]["pipelines"]["metrics/prometheus"]
-    assert "transform/drop_step" in prom["processors"] and prom["exporters"] == ["prometheus"]
+    assert "attributes/drop_step" in prom["processors"] and prom["exporters"] == ["prometheus"]

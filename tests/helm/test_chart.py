@@ -182,3 +182,20 @@ def test_spool_on_the_volume_by_default_and_extra_env_and_volumes():
     for doc in docs:
         if doc["kind"] not in CRDS:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_optional_tensorboard_ingress():
+    assert not [d for d in render({"persistence": {"accessMode": "ReadWriteMany"}, "tensorboard": {"enabled": True}})
+                if d["kind"] == "Ingress"]
+    docs = render({"persistence": {"accessMode": "ReadWriteMany"},
+                   "tensorboard": {"enabled": True, "ingress": {
+                       "enabled": True, "className": "nginx", "host": "tb.example.com",
+                       "annotations": {"nginx.ingress.kubernetes.io/auth-type": "basic"},
+                       "tls": [{"hosts": ["tb.example.com"], "secretName": "tb-tls"}]}}})
+    (ingress,) = by_kind(docs, "Ingress")
+    kubernetes_validate.validate(ingress, K8S_VERSION, strict=True)
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "tb.example.com" and ingress["spec"]["ingressClassName"] == "nginx"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    (service,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("tensorboard")]
+    assert backend == {"name": service["metadata"]["name"], "port": {"number": 6006}}
