@@ -211,12 +211,14 @@ class Pipeline:
                 self._held = []
             current = self.recorder.step
             if current is not None and not release and records:
-                held = [r for r in records if record_step(r) == current]
+                held, rest = [], []
+                for r in records:
+                    (held if record_step(r) == current else rest).append(r)
                 if held and (len(held) < HOLD_MAX_RECORDS and (
                         not self._held_since or time.monotonic() - self._held_since < HOLD_MAX_S)):
                     self._held = held
                     self._held_since = self._held_since or time.monotonic()
-                    records = [r for r in records if record_step(r) != current]
+                    records = rest
                 else:
                     self._held_since = 0.0
             else:

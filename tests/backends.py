@@ -31,6 +31,22 @@ def stop_process(proc: subprocess.Popen | None) -> None:
             proc.wait()
 
 
+def wait_until_up(proc: subprocess.Popen, url: str, log: Path, what: str, timeout_s: float) -> None:
+    """Poll ``url`` until it answers; a server that exits (its log's tail in the error) or stays
+    down past ``timeout_s`` is stopped and raises."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.3)
+    stop_process(proc)
+    raise RuntimeError(f"{what} did not come up")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,17 +70,8 @@ class MlflowServer:
              "--default-artifact-root", str(self.root / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
             stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=1)
-                return self
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("mlflow server did not come up")
+        wait_until_up(self.proc, self.url + "/health", self.root / "server.log", "mlflow server", timeout_s)
+        return self
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -350,17 +357,8 @@ class TensorBoardServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1",
              "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=open(self.logdir.parent / "tb-server.log", "ab"))
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("tensorboard exited: " + (self.logdir.parent / "tb-server.log").read_text()[-2000:])
-            try:
-                urllib.request.urlopen(self.url + "/data/runs", timeout=1)
-                return self
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("tensorboard did not come up")
+        wait_until_up(self.proc, self.url + "/data/runs", self.logdir.parent / "tb-server.log", "tensorboard", timeout_s)
+        return self
 
     def get(self, path: str, **query):
         from urllib.parse import urlencode

@@ -75,9 +75,19 @@ def _same_values(got: list[float], want: list[float], rel: float = F32) -> bool:
     return len(got) == len(want) and all(_close(x, y, rel) for x, y in zip(sorted(got), sorted(want)))
 
 
-def _check_tensorboard_ui(server: TensorBoardServer, run: str, want_steps: dict[str, set[int]],
+def _check_tensorboard_ui(logdir: Path, run: str, want_steps: dict[str, set[int]],
                           hist_counts: dict[str, dict[int, int]]) -> None:
-    """Every logged step of every tag is visible in TensorBoard's UI (some run under ``run``)."""
+    """Every logged step of every tag is visible in TensorBoard's UI (some run under ``run``),
+    through a real ``tensorboard`` server on ``logdir`` with its default flags."""
+    server = TensorBoardServer(logdir).start()
+    try:
+        _check_ui(server, run, want_steps, hist_counts)
+    finally:
+        server.stop()
+
+
+def _check_ui(server: TensorBoardServer, run: str, want_steps: dict[str, set[int]],
+              hist_counts: dict[str, dict[int, int]]) -> None:
     tags = server.wait_loaded([run], list(want_steps))
     runs = [r for r in tags if r == run or r.startswith(run + "/")]
     for tag, steps in want_steps.items():
@@ -115,12 +125,8 @@ def test_embedded_cleanrl_script_every_value_in_every_backend(tmp_path, mlflow_s
             for (value, t) in logged:  # a stored event of this value within 10 ms of its logging
                 assert any(_close(v, value) and abs(w - t) < 0.010 for v, w in stored), (name, step, value, t, stored)
     # TensorBoard's UI with default flags: every step of every tag visible
-    server = TensorBoardServer(tmp_path / "tb").start()
-    try:
-        _check_tensorboard_ui(server, run, {n: set(s) for n, s in scalars.items()},
-                              {n: {s: len(v) for s, v in steps.items()} for n, steps in hists.items()})
-    finally:
-        server.stop()
+    _check_tensorboard_ui(tmp_path / "tb", run, {n: set(s) for n, s in scalars.items()},
+                          {n: {s: len(v) for s, v in steps.items()} for n, steps in hists.items()})
 
     # MLflow: every value, timestamps within 10 ms (MLflow keeps milliseconds)
     from mlflow.tracking import MlflowClient
@@ -223,12 +229,8 @@ def test_collector_four_ranks_every_step_reduced_in_every_backend(tmp_path, mlfl
         assert set(events[name]) == set(steps), name
         for step, mean in steps.items():
             assert _close(events[name][step][-1][0], mean, 1e-5), (name, step, events[name][step], mean)
-    server = TensorBoardServer(tmp_path / "tb").start()
-    try:
-        _check_tensorboard_ui(server, run, {n: set(s) for n, s in means.items()},
-                              {n: {s: len(v) for s, v in steps.items()} for n, steps in samples.items()})
-    finally:
-        server.stop()
+    _check_tensorboard_ui(tmp_path / "tb", run, {n: set(s) for n, s in means.items()},
+                          {n: {s: len(v) for s, v in steps.items()} for n, steps in samples.items()})
 
     # MLflow: the latest value of each step is the reduction over every value of every rank (a
     # value that arrived after its step was reduced adds a correction, as in TensorBoard)

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from otel_rl.exporters.records import Batch, HistogramValue, Point, merge_histograms
+from otel_rl.exporters.records import Batch, HistogramValue, Point
 from otel_rl.exporters.translate import NO_STEP
 
 #: Bound on each per-series table (least recently used entries go first).
@@ -42,23 +42,6 @@ class LRU(OrderedDict):
         self.move_to_end(key)
         if len(self) > self.limit:
             self.popitem(last=False)
-
-
-def coalesce(points: Iterable[Point]) -> list[Point]:
-    """Points of the same series and step from consecutive collects as one: a gauge keeps its
-    later value, increments add up, distributions merge (a step the training loop was still
-    recording when a collect ran arrives whole, as one value)."""
-    out: dict[tuple, Point] = {}
-    for p in points:
-        key = (p.run, p.rank, p.name, p.kind, p.attributes, p.step)
-        before = out.get(key)
-        if before is None or p.temporality not in ("delta", "") or p.kind == "gauge":
-            out[key] = p
-        elif isinstance(p.value, HistogramValue):
-            out[key] = p.replace(value=merge_histograms([before.value, p.value]))
-        else:
-            out[key] = p.replace(value=before.value + p.value)
-    return list(out.values())
 
 
 class Stream:

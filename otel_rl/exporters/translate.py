@@ -265,16 +265,23 @@ def _split(out: Translation, name: str, attributes: Mapping[str, Any] | None):
                    f"metric {name!r} exceeded the cardinality limit in one export interval; points past "
                    "the limit cannot be placed at a step (raise cardinality_limit or export more often)")
         return None
-    step = NO_STEP
-    if STEP_ATTRIBUTE in attributes:
-        parsed = _as_step(attributes[STEP_ATTRIBUTE])
-        if parsed is None:
-            out.reject(0, "bad_step", f"metric {name!r}: bad {STEP_ATTRIBUTE!r} attribute "
-                       f"{attributes[STEP_ATTRIBUTE]!r}; placed at the run's latest step")
-        else:
-            step = parsed
+    step = _attribute_step(out, name, attributes, NO_STEP, "the run's latest step")
     rest = tuple(sorted((k, str(v)) for k, v in attributes.items() if k not in _RESERVED))
     return step, rest
+
+
+def _attribute_step(out: Translation, name: str, attributes: Mapping[str, Any], default: Any,
+                    placed_at: str) -> Any:
+    """The ``step`` attribute as an int64 step; ``default`` when absent, or when bad (reported,
+    saying the point is ``placed_at`` instead)."""
+    if STEP_ATTRIBUTE not in attributes:
+        return default
+    parsed = _as_step(attributes[STEP_ATTRIBUTE])
+    if parsed is None:
+        out.reject(0, "bad_step", f"metric {name!r}: bad {STEP_ATTRIBUTE!r} attribute "
+                   f"{attributes[STEP_ATTRIBUTE]!r}; placed at {placed_at}")
+        return default
+    return parsed
 
 
 def number(out: Translation, run: str, rank: int, name: str, kind: str, temporality: str | None,
@@ -409,13 +416,7 @@ def translate_records(records: Iterable[tuple], run: str, rank: int = -1) -> Tra
             continue
         rest: tuple = ()
         if attrs:
-            if STEP_ATTRIBUTE in attrs:
-                parsed = _as_step(attrs[STEP_ATTRIBUTE])
-                if parsed is None:
-                    out.reject(0, "bad_step", f"metric {name!r}: bad {STEP_ATTRIBUTE!r} attribute "
-                               f"{attrs[STEP_ATTRIBUTE]!r}; placed at the step current when recorded")
-                else:
-                    step = parsed
+            step = _attribute_step(out, name, attrs, step, "the step current when recorded")
             rest = tuple(sorted((k, str(v)) for k, v in attrs.items() if k != STEP_ATTRIBUTE))
         if step is None:
             step = NO_STEP
