@@ -20,11 +20,14 @@ def test_real_prometheus_scrapes_latest_values_without_step_label(tmp_path):
     meter = pipeline.get_meter("p")
     loss, tokens = meter.create_gauge("train/loss"), meter.create_counter("tokens")
     lat = meter.create_histogram("rollout.latency", unit="s", explicit_bucket_boundaries_advisory=[0.1, 1.0])
+    adv = meter.create_histogram("advantages")  # bins fitted to each step's samples
     for step in range(50):
         otel_rl.set_step(step)
         loss.set(100 - step, {"env": "cartpole"})
         tokens.add(10)
         lat.record(0.5)
+        for v in (-step - 1.0, 0.0, step + 2.0):  # a different range every step
+            adv.record(v)
     pipeline.force_flush()
 
     server = PrometheusServer(tmp_path, [f"127.0.0.1:{sink.port}"]).start()
@@ -36,6 +39,10 @@ def test_real_prometheus_scrapes_latest_values_without_step_label(tmp_path):
         assert float(server.query("tokens_total")[0]["value"][1]) == 500.0  # cumulative
         buckets = {r["metric"]["le"]: float(r["value"][1]) for r in server.query("rollout_latency_bucket")}
         assert buckets == {"0.1": 0.0, "1.0": 50.0, "+Inf": 50.0}
+        # fitted bins change every step: _count and _sum only, never a new `le` series per step
+        assert float(server.query("advantages_count")[0]["value"][1]) == 150.0
+        assert float(server.query("advantages_sum")[0]["value"][1]) == 50.0  # each step adds -s-1 + 0 + s+2
+        assert not server.query("advantages_bucket")
         assert not server.query('{__name__=~".+", step!=""}')  # no series anywhere has a step label
     finally:
         server.stop()
