@@ -205,10 +205,10 @@ def test_two_runs_two_ranks_through_the_upstream_gateway_to_two_replicas(tmp_pat
         # Prometheus: the gateway's exporter (raw, per rank) and the replicas' (reduced), no step label
         for k, run in enumerate(RUNS):
             last = STEPS - 1 + 100.0 * k
-            reduced = prometheus.wait_for(f'loss{{run="{run}", rank=""}}', lambda r: len(r) == 1 and
+            reduced = prometheus.wait_for(f'loss{{run="{run}", rank=""}}', lambda r, last=last: len(r) == 1 and
                                           float(r[0]["value"][1]) == last + 0.5, timeout_s=90)
             assert "step" not in reduced[0]["metric"]
-            tokens = prometheus.wait_for(f'tokens_total{{run="{run}", rank=""}}', lambda r: len(r) == 1 and
+            tokens = prometheus.wait_for(f'tokens_total{{run="{run}", rank=""}}', lambda r, last=last: len(r) == 1 and
                                          float(r[0]["value"][1]) == STEPS * 30, timeout_s=60)
             assert "step" not in tokens[0]["metric"]
         # the gateway's own exporter: one series per run and rank, labelled so; no per-batch or
