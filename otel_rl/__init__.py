@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from opentelemetry import _logs
 from opentelemetry import metrics as _metrics
 from opentelemetry import trace as _trace
 
@@ -29,6 +30,7 @@ from otel_rl.config import Config, ConfigError, load_config
 from otel_rl.exporters.base import MissingExtraError
 from otel_rl.logger import Logger
 from otel_rl import recording as _recording
+from otel_rl import samples as _samples
 from otel_rl.pipeline import Pipeline, active_pipeline as _current_pipeline
 from otel_rl.tracing import CurrentRunTracerProvider
 from otel_rl.summary import SummaryWriter
@@ -36,7 +38,8 @@ from otel_rl.timing import span
 
 __all__ = [
     "STEP_ATTRIBUTE", "Config", "ConfigError", "Logger", "MissingExtraError", "Pipeline", "SummaryWriter",
-    "get_pipeline", "get_step", "init", "load_config", "log_hyperparams", "set_step", "shutdown", "span",
+    "get_pipeline", "get_step", "init", "load_config", "log_hyperparams", "log_samples", "set_step", "shutdown",
+    "span",
 ]
 __version__ = "0.1.0"
 
@@ -52,7 +55,8 @@ def init(config: Config | dict | str | None = None, *, set_global: bool = True) 
 
     The OTel global meter and tracer providers (set once per process, on the first ``init``)
     record into the *current* run: the last ``init`` of this thread/context, else the last one in
-    the process. So a notebook can ``init`` again after ``shutdown``, and a sweep can run one
+    the process (the global logger provider too: a log record with an ``event_name`` is a row of
+    samples, see :mod:`otel_rl.samples`). So a notebook can ``init`` again after ``shutdown``, and a sweep can run one
     run per thread; each run is complete and separate. ``set_global=False`` leaves the OTel
     globals alone (use ``pipeline.get_meter``/``get_tracer``).
     """
@@ -64,6 +68,7 @@ def init(config: Config | dict | str | None = None, *, set_global: bool = True) 
         if set_global and not _global_set:
             _metrics.set_meter_provider(_recording.MeterProvider())
             _trace.set_tracer_provider(CurrentRunTracerProvider())
+            _logs.set_logger_provider(_samples.LoggerProvider())
             _global_set = True
     return pipeline
 
@@ -75,6 +80,18 @@ def log_hyperparams(params: dict) -> None:
     if pipeline is None:
         raise RuntimeError("otel_rl.log_hyperparams: no run; call otel_rl.init() first")
     pipeline.log_hyperparams(params)
+
+
+def log_samples(rows, step: int | None = None, name: str = _samples.DEFAULT_NAME) -> None:
+    """Record rows of samples (generations: prompt, response, reward, ...) as one table at
+    ``step`` (default: the current step) in the current run: a W&B Table, a markdown table in
+    TensorBoard's text plugin, a growing MLflow table, SwanLab Text; over OTLP one log record
+    per row. ``rows``: a list of dicts, a dict of equal-length columns, or a DataFrame. Limits:
+    ``samples.max_rows`` per call, ``samples.max_chars`` per cell (see :mod:`otel_rl.samples`)."""
+    pipeline = _current_pipeline()
+    if pipeline is None:
+        raise RuntimeError("otel_rl.log_samples: no run; call otel_rl.init() first")
+    pipeline.log_samples(rows, step, name)
 
 
 def get_pipeline() -> Pipeline | None:

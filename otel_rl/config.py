@@ -179,8 +179,9 @@ class Config:
 
     pipeline: PipelineConfig
     backends: dict[str, Any]
-    #: Sections that are not backends: ``gpu`` (a telemetry source), ``retry`` (the delivery
-    #: layer's :class:`~otel_rl.delivery.RetryPolicy`).
+    #: Sections that are not backends: ``gpu`` and ``system_metrics`` (telemetry sources),
+    #: ``samples`` (limits of ``log_samples``), ``retry`` (the delivery layer's
+    #: :class:`~otel_rl.delivery.RetryPolicy`).
     sources: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: The framework whose logger config this was read from (``nemo-rl``, ``rlinf``), or None.
     framework: Optional[str] = None
@@ -216,8 +217,12 @@ def load_config(source: "Config | Mapping[str, Any] | str | Path | None" = None)
     from otel_rl.delivery import RetryPolicy
     from otel_rl.exporters import registry
     from otel_rl.gpu import GpuConfig
+    from otel_rl.samples import SamplesConfig
+    from otel_rl.system import SystemMetricsConfig
 
-    source_classes = {"gpu": GpuConfig, "retry": RetryPolicy}  # sections that are not backends
+    # sections that are not backends
+    source_classes = {"gpu": GpuConfig, "retry": RetryPolicy, "samples": SamplesConfig,
+                      "system_metrics": SystemMetricsConfig}
 
     from otel_rl.compat import adapt
 

@@ -93,6 +93,14 @@ class Logger:
         step = _step.check_step(step)
         self._recorder.put(("hs", name, _array(histogram), step, time.time_ns(), None))
 
+    def log_samples(self, rows: Any, step: int, name: str = "samples") -> None:
+        """Rows of samples (a list of dicts, a dict of equal-length columns, a DataFrame) as one
+        table at ``step``: see :func:`otel_rl.log_samples`."""
+        if self._finished:
+            self._after_finish("log_samples")
+            return
+        self.pipeline.log_samples(rows, _step.check_step(step), name)
+
     def log_plot(self, figure: Any, step: int, name: str) -> None:
         """Not carried (figures are images): warned once, so NeMo-RL code keeps running."""
         self._warn("plot", "Logger.log_plot: figures are not carried by otel-rl; %r ignored", name)

@@ -27,7 +27,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_rl import _step, recording
+from otel_rl import _step, recording, samples
 from otel_rl.config import Config, ConfigError, default_run_name, load_config
 from otel_rl.delivery import Deadline, SinkSet
 from otel_rl.exporters import registry
@@ -188,6 +188,14 @@ class Pipeline:
 
             sampler = GpuSampler(self.get_meter("otel_rl.gpu"), self.config.sources["gpu"])
             self.gpu = sampler if sampler.start() else None
+        self.system = None
+        if self.config.sources["system_metrics"].enabled:
+            from otel_rl.system import SystemMetrics
+
+            system = SystemMetrics(self.meter_provider, self.config.sources["system_metrics"])
+            self.system = system if system.start() else None
+        self.logger_provider = samples.LoggerProvider(self.recorder)
+        self.dropped_sample_rows = 0
         self._pending_steps = 0
         self._closed = False
         self._shutdown_lock = threading.Lock()
@@ -230,6 +238,11 @@ class Pipeline:
                 self._report(translation)
             batch = translation.batch
             batch = self._stream.admit(Batch(batch.points, batch.params))
+            print_rows = self.config.sources["samples"].print_rows
+            if print_rows:
+                for p in batch.points:
+                    if p.kind == "table":
+                        samples.print_table(p.run, p.name, p.step, p.value, print_rows)
             if batch:
                 self.sinkset.submit(batch)
 
@@ -283,6 +296,22 @@ class Pipeline:
         """Record the run's hyperparameters (nested dicts flattened with ``/``)."""
         self.recorder.put(("p", None, dict(params), None, time.time_ns()))
 
+    def log_samples(self, rows: Any, step: int | None = None, name: str = samples.DEFAULT_NAME) -> None:
+        """Record ``rows`` (a list of row dicts, a dict of equal-length columns, a DataFrame) as
+        one table at ``step`` (default: the current step); see :mod:`otel_rl.samples`."""
+        if step is not None:
+            step = _step.check_step(step)
+        cfg = self.config.sources["samples"]
+        table, dropped = samples.to_table(rows, cfg.max_rows, cfg.max_chars)
+        if dropped:
+            self.dropped_sample_rows += dropped
+            if "sample_rows" not in self._warned:
+                self._warned.add("sample_rows")
+                _log.warning("otel-rl: log_samples(%r): %d rows past samples.max_rows=%d dropped (warned "
+                             "once; counted in stats()['dropped_sample_rows'])", name, dropped, cfg.max_rows)
+        self.recorder.put((samples.ROWS, str(name), table, self.recorder.step if step is None else step,
+                           time.time_ns(), None))
+
     def _on_step(self, step: int) -> None:
         self.timing.on_step(step)
         self._pending_steps += 1
@@ -313,6 +342,7 @@ class Pipeline:
         out["rejected_points"] = self.rejected_points
         out["dropped_records"] = self.recorder.dropped
         out["throttled_records"] = self.recorder.throttled
+        out["dropped_sample_rows"] = self.dropped_sample_rows
         return out
 
     def shutdown(self, timeout_s: float = 30.0, status: str | None = None) -> bool:
@@ -333,6 +363,8 @@ class Pipeline:
         self._drain(observe=True, release=True)
         if self.gpu is not None:
             self.gpu.close()
+        if self.system is not None:
+            self.system.close()
         _bounded(lambda: self.tracer_provider.shutdown(), deadline)
         return self.sinkset.shutdown(deadline, status)
 

@@ -36,7 +36,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from otel_rl.exporters.records import Batch, HistogramValue, Point, RunParams
+from otel_rl.exporters.records import Batch, HistogramValue, Point, RunParams, Table
 
 _log = logging.getLogger(__name__)
 _FRAME = struct.Struct("<II")
@@ -48,6 +48,8 @@ def encode_batch(batch: Batch) -> bytes:
         value = p.value
         if isinstance(value, HistogramValue):
             value = {"h": [value.count, value.sum, value.min, value.max, [list(b) for b in value.buckets]]}
+        elif isinstance(value, Table):
+            value = {"t": [list(value.columns), [list(r) for r in value.rows]]}
         points.append([p.run, p.name, p.step, value, p.time, p.kind, [list(a) for a in p.attributes], p.rank,
                        p.temporality, p.increment])
     params = [[r.run, r.params, r.time] for r in batch.params]
@@ -62,8 +64,12 @@ def decode_batch(payload: bytes) -> Batch:
     points = []
     for run, name, step, value, t, kind, attrs, rank, *sums in doc["p"]:
         if isinstance(value, dict):
-            count, total, lo, hi, buckets = value["h"]
-            value = HistogramValue(count, total, _f(lo), _f(hi), tuple(tuple(b) for b in buckets))
+            if "t" in value:
+                columns, rows = value["t"]
+                value = Table(tuple(columns), tuple(tuple(r) for r in rows))
+            else:
+                count, total, lo, hi, buckets = value["h"]
+                value = HistogramValue(count, total, _f(lo), _f(hi), tuple(tuple(b) for b in buckets))
         points.append(Point(run, name, step, value, t, kind, tuple(tuple(a) for a in attrs), rank, *sums))
     return Batch(points, [RunParams(run, params, t) for run, params, t in doc["r"]], doc.get("m", {}))
 

@@ -1,5 +1,5 @@
-"""OTLP receivers: HTTP (``/v1/metrics``, ``/v1/traces``; protobuf or JSON; gzip) and gRPC
-(``MetricsService/Export``, ``TraceService/Export``). They move bytes and map
+"""OTLP receivers: HTTP (``/v1/metrics``, ``/v1/traces``, ``/v1/logs``; protobuf or JSON; gzip)
+and gRPC (``MetricsService/Export``, ``TraceService/Export``, ``LogsService/Export``). They move bytes and map
 :class:`~otel_rl_collector.service.RequestError` to the OTLP status rules:
 
 | refusal | HTTP | gRPC |
@@ -70,8 +70,10 @@ class HttpReceiver:
                         response = owner.collector.ingest_metrics(payload, content_type)
                     elif self.path == "/v1/traces":
                         response = owner.collector.ingest_traces(payload, content_type)
+                    elif self.path == "/v1/logs":
+                        response = owner.collector.ingest_logs(payload, content_type)
                     else:
-                        self._send(404, b"OTLP paths: /v1/metrics, /v1/traces", "text/plain")
+                        self._send(404, b"OTLP paths: /v1/metrics, /v1/traces, /v1/logs", "text/plain")
                         return
                     out, out_type = wire.encode(response, content_type)
                     self._send(200, out, out_type)
@@ -147,6 +149,7 @@ class GrpcReceiver:
         handlers = [
             ("opentelemetry.proto.collector.metrics.v1.MetricsService", collector.ingest_metrics),
             ("opentelemetry.proto.collector.trace.v1.TraceService", collector.ingest_traces),
+            ("opentelemetry.proto.collector.logs.v1.LogsService", collector.ingest_logs),
         ]
         for service, ingest in handlers:  # raw bytes in and out: decoding errors are ours to map
             self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {

@@ -32,6 +32,7 @@ from otel_rl.exporters.records import HistogramValue, Point, merge_histograms
 
 OPS = ("mean", "max", "min", "sum", "none")
 _SUMS = ("counter", "sum")
+_NOT_REDUCED = ("text", "table")
 
 
 def reduce_values(op: str, values: list) -> float | HistogramValue:
@@ -77,8 +78,8 @@ class Reducer:
         touched: set[str] = set()
         for p in points:
             size = world_size.get(p.run, 1)
-            if size <= 1 or p.rank < 0:
-                ready.append(p)
+            if size <= 1 or p.rank < 0 or p.kind in _NOT_REDUCED:
+                ready.append(p)  # texts and samples: every rank's, as logged
                 continue
             op = self.op_for(p.name, p.kind)
             self._advance(p.run, p.rank, p.step)

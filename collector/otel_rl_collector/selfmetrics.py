@@ -6,7 +6,8 @@ them and renders them through the same path as any other telemetry: translation,
 and otel-rl's Prometheus sink (so counters end in ``_total`` and carry ``run="otel-rl-collector"``):
 
 - ``otel_rl_collector_{requests,received_points,rejected_points,duplicate_batches,
-  ingress_errors,received_spans,forwarded_spans,late_points,partial_groups}_total``;
+  ingress_errors,received_spans,forwarded_spans,received_log_records,rejected_log_records,
+  late_points,partial_groups}_total``;
 - ``otel_rl_collector_rejected_requests_total{reason}``;
 - ``otel_rl_collector_pending_groups`` (gauge);
 - ``otel_rl_collector_sink_{exported,dropped,quarantined}_points_total{sink}``,
@@ -26,7 +27,7 @@ from otel_rl.exporters.prometheus import PrometheusConfig, PrometheusExporter
 from otel_rl.exporters.translate import translate_sdk
 
 _COLLECTOR_COUNTERS = ("requests", "received_points", "rejected_points", "duplicate_batches", "ingress_errors",
-                       "received_spans", "forwarded_spans")
+                       "received_spans", "forwarded_spans", "received_log_records", "rejected_log_records")
 _SINK_COUNTERS = ("exported_points", "dropped_points", "quarantined_points", "failed_attempts", "worker_errors")
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 
@@ -38,7 +39,7 @@ from otel_rl.delivery import Deadline, SinkSet
 from otel_rl.exporters import registry
 from otel_rl.exporters.otlp import BATCH_ID, SENDER_ID
 from otel_rl.exporters.records import Batch
-from otel_rl.exporters.translate import proto_attributes, rank_of, run_of, translate_proto
+from otel_rl.exporters.translate import proto_attributes, rank_of, run_of, translate_logs, translate_proto
 from otel_rl.pipeline import open_spools
 from otel_rl.semconv import RANK, WORLD_SIZE
 
@@ -69,6 +70,8 @@ class CollectorStats:
     received_points: int = 0
     rejected_points: int = 0
     received_spans: int = 0
+    received_log_records: int = 0
+    rejected_log_records: int = 0
     forwarded_spans: int = 0
     duplicate_batches: int = 0
     ingress_errors: int = 0
@@ -308,10 +311,11 @@ class Collector:
                     "failing_sinks": {w.sink.name: w.failing for w in self.workers if w.failing},
                     "router_alive": alive}
 
-    def _new_resources(self, request) -> list[tuple[str, str]]:
+    def _new_resources(self, request, field: str = "resource_metrics") -> list[tuple[str, str]]:
         """Drop resource blocks already admitted (a resend); the ids of the new ones."""
         ids, keep = [], []
-        for rm in request.resource_metrics:
+        blocks = getattr(request, field)
+        for rm in blocks:
             sender = batch_id = None
             for kv in rm.resource.attributes:
                 if kv.key == SENDER_ID:
@@ -324,9 +328,9 @@ class Collector:
                     continue
                 ids.append((sender, batch_id))
             keep.append(rm)
-        if len(keep) != len(request.resource_metrics):
-            del request.resource_metrics[:]
-            request.resource_metrics.extend(keep)
+        if len(keep) != len(blocks):
+            del blocks[:]
+            blocks.extend(keep)
         return ids
 
     def ingest_metrics(self, payload: bytes, content_type: str) -> mpb.ExportMetricsServiceResponse:
@@ -345,21 +349,47 @@ class Collector:
         with self._lock:
             ids = self._new_resources(request)
             translation = translate_proto(request)
-            batch = translation.batch
-            batch.meta = {"t": time.time(), "world": world, "ids": ids}
-            if self.ingress is not None:
-                # Durable first, then acknowledged: the router thread takes it from here.
-                if not self.ingress.append(batch):
-                    self.stats.reject("overloaded")
-                    raise RequestError(503, "the ingress spool is full; retry later", retry_after_s=5.0)
-                self.router.remember(ids)
-            else:
-                self._emit(self.router.process(batch))
-            self.stats.received_points += len(batch.points)
+            self._admit(translation, world, ids)
+            self.stats.received_points += len(translation.batch.points)
             self.stats.rejected_points += translation.rejected
         response = mpb.ExportMetricsServiceResponse()
         if translation.reasons:  # rejected points, or warnings (a bad step placed at the latest)
             response.partial_success.rejected_data_points = translation.rejected
+            response.partial_success.error_message = translation.reason
+        return response
+
+    def _admit(self, translation, world: dict, ids: list) -> None:
+        """Under the lock: an admitted request, durable first (then acknowledged), or processed."""
+        batch = translation.batch
+        batch.meta = {"t": time.time(), "world": world, "ids": ids}
+        if self.ingress is not None:
+            # Durable first, then acknowledged: the router thread takes it from here.
+            if not self.ingress.append(batch):
+                self.stats.reject("overloaded")
+                raise RequestError(503, "the ingress spool is full; retry later", retry_after_s=5.0)
+            self.router.remember(ids)
+        else:
+            self._emit(self.router.process(batch))
+
+    def ingest_logs(self, payload: bytes, content_type: str) -> lpb.ExportLogsServiceResponse:
+        """Samples and texts as OTLP log records (see :func:`otel_rl.exporters.translate.translate_logs`):
+        the same admission, durability and sinks as metrics; not reduced across ranks."""
+        self.stats.requests += 1
+        request = self._parse(payload, content_type, lpb.ExportLogsServiceRequest)
+        why = self.overloaded()
+        if why:
+            self.stats.reject("overloaded")
+            raise RequestError(503, f"{why}; retry later", retry_after_s=2.0)
+        with self._lock:
+            ids = self._new_resources(request, "resource_logs")
+            translation = translate_logs(request)
+            self._admit(translation, {}, ids)
+            self.stats.received_log_records += sum(
+                len(p.value.rows) if p.kind == "table" else 1 for p in translation.batch.points)
+            self.stats.rejected_log_records += translation.rejected
+        response = lpb.ExportLogsServiceResponse()
+        if translation.reasons:
+            response.partial_success.rejected_log_records = translation.rejected
             response.partial_success.error_message = translation.reason
         return response
 
@@ -392,6 +422,7 @@ class Collector:
                 "received_points": s.received_points, "rejected_points": s.rejected_points,
                 "duplicate_batches": s.duplicate_batches, "ingress_errors": s.ingress_errors,
                 "received_spans": s.received_spans, "forwarded_spans": s.forwarded_spans,
+                "received_log_records": s.received_log_records, "rejected_log_records": s.rejected_log_records,
                 "pending_groups": self.reducer.pending, "late_points": self.reducer.late_points,
                 "partial_groups": self.reducer.partial_groups, "rejected_by_reason": dict(s.by_reason),
                 "sinks": self.sinkset.stats()}

@@ -63,6 +63,7 @@ class MlflowExporter(RecordExporter):
         super().__init__()
         self.config = config or MlflowConfig()
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tables are read back
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(self.config.timeout_s))))
         from mlflow.tracking import MlflowClient
 
@@ -76,6 +77,7 @@ class MlflowExporter(RecordExporter):
         # (batch being retried, chunks of it already sent): a retry resumes, never re-sends.
         self._resume: tuple[Batch | None, int] = (None, 0)
         self._cached_chunks: tuple[Batch | None, list] = (None, [])
+        self._tables: set[tuple[str, str]] = set()  # (run id, table path) already tagged as a table
 
     def run_dir(self, run: str) -> str:
         return f"{self.config.tracking_uri} (experiment {self.config.experiment!r}, run {run!r})"
@@ -125,6 +127,9 @@ class MlflowExporter(RecordExporter):
             if isinstance(metrics, str):  # a text: (run, artifact path, text)
                 self._call(self._client.log_text, self.run_id(run), params, metrics)
                 continue
+            if isinstance(metrics, tuple):  # samples: (run, (artifact path, points), None)
+                self._call(self._append_table, self.run_id(run), *metrics)
+                continue
             self._call(self._client.log_batch, self.run_id(run), metrics=metrics, params=params,
                        synchronous=True)
         self._resume = (None, 0)
@@ -141,9 +146,13 @@ class MlflowExporter(RecordExporter):
             kept.extend(Param(k, v) for k, v in self._new_params(params.run, params.params))
         seen: set = set()
         texts = []
+        tables: dict[tuple[str, str], list] = {}
         for p in batch.points:
             if p.kind == "text":
                 texts.append((p.run, f"text/{self._names.key(p.name)}/step-{p.step}.md", p.value))
+                continue
+            if p.kind == "table":
+                tables.setdefault((p.run, f"tables/{self._names.key(p.name)}.json"), []).append(p)
                 continue
             metrics = per_run.setdefault(p.run, ([], []))[0]
             ts = round(p.time * 1000)
@@ -163,8 +172,59 @@ class MlflowExporter(RecordExporter):
             for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
                 chunks.append((run, [], params[i:i + MAX_PARAMS_PER_BATCH]))
         chunks.extend((run, path, text) for run, path, text in texts)
+        chunks.extend((run, (path, points), None) for (run, path), points in tables.items())
         self._cached_chunks = (batch, chunks)
         return chunks
+
+    def _append_table(self, run_id: str, path: str, points: list) -> None:
+        """Samples as one growing MLflow table per name (``mlflow.load_table(path)``; the UI shows
+        it as a table): the columns ``step`` and ``logged_at`` first, then the samples' own. A
+        table already holding a call's rows (same step and time: a batch replayed after a crash)
+        does not get them again."""
+        import datetime
+        import json
+        import posixpath
+        import tempfile
+
+        client = self._client
+        columns, data = ["step", "logged_at"], []
+        folder = posixpath.dirname(path)
+        if path in [f.path for f in client.list_artifacts(run_id, folder)]:
+            with tempfile.TemporaryDirectory() as tmp:
+                with open(client.download_artifacts(run_id, path, tmp)) as f:
+                    doc = json.load(f)
+            columns, data = list(doc["columns"]), [list(r) for r in doc["data"]]
+        held = {(row[0], row[1]) for row in data}
+        added = False
+        for p in points:
+            stamp = datetime.datetime.fromtimestamp(p.time, datetime.timezone.utc).isoformat(timespec="microseconds")
+            if (p.step, stamp) in held:
+                continue
+            # a sample column named like ours keeps its values under "sample.<name>"
+            names = [c if c not in ("step", "logged_at") else f"sample.{c}" for c in p.value.columns]
+            for name in names:
+                if name not in columns:
+                    columns.append(name)
+                    for row in data:
+                        row.append(None)
+            index = [columns.index(n) for n in names]
+            for values in p.value.rows:
+                row = [None] * len(columns)
+                row[0], row[1] = p.step, stamp
+                for i, value in zip(index, values):
+                    row[i] = value
+                data.append(row)
+            added = True
+        if not added:
+            return
+        client.log_text(run_id, json.dumps({"columns": columns, "data": data}, default=str), path)
+        if (run_id, path) not in self._tables:
+            tag = "mlflow.loggedArtifacts"
+            logged = json.loads(client.get_run(run_id).data.tags.get(tag, "[]"))
+            entry = {"path": path, "type": "table"}
+            if entry not in logged:
+                client.set_tag(run_id, tag, json.dumps(logged + [entry]))
+            self._tables.add((run_id, path))
 
     def _new_params(self, run: str, params: dict) -> list[tuple[str, str]]:
         out = []

@@ -7,7 +7,9 @@ and training never waits for it.
 - **Wire shape**: gauges as OTLP gauges with the ``step`` attribute; counters and sums as DELTA
   sums carrying the increment (the collector reduces the ranks' increments and keeps the running
   total); histograms as DELTA explicit-bucket histograms; hyperparameters as the
-  ``otel_rl.hparams`` gauge. The resource carries the run, rank and world size.
+  ``otel_rl.hparams`` gauge; texts and samples (``log_samples``) as OTLP log records on
+  ``/v1/logs`` (gRPC ``LogsService``): see :func:`encode_logs_request`. The resource carries the
+  run, rank and world size.
 - **Exactly once over the hop**: every request's resources carry ``otel_rl.sender.id`` and
   ``otel_rl.batch.id`` (a content hash of the batch plus the chunk number), so a batch resent
   after a timeout or replayed from the spool after a crash is recognized and acknowledged by
@@ -15,7 +17,7 @@ and training never waits for it.
 - **Errors**: 429/502/503/504 and gRPC UNAVAILABLE/RESOURCE_EXHAUSTED/DEADLINE_EXCEEDED are
   transient (``Retry-After`` honored); other 4xx and gRPC codes are permanent.
 
-The standard env vars are honored: ``OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT``, ``..._HEADERS``,
+The standard env vars are honored: ``OTEL_EXPORTER_OTLP_[METRICS_|LOGS_]ENDPOINT``, ``..._HEADERS``,
 ``..._PROTOCOL``, ``..._COMPRESSION``, ``..._CERTIFICATE``; setting an endpoint turns the sink on.
 Spans go through the upstream ``OTLPSpanExporter`` (:func:`OtlpSpanExporter`).
 """
@@ -92,6 +94,8 @@ def parse_headers(raw: str | None) -> dict[str, str]:
 
 # -- records -> OTLP protobuf ---------------------------------------------------------------------
 def _any(value: Any, out) -> None:
+    if value is None:
+        return  # an empty AnyValue
     if isinstance(value, bool):
         out.bool_value = value
     elif isinstance(value, int):
@@ -165,6 +169,45 @@ def encode_request(points: list[Point], params, resource: dict[str, Any], batch_
     return request
 
 
+#: Log-record attributes of samples and texts (see :mod:`otel_rl.samples`).
+KIND_ATTRIBUTE, INDEX_ATTRIBUTE, ROWS_ATTRIBUTE = "otel_rl.kind", "otel_rl.sample.index", "otel_rl.sample.rows"
+
+
+def encode_logs_request(points: list[Point], resource: dict[str, Any], batch_id: str, sender: str):
+    """One ``ExportLogsServiceRequest`` for texts and tables of one (run, rank): a text is one
+    log record (body: the text); a table one record per row (body: a map of its columns), each
+    with the table's name as ``event_name``, the ``step``, and its index among the table's rows."""
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
+
+    request = lpb.ExportLogsServiceRequest()
+    rl = request.resource_logs.add()
+    _attrs(rl.resource.attributes, [*resource.items(), (SENDER_ID, sender), (BATCH_ID, batch_id)])
+    sl = rl.scope_logs.add()
+    sl.scope.name = "otel_rl"
+    for p in points:
+        t = int(p.time * 1e9)
+        if p.kind == "text":
+            record = sl.log_records.add()
+            record.time_unix_nano = record.observed_time_unix_nano = t
+            record.event_name = p.name
+            record.body.string_value = p.value
+            _attrs(record.attributes, [(STEP_ATTRIBUTE, p.step), (KIND_ATTRIBUTE, "text"), *p.attributes])
+            continue
+        table = p.value
+        for index, row in enumerate(table.rows):
+            record = sl.log_records.add()
+            record.time_unix_nano = record.observed_time_unix_nano = t
+            record.event_name = p.name
+            body = record.body.kvlist_value.values
+            for column, value in zip(table.columns, row):
+                kv = body.add()
+                kv.key = column
+                _any(value, kv.value)
+            _attrs(record.attributes, [(STEP_ATTRIBUTE, p.step), (KIND_ATTRIBUTE, "table"),
+                                       (INDEX_ATTRIBUTE, index), (ROWS_ATTRIBUTE, len(table.rows)), *p.attributes])
+    return request
+
+
 class OtlpSink(Sink):
     """Sends admitted records to an OTLP endpoint (HTTP/protobuf or gRPC)."""
 
@@ -179,23 +222,28 @@ class OtlpSink(Sink):
         self._headers = parse_headers(_env("HEADERS"))
         self._gzip = (_env("COMPRESSION") or "").lower() == "gzip"
         self._url = self._endpoint()
+        self._logs_url = self._endpoint("logs")
         self._channel = None
         self.rejected_points = 0
-        self.not_sent_texts = 0
+        self.rejected_log_records = 0
 
-    def _endpoint(self) -> str:
+    def _endpoint(self, signal: str = "metrics") -> str:
+        """The URL for ``signal`` (``metrics``; ``logs``: texts and samples)."""
         cfg = self.config
         grpc = cfg.protocol == "grpc"
         if cfg.endpoint:
             base = cfg.endpoint.rstrip("/")
-            return base if grpc else base + "/v1/metrics"
-        full = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+            return base if grpc else f"{base}/v1/{signal}"
+        full = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
         if full:
             return full
+        metrics = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "")
+        if signal == "logs" and metrics.rstrip("/").endswith("/v1/metrics") and not grpc:
+            return metrics.rstrip("/")[:-len("metrics")] + "logs"  # next to the metrics endpoint
         base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         if base:
-            return base.rstrip("/") if grpc else base.rstrip("/") + "/v1/metrics"
-        return "localhost:4317" if grpc else "http://localhost:4318/v1/metrics"
+            return base.rstrip("/") if grpc else f"{base.rstrip('/')}/v1/{signal}"
+        return "localhost:4317" if grpc else f"http://localhost:4318/v1/{signal}"
 
     def describe(self, run: str) -> str:
         return f"otlp: {self._url} ({self.config.protocol})"
@@ -213,12 +261,8 @@ class OtlpSink(Sink):
         digest = hashlib.blake2b(encode_batch(Batch(batch.points, batch.params)), digest_size=12).hexdigest()
         chunk = 0
         groups = {}
-        texts = sum(p.kind == "text" for p in batch.points)
-        if texts:  # OTLP logs carry texts in a later version (README, "Not guaranteed")
-            self.not_sent_texts += texts
-            self.warn_once("texts", "otlp: texts (SummaryWriter.add_text) are not sent over OTLP yet; "
-                           "%d not sent (counted in not_sent_texts)", texts)
-        metrics_points = [p for p in batch.points if p.kind != "text"] if texts else batch.points
+        logged = [p for p in batch.points if p.kind in ("text", "table")]
+        metrics_points = [p for p in batch.points if p.kind not in ("text", "table")] if logged else batch.points
         for (run, rank), points in groupby(sorted(metrics_points, key=lambda p: (p.run, p.rank, p.step)),
                                            key=lambda p: (p.run, p.rank)):
             groups.setdefault((run, rank), []).extend(points)
@@ -237,34 +281,53 @@ class OtlpSink(Sink):
                                          self._sender)
                 chunk += 1
                 self._send(request.SerializeToString())
+        # texts and samples as OTLP log records; one table never spans two requests
+        for (run, rank), points in groupby(sorted(logged, key=lambda p: (p.run, p.rank, p.step)),
+                                           key=lambda p: (p.run, p.rank)):
+            resource = {**self._resource, RUN_ID: run}
+            if rank >= 0:
+                resource[RANK] = rank
+            part: list[Point] = []
+            rows = 0
+            for p in [*points, None]:
+                size = len(p.value.rows) if p is not None and p.kind == "table" else 1
+                if part and (p is None or rows + size > MAX_POINTS_PER_REQUEST):
+                    request = encode_logs_request(part, resource, f"{digest}-L{chunk}", self._sender)
+                    chunk += 1
+                    self._send(request.SerializeToString(), "logs")
+                    part, rows = [], 0
+                if p is not None:
+                    part.append(p)
+                    rows += size
 
-    def _send(self, body: bytes) -> None:
+    def _send(self, body: bytes, signal: str = "metrics") -> None:
         if self.config.protocol == "grpc":
-            self._send_grpc(body)
+            self._send_grpc(body, signal)
         else:
-            self._send_http(body)
+            self._send_http(body, signal)
 
-    def _send_http(self, body: bytes) -> None:
+    def _send_http(self, body: bytes, signal: str = "metrics") -> None:
         headers = {"Content-Type": "application/x-protobuf", **self._headers}
         if self._gzip:
             body = gzip.compress(body)
             headers["Content-Encoding"] = "gzip"
-        request = urllib.request.Request(self._url, data=body, headers=headers, method="POST")
+        url = self._url if signal == "metrics" else self._logs_url
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         context = None
-        if self._url.startswith("https"):
+        if url.startswith("https"):
             context = ssl.create_default_context(cafile=_env("CERTIFICATE"))
         try:
             with urllib.request.urlopen(request, timeout=self.config.timeout_s, context=context) as response:
-                self._check_partial(response.read())
+                self._check_partial(response.read(), signal)
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300]
             if exc.code in _TRANSIENT_HTTP:
                 retry = exc.headers.get("Retry-After")
-                raise TransientError(f"HTTP {exc.code} from {self._url}: {detail!r}",
+                raise TransientError(f"HTTP {exc.code} from {url}: {detail!r}",
                                      float(retry) if retry and retry.isdigit() else None) from None
-            raise PermanentError(f"HTTP {exc.code} from {self._url}: {detail!r}") from None
+            raise PermanentError(f"HTTP {exc.code} from {url}: {detail!r}") from None
 
-    def _send_grpc(self, body: bytes) -> None:
+    def _send_grpc(self, body: bytes, signal: str = "metrics") -> None:
         grpc = require("grpc", "otlp")
         if self._channel is None:
             target = self._url.split("://", 1)[-1]
@@ -274,32 +337,38 @@ class OtlpSink(Sink):
                 self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(roots))
             else:
                 self._channel = grpc.insecure_channel(target)
-            self._export = self._channel.unary_unary(
-                "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
-                request_serializer=None, response_deserializer=None)
+            self._exports = {
+                name: self._channel.unary_unary(f"/opentelemetry.proto.collector.{name}.v1.{service}/Export",
+                                                request_serializer=None, response_deserializer=None)
+                for name, service in (("metrics", "MetricsService"), ("logs", "LogsService"))}
         metadata = list(self._headers.items())
         try:
-            response = self._export(body, timeout=self.config.timeout_s, metadata=metadata,
-                                    compression=grpc.Compression.Gzip if self._gzip else None)
+            response = self._exports[signal](body, timeout=self.config.timeout_s, metadata=metadata,
+                                             compression=grpc.Compression.Gzip if self._gzip else None)
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() else "UNKNOWN"
             message = f"gRPC {code} from {self._url}: {exc.details()}"
             if code in _TRANSIENT_GRPC:
                 raise TransientError(message) from None
             raise PermanentError(message) from None
-        self._check_partial(response)
+        self._check_partial(response, signal)
 
-    def _check_partial(self, payload: bytes) -> None:
+    def _check_partial(self, payload: bytes, signal: str = "metrics") -> None:
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
         from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 
-        response = mpb.ExportMetricsServiceResponse()
+        response = mpb.ExportMetricsServiceResponse() if signal == "metrics" else lpb.ExportLogsServiceResponse()
         try:
             response.ParseFromString(payload)
         except Exception:  # an answer we cannot read is still an acknowledgement
             return
-        rejected = response.partial_success.rejected_data_points
-        if rejected:
+        if signal == "metrics":
+            rejected = response.partial_success.rejected_data_points
             self.rejected_points += rejected
+        else:
+            rejected = response.partial_success.rejected_log_records
+            self.rejected_log_records += rejected
+        if rejected:
             self.warn_once(f"partial:{response.partial_success.error_message[:80]}",
                            "otlp: the receiver rejected %d points: %s", rejected,
                            response.partial_success.error_message)

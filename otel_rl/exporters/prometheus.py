@@ -133,8 +133,8 @@ class PrometheusExporter(RecordExporter):
                 self._update(p)
 
     def _update(self, p: Point) -> None:
-        if p.kind == "text":
-            return  # texts are not series
+        if p.kind in ("text", "table"):
+            return  # texts and samples are not series
         raw = (p.name, p.kind, p.run, p.attributes)
         key = self._keys.get(raw)
         if key is None:

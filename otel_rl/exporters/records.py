@@ -92,20 +92,45 @@ def scalar_items(value: "float | HistogramValue") -> list[tuple[str, float]]:
 
 
 @dataclass(frozen=True, slots=True)
+class Table:
+    """Rows of samples logged together at one step (``otel_rl.log_samples``): ``columns`` in
+    first-seen order, each row a tuple of cells (str, int, float, bool or None) aligned with them."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+    def markdown(self) -> str:
+        """A markdown table (TensorBoard's text plugin renders it): ``|`` escaped, newlines as
+        ``<br>``."""
+        def cell(value: Any) -> str:
+            text = "" if value is None else str(value)
+            return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+        lines = ["| " + " | ".join(cell(c) for c in self.columns) + " |",
+                 "|" + "---|" * len(self.columns)]
+        lines.extend("| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
 class Point:
     """One value of one series at one training step.
 
     ``name`` is the OTel metric name; ``attributes`` are the point attributes
     other than the step, sorted, as ``(key, str(value))`` pairs. ``kind`` is
     ``"gauge"``, ``"counter"`` (monotonic sum: a running total), ``"sum"`` (non-monotonic
-    sum: a running total that may go down), ``"histogram"``, or ``"text"`` (``value`` is a
-    string: ``SummaryWriter.add_text``); ``time`` is Unix seconds.
+    sum: a running total that may go down), ``"histogram"``, ``"text"`` (``value`` is a
+    string: ``SummaryWriter.add_text``) or ``"table"`` (``value`` is a :class:`Table`: samples
+    logged together); ``time`` is Unix seconds.
     """
 
     run: str
     name: str
     step: int
-    value: Union[float, HistogramValue]
+    value: Union[float, HistogramValue, str, Table]
     time: float
     kind: str = "gauge"
     attributes: tuple[tuple[str, str], ...] = ()

@@ -109,6 +109,11 @@ class SwanlabExporter(RecordExporter):
                 if p.kind == "text":
                     texts[self._names.key(p.name, p.attributes)] = self._swanlab.Text(p.value)
                     continue
+                if p.kind == "table":  # samples: one Text per row, "column: value" lines
+                    texts[self._names.key(p.name, p.attributes)] = [
+                        self._swanlab.Text("\n".join(f"{c}: {v}" for c, v in zip(p.value.columns, row)))
+                        for row in p.value.rows]
+                    continue
                 for suffix, value in scalar_items(p.value):
                     values.setdefault(self._names.key(p.name, p.attributes, suffix), []).append(value)
             row = {}

@@ -303,6 +303,8 @@ class TensorBoardExporter(RecordExporter):
                 group[2].append(self._histogram_value(tag, p.value))
             elif p.kind == "text":
                 group[2].append(self._text_value(tag, p.value))
+            elif p.kind == "table":  # samples: a markdown table in the text plugin
+                group[2].append(self._text_value(tag, p.value.markdown()))
             else:
                 group[2].append(self._summary_pb2.Summary.Value(tag=tag, simple_value=p.value))
         for target, group in groups.items():

@@ -170,6 +170,55 @@ def translate_proto(request) -> Translation:
     return _finish(out)
 
 
+def translate_logs(request, max_chars: int = 10_000) -> Translation:
+    """Translate an OTLP ``ExportLogsServiceRequest``: a record with an ``event_name`` is a text
+    (``otel_rl.kind = text``) or one row of the samples table of that name, at its ``step``
+    attribute; consecutive rows of one table, step and time are one table (otel-rl's OTLP sink
+    numbers them with ``otel_rl.sample.index``). A record without an event name is not a sample:
+    rejected, with the reason in the partial success."""
+    from otel_rl.exporters.otlp import INDEX_ATTRIBUTE, KIND_ATTRIBUTE
+    from otel_rl.samples import row_of, table_from_rows
+
+    out = Translation()
+    points = out.batch.points
+    for rl in request.resource_logs:
+        resource = proto_attributes(rl.resource.attributes)
+        rank, run = rank_of(resource), run_of(resource)
+        for sl in rl.scope_logs:
+            table: list | None = None  # [name, step, time, rows]
+
+            def flush() -> None:
+                if table is not None:
+                    points.append(Point(run, table[0], table[1], table_from_rows(table[3]), table[2], "table",
+                                        (), rank))
+
+            for record in sl.log_records:
+                name = record.event_name
+                if not name:
+                    out.reject(1, "no_event_name", "log records without an event_name are not samples or "
+                               "texts; otel-rl keeps only those (the event name is the table's name)")
+                    continue
+                attrs = proto_attributes(record.attributes)
+                step = _attribute_step(out, name, attrs, NO_STEP, "the run's latest step")
+                t = (record.time_unix_nano or record.observed_time_unix_nano) / 1e9
+                body = any_value(record.body) if record.body.WhichOneof("value") != "kvlist_value" else {
+                    kv.key: any_value(kv.value) for kv in record.body.kvlist_value.values}
+                if attrs.get(KIND_ATTRIBUTE) == "text" and isinstance(body, str):
+                    flush()
+                    table = None
+                    points.append(Point(run, name, step, body, t, "text", (), rank))
+                    continue
+                row = row_of(body, max_chars)
+                if table is not None and (table[0], table[1], table[2]) == (name, step, t) and \
+                        attrs.get(INDEX_ATTRIBUTE) != 0:
+                    table[3].append(row)
+                else:
+                    flush()
+                    table = [name, step, t, [row]]
+            flush()
+    return _finish(out)
+
+
 def _finish(out: Translation) -> Translation:
     out.batch.points.sort(key=lambda p: (p.run, p.step))
     return out
@@ -373,6 +422,16 @@ def _param_value(value: Any) -> bool | int | float | str:
     return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 
+def _flush_log_rows(log_rows: list[list], points: list, run: str, rank: int) -> None:
+    if not log_rows:
+        return
+    from otel_rl.samples import table_from_rows
+
+    for (name, step), rows, t_ns in log_rows:
+        points.append(Point(run, name, step, table_from_rows(rows), t_ns / 1e9, "table", (), rank))
+    log_rows.clear()
+
+
 def translate_records(records: Iterable[tuple], run: str, rank: int = -1) -> Translation:
     """Tape records (see :mod:`otel_rl.recording`) as points: every gauge value its own point
     at its recorded time; counter increments of one series and step added up; histogram
@@ -383,6 +442,7 @@ def translate_records(records: Iterable[tuple], run: str, rank: int = -1) -> Tra
     points = out.batch.points
     sums: dict[tuple, list] = {}
     samples: dict[tuple, list] = {}
+    log_rows: list[list] = []  # consecutive Logs-API rows of one table and step: one Table
     for record in records:
         kind = record[0]
         if kind == "m":  # a Logger call: (m, prefix, metrics, step, time_ns)
@@ -401,6 +461,22 @@ def translate_records(records: Iterable[tuple], run: str, rank: int = -1) -> Tra
                                               record[4] / 1e9))
             continue
         _, name, value, step, t_ns, attrs = record[:6]
+        if kind == "r":  # samples (otel_rl.log_samples): (r, name, Table, step, time_ns, None)
+            points.append(Point(run, name or EMPTY_NAME, NO_STEP if step is None else step, value, t_ns / 1e9,
+                                "table", (), rank))
+            continue
+        if kind == "l":  # one Logs-API row: (l, event name, row, step, time_ns, attributes)
+            if attrs:
+                step = _attribute_step(out, name, attrs, step, "the step current when recorded")
+            key = (name or EMPTY_NAME, NO_STEP if step is None else step)
+            if log_rows and log_rows[-1][0] == key:
+                log_rows[-1][1].append(value)
+                log_rows[-1][2] = t_ns
+            else:
+                _flush_log_rows(log_rows, points, run, rank)
+                log_rows.append([key, [value], t_ns])
+            continue
+        _flush_log_rows(log_rows, points, run, rank)
         if kind == "t":  # text (SummaryWriter.add_text): (t, tag, text, step, time_ns, None)
             points.append(Point(run, name, NO_STEP if step is None else step, str(value), t_ns / 1e9, "text",
                                 (), rank))
@@ -447,6 +523,7 @@ def translate_records(records: Iterable[tuple], run: str, rank: int = -1) -> Tra
             else:
                 entry[0] = t_ns
                 entry[1] += number
+    _flush_log_rows(log_rows, points, run, rank)
     for (name, rest, step, point_kind, mode), (t_ns, total) in sums.items():
         points.append(Point(run, name, step, total, t_ns / 1e9, point_kind, rest, rank, mode))
     for (name, rest, step), (t_ns, values, bounds) in samples.items():

@@ -244,6 +244,8 @@ class WandbExporter(RecordExporter):
         return rows
 
     def _value(self, p: Point):
+        if p.kind == "table":  # samples: a W&B Table at the step
+            return self._wandb.Table(columns=list(p.value.columns), data=[list(r) for r in p.value.rows])
         if p.kind == "text":
             import html
 

@@ -1,0 +1,281 @@
+"""Samples and tables (``otel_rl.log_samples``, the OTel Logs API) and system metrics, read back
+from each backend's own storage: TensorBoard's text plugin (its reader and a real `tensorboard`
+server), a W&B Table in the offline run, a real MLflow server's table (`mlflow.load_table`),
+SwanLab Text via its reader; embedded and through the collector (OTLP logs, protobuf and JSON)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from backends import (TensorBoardServer, _swanlab_experiments, _wandb_records, backend_config, read_scalars)
+
+ROWS = [{"prompt": "2+2=?", "response": "4", "reward": 1.0},
+        {"prompt": "a|b", "response": "line 1\nline 2", "reward": -0.5}]
+
+
+def _read_tb_tables(run_dir: Path, tag: str) -> dict[int, str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    out = {}
+    for event in acc.Tensors(f"{tag}/text_summary"):
+        assert event.step not in out, f"step {event.step} twice"
+        out[event.step] = event.tensor_proto.string_val[0].decode()
+    return out
+
+
+def _read_wandb_tables(wandb_dir: Path, run: str, key: str) -> dict[int, list[dict]]:
+    out = {}
+    for run_dir in sorted(glob.glob(str(wandb_dir / "wandb" / "offline-run-*"))):
+        records = _wandb_records(run_dir)
+        header = next((r for r in records if r["type"] == "run"), None)
+        if header is None or header["run"].get("display_name") != run:
+            continue
+        assert not [r for r in records if r["type"] == "stats"], "W&B's own system metrics are on"
+        for r in records:
+            # `leet inspect` flattens the table's reference: "<key>._type", "<key>.path"
+            if r["type"] != "history" or f"{key}._type" not in r["history"]["item"]:
+                continue
+            item = r["history"]["item"]
+            assert item[f"{key}._type"] == "table-file", item
+            doc = json.loads(Path(run_dir, "files", item[f"{key}.path"]).read_text())
+            step = item["otel_rl/step"]
+            assert step not in out
+            out[step] = [dict(zip(doc["columns"], row)) for row in doc["data"]]
+    return out
+
+
+def _read_swanlab_texts(logdir: Path, run: str, key: str) -> dict[int, list[str]]:
+    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+    from swanlab.sdk.internal.core_python.store import DataStoreReader
+
+    for run_dir, name, _ in _swanlab_experiments(logdir):
+        if name != run:
+            continue
+        reader = DataStoreReader()
+        reader.open(glob.glob(os.path.join(run_dir, "*.swanlab"))[0])
+        out: dict[int, list[str]] = {}
+        try:
+            while (raw := reader.scan()) is not None:
+                rec = Record()
+                rec.ParseFromString(raw)
+                if rec.HasField("media") and rec.media.key == key:
+                    assert rec.media.step not in out
+                    out[rec.media.step] = [Path(run_dir, "media", "text", item.filename).read_text()
+                                           for item in rec.media.value.items]
+        finally:
+            reader.close()
+        return out
+    raise FileNotFoundError(run)
+
+
+def _read_mlflow_table(url: str, experiment: str, run: str, path: str) -> list[dict]:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    exp = client.get_experiment_by_name(experiment)
+    (found,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`otel_rl.run_id` = '{run}'")
+    mlflow.set_tracking_uri(url)
+    mlflow.set_experiment(experiment)
+    frame = mlflow.load_table(path, run_ids=[found.info.run_id])
+    return frame.to_dict("records")
+
+
+def _expect_rows(rows: list[dict]) -> list[tuple]:
+    return [(r["prompt"], r["response"], float(r["reward"])) for r in rows]
+
+
+def test_samples_and_system_metrics_reach_every_backend(tmp_path, mlflow_server, capfd):
+    import otel_rl
+    from opentelemetry import _logs
+
+    config = {"run_name": "grpo", "export_interval_s": 0.2,
+              "samples": {"print_rows": 1}, "system_metrics": {"interval_s": 0.1},
+              **{name: backend_config(name, tmp_path, mlflow_server.url)
+                 for name in ("tensorboard", "wandb", "swanlab", "mlflow")}}
+    pipeline = otel_rl.init(config)
+    try:
+        assert pipeline.system is not None, "system metrics are on by default"
+        loss = __import__("opentelemetry.metrics", fromlist=["x"]).get_meter("t").create_gauge("loss")
+        for step in range(3):
+            otel_rl.set_step(step)
+            loss.set(0.1 * step)
+            if step < 2:
+                otel_rl.log_samples([{**r, "reward": r["reward"] + step} for r in ROWS], name="val/samples")
+            else:  # the OTel Logs API: one record per row, the event name is the table
+                logger = _logs.get_logger("grpo")
+                for r in ROWS:
+                    logger.emit(event_name="val/samples", body={**r, "reward": r["reward"] + step})
+            __import__("time").sleep(0.3)
+    finally:
+        assert otel_rl.shutdown()
+    expected = {s: [(r["prompt"], r["response"], r["reward"] + s) for r in ROWS] for s in range(3)}
+
+    # console: the first sample of every table (NeMo-RL's num_val_samples_to_print)
+    printed = capfd.readouterr().out
+    assert printed.count("===== val/samples · run grpo") == 3 and "... 1 more" in printed
+
+    # TensorBoard: a markdown table per step (reader), rendered as an HTML table by a real server
+    tables = _read_tb_tables(tmp_path / "tb" / "grpo", "val/samples")
+    assert sorted(tables) == [0, 1, 2]
+    assert tables[0].splitlines()[:2] == ["| prompt | response | reward |", "|---|---|---|"]
+    assert "| a\\|b | line 1<br>line 2 | -0.5 |" in tables[0]
+    server = TensorBoardServer(tmp_path / "tb").start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while True:
+            tags = server.get("/data/plugin/text/tags")
+            if "val/samples/text_summary" in tags.get("grpo", []):
+                break
+            assert time.monotonic() < deadline, tags
+            time.sleep(1)
+        shown = server.get("/data/plugin/text/text", run="grpo", tag="val/samples/text_summary")
+        assert sorted(e["step"] for e in shown) == [0, 1, 2]
+        assert all("<table>" in e["text"] and "line 1<br>line 2" in e["text"] for e in shown)
+    finally:
+        server.stop()
+
+    # W&B: a Table per step in the offline run
+    wb = _read_wandb_tables(tmp_path / "wb", "grpo", "val/samples")
+    assert {s: _expect_rows(rows) for s, rows in wb.items()} == expected
+
+    # MLflow: one growing table, a step column, readable with mlflow.load_table
+    rows = _read_mlflow_table(mlflow_server.url, f"exp-{tmp_path.name}", "grpo", "tables/val/samples.json")
+    got: dict[int, list] = {}
+    for r in rows:
+        got.setdefault(int(r["step"]), []).append((r["prompt"], r["response"], float(r["reward"])))
+    assert got == expected
+
+    # SwanLab: one Text per row
+    texts = _read_swanlab_texts(tmp_path / "sl", "grpo", "val/samples")
+    assert sorted(texts) == [0, 1, 2]
+    assert texts[1] == ["prompt: 2+2=?\nresponse: 4\nreward: 2.0", "prompt: a|b\nresponse: line 1\nline 2\nreward: 0.5"]
+
+    # system metrics at the training steps, in every backend
+    for name in ("tensorboard", "wandb", "swanlab", "mlflow"):
+        scalars = read_scalars(name, tmp_path, "grpo", mlflow_server.url)
+        for key in ("process.memory.usage", "system.memory.usage/state:used"):
+            assert key in scalars, (name, key, sorted(scalars))
+            # several reads at one step are all kept where the backend can (MLflow: "duplicates")
+            steps = {s for s in scalars[key] if s != "duplicates"}
+            assert steps and steps <= {0, 1, 2}, (name, key, scalars[key])
+        assert scalars["process.memory.usage"][max(steps)] > 10e6, name
+
+
+def test_samples_through_the_collector_protobuf_and_json(tmp_path, mlflow_server):
+    sys.path.insert(0, str(Path(__file__).with_name("collector")))
+    import otel_rl
+    from otel_rl_collector import create
+
+    collector = create({
+        "receivers": {"http": {"port": 0}, "grpc": {"port": 0}},
+        "spool": {"dir": str(tmp_path / "spool")},
+        **{name: backend_config(name, tmp_path, mlflow_server.url)
+           for name in ("tensorboard", "wandb", "swanlab", "mlflow")},
+    }).start()
+    try:
+        for protocol, port in (("http/protobuf", collector.http_port), ("grpc", collector.grpc_port)):
+            run = f"remote-{protocol[:4]}"
+            pipeline = otel_rl.Pipeline({"run_name": run, "tensorboard": {"enabled": False},
+                                         "system_metrics": {"enabled": False},
+                                         "otlp": {"enabled": True, "protocol": protocol,
+                                                  "endpoint": f"http://127.0.0.1:{port}"}})
+            for step in range(2):
+                pipeline.set_step(step)
+                pipeline.log_samples({"prompt": [r["prompt"] for r in ROWS],
+                                      "response": [r["response"] for r in ROWS],
+                                      "reward": [r["reward"] + step for r in ROWS]}, name="val/samples")
+            assert pipeline.shutdown()
+        # a client that is not otel-rl: OTLP/JSON, two rows and a record without an event name
+        row = lambda p, r: {"eventName": "gen", "timeUnixNano": "1700000000000000000",  # noqa: E731
+                            "attributes": [{"key": "step", "value": {"intValue": "7"}}],
+                            "body": {"kvlistValue": {"values": [
+                                {"key": "prompt", "value": {"stringValue": p}},
+                                {"key": "reward", "value": {"doubleValue": r}}]}}}
+        body = {"resourceLogs": [{"resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "js-client"}}]},
+            "scopeLogs": [{"logRecords": [row("q1", 1.0), row("q2", 0.0), {"body": {"stringValue": "plain log"}}]}]}]}
+        request = urllib.request.Request(f"http://127.0.0.1:{collector.http_port}/v1/logs",
+                                         data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+        assert answer["partialSuccess"]["rejectedLogRecords"] == "1"
+        assert "event_name" in answer["partialSuccess"]["errorMessage"]
+    finally:
+        assert collector.shutdown()
+    metrics = collector.self_metrics()
+    assert metrics["received_log_records"] == 2 * 2 * 2 + 2 and metrics["rejected_log_records"] == 1
+
+    expected = {s: [(r["prompt"], r["response"], r["reward"] + s) for r in ROWS] for s in range(2)}
+    for run in ("remote-http", "remote-grpc"):
+        tables = _read_tb_tables(tmp_path / "tb" / run, "val/samples")
+        assert sorted(tables) == [0, 1] and "| a\\|b | line 1<br>line 2 | 0.5 |" in tables[1]
+        assert {s: _expect_rows(rows) for s, rows in _read_wandb_tables(tmp_path / "wb", run, "val/samples").items()} \
+            == expected
+        got: dict[int, list] = {}
+        for r in _read_mlflow_table(mlflow_server.url, f"exp-{tmp_path.name}", run, "tables/val/samples.json"):
+            got.setdefault(int(r["step"]), []).append((r["prompt"], r["response"], float(r["reward"])))
+        assert got == expected
+        assert sorted(_read_swanlab_texts(tmp_path / "sl", run, "val/samples")) == [0, 1]
+    assert _read_tb_tables(tmp_path / "tb" / "js-client", "gen") == {
+        7: "| prompt | reward |\n|---|---|\n| q1 | 1.0 |\n| q2 | 0.0 |"}
+
+
+def test_limits_and_input_shapes(tmp_path, caplog):
+    import numpy as np
+
+    import otel_rl
+
+    pipeline = otel_rl.Pipeline({"run_name": "lim", "tensorboard": {"log_dir": str(tmp_path / "tb")},
+                                 "system_metrics": {"enabled": False},
+                                 "samples": {"max_rows": 2, "max_chars": 5}})
+    try:
+        pipeline.set_step(1)
+        pipeline.log_samples([{"text": "abcdefgh", "score": np.float32(0.5)}, {"text": "ok", "extra": [1, 2]},
+                              {"text": "dropped"}], name="s")
+        with pytest.raises(ValueError, match="different lengths"):
+            pipeline.log_samples({"a": [1, 2], "b": [1]})
+        with pytest.raises(TypeError, match="each row must be a dict"):
+            pipeline.log_samples(["not a dict"])
+        with pytest.raises(TypeError, match="list of dicts or a dict of columns"):
+            pipeline.log_samples("text")
+        with pytest.raises(ValueError):
+            pipeline.log_samples([{"a": 1}], step=-1)
+    finally:
+        assert pipeline.shutdown()
+    assert pipeline.stats()["dropped_sample_rows"] == 1
+    assert "samples.max_rows=2" in caplog.text
+    assert _read_tb_tables(tmp_path / "tb" / "lim", "s") == {
+        1: "| text | score | extra |\n|---|---|---|\n| abcde… [3 more characters] | 0.5 |  |\n| ok |  | [1, 2… [1 more characters] |"}
+
+
+def test_mlflow_table_is_not_duplicated_when_a_batch_is_replayed(tmp_path, mlflow_server):
+    """A batch replayed from a spool after a crash (the MLflow write done, its acknowledgement
+    lost) leaves the table as it was: each call's rows once."""
+    from otel_rl.exporters.mlflow import MlflowConfig, MlflowExporter
+    from otel_rl.exporters.records import Batch, Point, Table
+
+    table = Table(("prompt", "reward"), (("p", 1.0), ("q", 2.0)))
+    batch = Batch([Point("replay", "val/samples", 3, table, 1_700_000_000.25, "table")])
+    config = MlflowConfig(enabled=True, tracking_uri=mlflow_server.url, experiment="replay")
+    first = MlflowExporter(config)
+    first.instance = "spool-1"
+    first.write(batch)
+    restarted = MlflowExporter(config)  # the same spool: the same instance, so the same MLflow run
+    restarted.instance = "spool-1"
+    restarted.write(batch)  # the replay
+    restarted.write(Batch([Point("replay", "val/samples", 3, table, 1_700_000_000.5, "table")]))  # a new call
+    rows = _read_mlflow_table(mlflow_server.url, "replay", "replay", "tables/val/samples.json")
+    assert [(r["step"], r["prompt"], r["reward"]) for r in rows] == [(3, "p", 1.0), (3, "q", 2.0)] * 2
