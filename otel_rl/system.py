@@ -28,6 +28,8 @@ import threading
 import time
 from typing import Any, Optional
 
+from otel_rl.config import env_default, positive
+
 _log = logging.getLogger(__name__)
 
 DEFAULT_METRICS: dict[str, Optional[list[str]]] = {
@@ -46,16 +48,15 @@ _owner: Any = None  # the SystemMetrics instance that holds the process-wide ins
 
 @dataclasses.dataclass(frozen=True)
 class SystemMetricsConfig:
-    """``system_metrics`` section: ``enabled`` (default true when the instrumentation is
-    installed), ``interval_s`` between reads, ``metrics`` (the instrumentation's config; None:
+    """``system_metrics`` section: ``enabled`` (env ``OTEL_RL_SYSTEM_METRICS``; default true, and
+    on only when the instrumentation is installed), ``interval_s`` between reads, ``metrics`` (the instrumentation's config; None:
     :data:`DEFAULT_METRICS`)."""
 
-    enabled: bool = True
+    enabled: bool = env_default("OTEL_RL_SYSTEM_METRICS", True, bool)
     interval_s: float = 10.0
     metrics: Optional[dict] = None
 
     def validate(self, path: str) -> None:
-        from otel_rl.config import positive
 
         positive(f"{path}.interval_s", self.interval_s)
 

@@ -116,5 +116,7 @@ def otlp_receiver():
 
 @pytest.fixture(autouse=True)
 def _quiet_backends(monkeypatch):
+    # system metrics add series at unpredictable steps; the tests that check them turn them on
+    monkeypatch.setenv("OTEL_RL_SYSTEM_METRICS", "false")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")

@@ -99,7 +99,7 @@ def test_samples_and_system_metrics_reach_every_backend(tmp_path, mlflow_server,
     from opentelemetry import _logs
 
     config = {"run_name": "grpo", "export_interval_s": 0.2,
-              "samples": {"print_rows": 1}, "system_metrics": {"interval_s": 0.1},
+              "samples": {"print_rows": 1}, "system_metrics": {"enabled": True, "interval_s": 0.1},
               **{name: backend_config(name, tmp_path, mlflow_server.url)
                  for name in ("tensorboard", "wandb", "swanlab", "mlflow")}}
     pipeline = otel_rl.init(config)
