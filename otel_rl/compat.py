@@ -90,6 +90,8 @@ def _nemo_rl(cfg: dict) -> dict:
                    **({"tracking_uri": mlflow["tracking_uri"]} if mlflow.get("tracking_uri") else {})},
         "gpu": {"enabled": bool(cfg.get("monitor_gpus", False))},
     }
+    if cfg.get("num_val_samples_to_print"):  # Logger.log_samples prints that many rows of each table
+        out["samples"] = {"print_rows": int(cfg["num_val_samples_to_print"])}
     interval = (cfg.get("gpu_monitoring") or {}).get("collection_interval")
     if interval:
         out["gpu"]["interval_s"] = float(interval)

@@ -67,6 +67,23 @@ def exactly_once(events: list[tuple[int, float]]) -> dict[int, float]:
     return dict(events)
 
 
+def read_tensorboard_tables(run_dir: Path, tag: str) -> dict[int, list[str]]:
+    """Every text-plugin value of ``tag`` (a samples table: markdown) per step, with its reader,
+    the run's ``late-<n>`` sub-runs included (a rank's table arriving after another rank's later
+    step is written there, so that TensorBoard's default loader shows it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[int, list[str]] = {}
+    for directory in [Path(run_dir), *sorted(Path(run_dir).glob("late-*"))]:
+        acc = EventAccumulator(str(directory), size_guidance={"tensors": 0})
+        acc.Reload()
+        if f"{tag}/text_summary" not in acc.Tags()["tensors"]:
+            continue
+        for event in acc.Tensors(f"{tag}/text_summary"):
+            out.setdefault(event.step, []).append(event.tensor_proto.string_val[0].decode())
+    return out
+
+
 def read_hparams(run_dir: Path) -> dict:
     """The HParams plugin's session-start hparams, decoded with the plugin's own protos."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -279,3 +279,25 @@ def test_mlflow_table_is_not_duplicated_when_a_batch_is_replayed(tmp_path, mlflo
     restarted.write(Batch([Point("replay", "val/samples", 3, table, 1_700_000_000.5, "table")]))  # a new call
     rows = _read_mlflow_table(mlflow_server.url, "replay", "replay", "tables/val/samples.json")
     assert [(r["step"], r["prompt"], r["reward"]) for r in rows] == [(3, "p", 1.0), (3, "q", 2.0)] * 2
+
+
+def test_nemo_rl_num_val_samples_to_print(tmp_path, capfd, monkeypatch):
+    """NeMo-RL's config as it is: ``num_val_samples_to_print`` rows of each table are printed."""
+    import yaml
+
+    import otel_rl
+    from conftest import ROOT
+
+    cfg = yaml.safe_load((ROOT / "tests" / "configs" / "nemo_rl_grpo_math_1B.yaml").read_text())
+    cfg["logger"].update(num_val_samples_to_print=2, tensorboard_enabled=True, monitor_gpus=False,
+                         log_dir=str(tmp_path / "logs"))
+    logger = otel_rl.Logger(cfg)
+    rows = {"prompt": [f"p{i}" for i in range(5)], "response": [f"r{i}" for i in range(5)],
+            "reward": [float(i) for i in range(5)]}
+    logger.log_samples(rows, step=10, name="validation/samples")
+    logger.finish()
+    out = capfd.readouterr().out
+    assert "===== validation/samples · run grpo-dev-logger · step 10 · 5 rows =====" in out
+    assert "prompt: p1" in out and "prompt: p2" not in out and "... 3 more" in out
+    tables = _read_tb_tables(tmp_path / "logs" / "tensorboard" / "grpo-dev-logger", "validation/samples")
+    assert tables[10].count("\n") == 1 + 5

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from backends import PrometheusServer, free_port, read_mlflow, stop_process
-from conftest import ROOT, exactly_once, read_tensorboard_events
+from conftest import ROOT, exactly_once, read_tensorboard_events, read_tensorboard_tables
 
 sys.path.insert(0, str(ROOT / "helm"))
 sys.path.insert(0, str(ROOT / "tests" / "collector"))
@@ -55,6 +55,9 @@ for step in range(steps):
     loss.set(offset + step + rank)
     tokens.add(10 * (rank + 1))
     reward.set(0.5 * rank)
+    if step % 10 == 0:
+        otel_rl.log_samples([{"prompt": f"q{step}", "response": f"rank {rank}", "reward": 0.5 * rank}],
+                            name="val/samples")
     time.sleep(0.01)
 assert otel_rl.shutdown(timeout_s=60), "not everything was delivered to the gateway"
 """
@@ -260,6 +263,12 @@ def test_two_runs_two_ranks_through_the_upstream_gateway_to_two_replicas(tmp_pat
         assert exactly_once(events["tokens"]) == {s: 30.0 * (s + 1) for s in range(STEPS)}
         rollout = exactly_once(events["timing/rollout"])
         assert sorted(rollout) == list(range(STEPS)) and min(rollout.values()) >= 0.004  # max over ranks
+        # samples (OTLP logs, routed by run id like the metrics): every rank's table, in that replica
+        tables = read_tensorboard_tables(holders[0]["root"] / "runs" / run, "val/samples")
+        assert sorted(tables) == [0, 10, 20]
+        for step, texts in tables.items():
+            assert sorted(texts) == sorted(f"| prompt | response | reward |\n|---|---|---|\n| q{step} | rank {r} | "
+                                           f"{0.5 * r} |" for r in range(WORLD)), texts
         mlflow = read_mlflow(mlflow_server.url, "e2e", run)["scalars"]
         assert mlflow["loss"] == {s: 100.0 * k + s + 0.5 for s in range(STEPS)}
         assert mlflow["tokens"] == {s: 30.0 * (s + 1) for s in range(STEPS)}
