@@ -4,7 +4,7 @@
 
 Burns the GPU a little if torch with CUDA is installed (so utilization moves), samples
 through the real pipeline into TensorBoard under a temp dir, reads it back with
-TensorBoard's reader, and prints one line per instrument and GPU. Exit code 1 when no GPU
+TensorBoard's reader, and prints one line per instrument and GPU (system metrics on too). Exit code 1 when no GPU
 was found, 2 when the gauges did not reach TensorBoard.
 """
 
@@ -44,7 +44,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     pipeline = otel_rl.init({"run_name": "gpu-check", "export_interval_s": 0.5,
                              "tensorboard": {"log_dir": str(tmp)},
-                             "gpu": {"enabled": True, "interval_s": 0.5}})
+                             "gpu": {"enabled": True, "interval_s": 0.5},
+                             "system_metrics": {"enabled": True, "interval_s": 1.0}})
     if pipeline.gpu is None:
         otel_rl.shutdown()
         print("no GPU gauges: see the log line above")
@@ -69,12 +70,12 @@ def main() -> int:
     acc.Reload()
     result = {}
     for tag in sorted(acc.Tags()["scalars"]):
-        if tag.startswith("hw.gpu"):
+        if tag.startswith(("hw.gpu", "system.", "process.")):
             values = [e.value for e in acc.Scalars(tag)]
             result[tag] = {"points": len(values), "min": min(values), "max": max(values)}
             print(f"{tag}: {len(values)} points, min {min(values):.4g}, max {max(values):.4g}")
     print(json.dumps({"load": load.get("mode"), "steps": step, "instruments": len(result)}))
-    return 0 if result else 2
+    return 0 if any(tag.startswith("hw.gpu") for tag in result) else 2
 
 
 if __name__ == "__main__":
