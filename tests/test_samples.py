@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from backends import (TensorBoardServer, _swanlab_experiments, _wandb_records, backend_config, read_scalars)
+from backends import (PrometheusServer, TensorBoardServer, _swanlab_experiments, _wandb_records, backend_config,
+                      read_scalars)
 
 ROWS = [{"prompt": "2+2=?", "response": "4", "reward": 1.0},
         {"prompt": "a|b", "response": "line 1\nline 2", "reward": -0.5}]
@@ -100,6 +101,7 @@ def test_samples_and_system_metrics_reach_every_backend(tmp_path, mlflow_server,
 
     config = {"run_name": "grpo", "export_interval_s": 0.2,
               "samples": {"print_rows": 1}, "system_metrics": {"enabled": True, "interval_s": 0.1},
+              "prometheus": {"enabled": True, "port": 0},
               **{name: backend_config(name, tmp_path, mlflow_server.url)
                  for name in ("tensorboard", "wandb", "swanlab", "mlflow")}}
     pipeline = otel_rl.init(config)
@@ -116,6 +118,15 @@ def test_samples_and_system_metrics_reach_every_backend(tmp_path, mlflow_server,
                 for r in ROWS:
                     logger.emit(event_name="val/samples", body={**r, "reward": r["reward"] + step})
             __import__("time").sleep(0.3)
+        # Prometheus (a real server scraping the run's endpoint): system metrics, no samples
+        (prom_sink,) = [sink for sink in pipeline.sinks if sink.name == "prometheus"]
+        prometheus = PrometheusServer(tmp_path, [f"127.0.0.1:{prom_sink.port}"]).start()
+        try:
+            memory = prometheus.wait_for('process_memory_usage{run="grpo"}', lambda r: len(r) == 1)
+            assert float(memory[0]["value"][1]) > 10e6 and "step" not in memory[0]["metric"]
+            assert not prometheus.query('{__name__=~"val.*"}')
+        finally:
+            prometheus.stop()
     finally:
         assert otel_rl.shutdown()
     expected = {s: [(r["prompt"], r["response"], r["reward"] + s) for r in ROWS] for s in range(3)}
