@@ -51,17 +51,29 @@ class ReceiversConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """Bearer token: ``token_file`` or env ``OTEL_RL_COLLECTOR_TOKEN``; none means no auth."""
+    """Bearer token: ``token_file`` or env ``OTEL_RL_COLLECTOR_TOKEN``; none means no auth. A
+    token file that is empty or unreadable is a start-up error (never auth silently off).
+    ``metrics: true`` asks for the token on ``GET /metrics`` too."""
 
     token_file: Optional[str] = env_default("OTEL_RL_COLLECTOR_TOKEN_FILE", None)
+    metrics: bool = False
 
     def token(self) -> str | None:
         if self.token_file:
-            return Path(self.token_file).read_text().strip() or None
+            token = Path(self.token_file).read_text().strip()
+            if not token:
+                raise ConfigError(f"auth.token_file: {self.token_file!r} is empty; auth would be off. Put the "
+                                  "token in it, or remove auth.token_file to run without auth")
+            return token
         return os.environ.get("OTEL_RL_COLLECTOR_TOKEN") or None
 
     def validate(self, path: str) -> None:
         readable_file(f"{path}.token_file", self.token_file)
+        if self.token_file:
+            try:
+                self.token()
+            except OSError as exc:
+                raise ConfigError(f"{path}.token_file: {self.token_file!r} cannot be read: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True)
@@ -89,9 +101,18 @@ class LimitsConfig:
     max_queue_points: int = 1_000_000
     #: Answer 503 / UNAVAILABLE (retry later) once a sink queue is this full.
     overload_fraction: float = 0.9
+    #: OTLP/HTTP: concurrent connections (past it: 503), seconds an idle keep-alive connection
+    #: stays open, seconds a request body may stall, threads doing the work, requests waiting
+    #: for them (past it: 503 with Retry-After).
+    max_connections: int = 256
+    idle_timeout_s: float = 30.0
+    read_timeout_s: float = 30.0
+    workers: int = 4
+    max_pending_requests: int = 64
 
     def validate(self, path: str) -> None:
-        for name in ("max_request_bytes", "max_decompressed_bytes", "max_queue_points"):
+        for name in ("max_request_bytes", "max_decompressed_bytes", "max_queue_points", "max_connections",
+                     "idle_timeout_s", "read_timeout_s", "workers", "max_pending_requests"):
             positive(f"{path}.{name}", getattr(self, name))
         if not 0 < self.overload_fraction <= 1:
             raise ConfigError(f"{path}.overload_fraction: must be in (0, 1], got {self.overload_fraction}")

@@ -1,5 +1,5 @@
-"""OTLP receivers: HTTP (``/v1/metrics``, ``/v1/traces``, ``/v1/logs``; protobuf or JSON; gzip)
-and gRPC (``MetricsService/Export``, ``TraceService/Export``, ``LogsService/Export``). They move bytes and map
+"""The OTLP/gRPC receiver (``MetricsService/Export``, ``TraceService/Export``,
+``LogsService/Export``); OTLP/HTTP is :mod:`otel_rl_collector.http_receiver`. They move bytes and map
 :class:`~otel_rl_collector.service.RequestError` to the OTLP status rules:
 
 | refusal | HTTP | gRPC |
@@ -8,7 +8,8 @@ and gRPC (``MetricsService/Export``, ``TraceService/Export``, ``LogsService/Expo
 | wrong or missing token | 401 | UNAUTHENTICATED |
 | body over the size limit | 413 | RESOURCE_EXHAUSTED |
 | wrong content type / encoding | 415 | INVALID_ARGUMENT |
-| overloaded (a sink queue is full) | 503 + ``Retry-After`` | UNAVAILABLE (retryable) |
+| a body that stalls | 408 | (grpcio's deadlines) |
+| overloaded (a sink queue is full, too many connections or waiting requests) | 503 + ``Retry-After`` | UNAVAILABLE (retryable) |
 
 HTTP error bodies are ``google.rpc.Status`` in the request's encoding. ``GET /health`` (503
 while a sink's worker reports an error) and ``GET /metrics`` (self-metrics, see
@@ -17,15 +18,10 @@ while a sink's worker reports an error) and ``GET /metrics`` (self-metrics, see
 
 from __future__ import annotations
 
-import json
 import logging
-import ssl
-import threading
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
-from google.rpc import status_pb2
 
 from otel_rl_collector import wire
 from otel_rl_collector.config import ReceiverConfig, TlsConfig
@@ -35,107 +31,6 @@ _log = logging.getLogger(__name__)
 _GRPC_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
                500: grpc.StatusCode.INTERNAL, 503: grpc.StatusCode.UNAVAILABLE}
-_HTTP_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 500: 13, 503: 14}  # google.rpc.Code values
-
-
-class HttpReceiver:
-    kind = "http"
-
-    def __init__(self, collector, config: ReceiverConfig, tls: TlsConfig) -> None:
-        from otel_rl_collector.service import RequestError
-
-        self.collector = collector
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):  # noqa: N802
-                if self.path == "/health":
-                    ok, details = owner.collector.health()
-                    self._send(200 if ok else 503, json.dumps(details).encode(), "application/json")
-                elif self.path == "/metrics":
-                    body = owner.collector.selfmetrics.render().encode()
-                    self._send(200, body, "text/plain; version=0.0.4")
-                else:
-                    self._send(404, b"not found", "text/plain")
-
-            def do_POST(self):  # noqa: N802
-                content_type = self.headers.get("Content-Type")
-                try:
-                    body = self._read_body()
-                    owner.collector.check_auth(self.headers.get("Authorization"))
-                    payload = owner.collector.decode_body(body, self.headers.get("Content-Encoding"))
-                    if self.path == "/v1/metrics":
-                        response = owner.collector.ingest_metrics(payload, content_type)
-                    elif self.path == "/v1/traces":
-                        response = owner.collector.ingest_traces(payload, content_type)
-                    elif self.path == "/v1/logs":
-                        response = owner.collector.ingest_logs(payload, content_type)
-                    else:
-                        self._send(404, b"OTLP paths: /v1/metrics, /v1/traces, /v1/logs", "text/plain")
-                        return
-                    out, out_type = wire.encode(response, content_type)
-                    self._send(200, out, out_type)
-                except RequestError as exc:
-                    self._refuse(exc, content_type)
-                except Exception:  # a bug must cost one request, never the server
-                    _log.exception("collector: request failed")
-                    self._refuse(RequestError(500, "internal error; the request was not admitted"), content_type)
-
-            def _read_body(self) -> bytes:
-                limit = owner.collector.config.limits.max_request_bytes
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    self.close_connection = True
-                    raise RequestError(411 if length is None else 400, "Content-Length required")
-                if int(length) > limit:
-                    self.close_connection = True  # do not read a huge body
-                    owner.collector.stats.reject("too_large")
-                    raise RequestError(413, f"request body {length} bytes exceeds {limit}")
-                return self.rfile.read(int(length))
-
-            def _refuse(self, exc, content_type) -> None:
-                status = status_pb2.Status(code=_HTTP_CODES.get(exc.status, 3), message=exc.message)
-                try:
-                    body, body_type = wire.encode(status, content_type)
-                except wire.UnsupportedMediaType:
-                    body, body_type = json.dumps({"code": status.code, "message": exc.message}).encode(), wire.JSON
-                headers = {"Retry-After": str(int(exc.retry_after_s))} if exc.retry_after_s else {}
-                self._send(exc.status, body, body_type, headers)
-
-            def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer((config.host, config.port), Handler)
-        self._server.daemon_threads = True
-        if tls.enabled:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self.host, self.port = config.host, self._server.server_address[1]
-        self.scheme = "https" if tls.enabled else "http"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="otel-rl-otlp-http", daemon=True)
-
-    def start(self) -> "HttpReceiver":
-        self._thread.start()
-        return self
-
-    def describe(self) -> str:
-        return f"OTLP/HTTP {self.scheme}://{self.host}:{self.port}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 class GrpcReceiver:

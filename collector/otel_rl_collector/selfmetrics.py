@@ -27,7 +27,8 @@ from otel_rl.exporters.prometheus import PrometheusConfig, PrometheusExporter
 from otel_rl.exporters.translate import translate_sdk
 
 _COLLECTOR_COUNTERS = ("requests", "received_points", "rejected_points", "duplicate_batches", "ingress_errors",
-                       "received_spans", "forwarded_spans", "received_log_records", "rejected_log_records")
+                       "received_spans", "forwarded_spans", "dropped_spans", "received_log_records",
+                       "rejected_log_records")
 _SINK_COUNTERS = ("exported_points", "dropped_points", "quarantined_points", "failed_attempts", "worker_errors")
 
 

@@ -23,6 +23,7 @@ import base64
 import hmac
 import logging
 import pickle
+import queue
 import threading
 import time
 import zlib
@@ -49,6 +50,8 @@ from otel_rl_collector.reduce import Reducer
 from otel_rl_collector.router import Router
 
 _log = logging.getLogger(__name__)
+#: Span requests waiting to be forwarded (past it: 503), and tries per request.
+TRACE_QUEUE, TRACE_ATTEMPTS = 1_000, 4
 #: Checkpoint the router state at least every this many ingress records.
 CHECKPOINT_RECORDS = 2_000
 
@@ -70,6 +73,7 @@ class CollectorStats:
     received_points: int = 0
     rejected_points: int = 0
     received_spans: int = 0
+    dropped_spans: int = 0
     received_log_records: int = 0
     rejected_log_records: int = 0
     forwarded_spans: int = 0
@@ -91,6 +95,7 @@ class Collector:
                                counter_op=config.reduce.counter, timeout_s=config.reduce.timeout_s)
         self.router = Router(self.reducer)
         self.trace_sink = None
+        self._traces: queue.Queue = queue.Queue(maxsize=TRACE_QUEUE)
         sinks = []
         for name, cfg in config.enabled_backends().items():
             if name == "mlflow_traces":
@@ -122,12 +127,16 @@ class Collector:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Collector":
-        from otel_rl_collector.receivers import GrpcReceiver, HttpReceiver
+        from otel_rl_collector.http_receiver import HttpReceiver
+        from otel_rl_collector.receivers import GrpcReceiver
 
         if self.ingress is not None:
             self._recover()
         self.sinkset.start()
         self._thread.start()
+        if self.trace_sink is not None:
+            self._trace_thread = threading.Thread(target=self._trace_loop, name="otel-rl-traces", daemon=True)
+            self._trace_thread.start()
         receivers = self.config.receivers
         if receivers.http.enabled:
             self._receivers.append(HttpReceiver(self, receivers.http, self.config.tls).start())
@@ -162,6 +171,8 @@ class Collector:
                 self._emit(self.router.process(Batch(meta={"tick": time.time(), "all": True})))
         delivered = self.sinkset.shutdown(deadline)
         if self.trace_sink is not None:
+            self._traces.put(None)
+            self._trace_thread.join(max(0.0, min(deadline.left(), 10.0)))
             self.trace_sink.shutdown()
         self.selfmetrics.shutdown()
         if self.ingress is not None:
@@ -262,8 +273,10 @@ class Collector:
     def check_auth(self, authorization: str | None) -> None:
         if self._token is None:
             return
-        expected = f"Bearer {self._token}".encode()
-        if not hmac.compare_digest((authorization or "").encode(), expected):  # constant time
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        # the scheme is case-insensitive (RFC 9110); the token is compared in constant time
+        ok = hmac.compare_digest(token.strip().encode("utf-8", "surrogatepass"), self._token.encode())
+        if not (scheme.lower() == "bearer" and ok):
             self.stats.reject("unauthenticated")
             raise RequestError(401, "missing or wrong bearer token")
 
@@ -277,16 +290,23 @@ class Collector:
         if encoding.lower() != "gzip":
             self.stats.reject("bad_encoding")
             raise RequestError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or none")
-        try:  # bounded: a small gzip bomb must not expand into memory
-            d = zlib.decompressobj(wbits=31)
-            out = d.decompress(body, limits.max_decompressed_bytes + 1)
+        parts, size, rest = [], 0, body
+        try:  # bounded: a small gzip bomb must not expand into memory; every gzip member is read
+            while rest:
+                d = zlib.decompressobj(wbits=31)
+                part = d.decompress(rest, limits.max_decompressed_bytes + 1 - size)
+                size += len(part)
+                parts.append(part)
+                if size > limits.max_decompressed_bytes or d.unconsumed_tail:
+                    self.stats.reject("too_large")
+                    raise RequestError(413, f"decompressed body exceeds {limits.max_decompressed_bytes} bytes")
+                if not d.eof:
+                    raise zlib.error("truncated gzip member")
+                rest = d.unused_data
         except zlib.error as exc:
             self.stats.reject("bad_gzip")
             raise RequestError(400, f"invalid gzip body: {exc}") from exc
-        if len(out) > limits.max_decompressed_bytes or d.unconsumed_tail:
-            self.stats.reject("too_large")
-            raise RequestError(413, f"decompressed body exceeds {limits.max_decompressed_bytes} bytes")
-        return out
+        return b"".join(parts)
 
     def overloaded(self) -> str | None:
         """Why new data is refused right now (None: it is not)."""
@@ -400,11 +420,31 @@ class Collector:
         self.stats.received_spans += spans
         response = tpb.ExportTraceServiceResponse()
         if self.trace_sink is not None and spans:
-            if self.trace_sink.export_request(request):
-                self.stats.forwarded_spans += spans
-            else:
-                raise RequestError(503, "the trace sink is unavailable; retry later", retry_after_s=5.0)
+            # off the request path: a hung trace backend never holds a receiver thread
+            try:
+                self._traces.put_nowait((request, spans))
+            except queue.Full:
+                self.stats.reject("traces_backlog")
+                raise RequestError(503, "the trace backend is behind; retry later", retry_after_s=5.0) from None
         return response
+
+    def _trace_loop(self) -> None:
+        """Forward queued span requests, each retried a few times with backoff; what still fails
+        is dropped and counted (``dropped_spans``). Spans are not spooled."""
+        while True:
+            item = self._traces.get()
+            if item is None:
+                return
+            request, spans = item
+            for attempt in range(TRACE_ATTEMPTS):
+                if self.trace_sink.export_request(request):
+                    self.stats.forwarded_spans += spans
+                    break
+                if self._stop.wait(min(8.0, 0.5 * 2**attempt)) and attempt >= 1:
+                    self.stats.dropped_spans += spans
+                    break
+            else:
+                self.stats.dropped_spans += spans
 
     def _parse(self, payload: bytes, content_type: str, message_cls):
         try:
@@ -422,6 +462,7 @@ class Collector:
                 "received_points": s.received_points, "rejected_points": s.rejected_points,
                 "duplicate_batches": s.duplicate_batches, "ingress_errors": s.ingress_errors,
                 "received_spans": s.received_spans, "forwarded_spans": s.forwarded_spans,
+                "dropped_spans": s.dropped_spans,
                 "received_log_records": s.received_log_records, "rejected_log_records": s.rejected_log_records,
                 "pending_groups": self.reducer.pending, "late_points": self.reducer.late_points,
                 "partial_groups": self.reducer.partial_groups, "rejected_by_reason": dict(s.by_reason),

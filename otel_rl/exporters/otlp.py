@@ -40,7 +40,7 @@ from typing import Any, Literal, Optional
 from otel_rl.config import ConfigError, env_default
 from otel_rl.exporters.base import PermanentError, Sink, TransientError, require
 from otel_rl.exporters.records import Batch, HistogramValue, Point
-from otel_rl.semconv import HPARAMS_METRIC, RANK, RUN_ID, STEP_ATTRIBUTE, WORLD_SIZE
+from otel_rl.semconv import HPARAMS_METRIC, RANK, RUN_ID, STEP_ATTRIBUTE
 
 SENDER_ID = "otel_rl.sender.id"
 BATCH_ID = "otel_rl.batch.id"

@@ -5,7 +5,10 @@
 - Counters stay cumulative (``<name>_total``, the running total), up-down counters and
   gauges are gauges, histograms are cumulative Prometheus histograms (``_bucket{le}``,
   ``_sum``, ``_count``) accumulated from the per-step distributions.
-- Labels: ``run`` plus the point attributes, names mapped to ``[a-zA-Z_][a-zA-Z0-9_]*``.
+- Labels: ``run`` plus the point attributes, names mapped to ``[a-zA-Z_][a-zA-Z0-9_]*``; an
+  attribute named like a reserved label (``run``, ``le`` on a histogram) becomes ``attr_<name>``,
+  two that map to one label keep apart with a hash suffix, and a metric name that another kind
+  already exposes gets ``_<kind>``: the output is always valid (``promtool check metrics``).
   Hyperparameters never become labels. ``max_series`` bounds memory: past it the least
   recently updated series is evicted (logged once).
 - Metric names: ``/ . -`` and other illegal characters become ``_``
@@ -71,11 +74,17 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-class _Series:
-    __slots__ = ("kind", "step", "time", "value", "buckets", "edges", "count", "sum")
+#: What a metric name gets when another kind already exposes its family (names with the type
+#: in them, like ``x_histogram``, are what promtool's linter warns about).
+_KIND_SUFFIX = {"gauge": "value", "sum": "level", "counter": "events", "histogram": "distribution"}
 
-    def __init__(self, kind: str) -> None:
+
+class _Series:
+    __slots__ = ("kind", "step", "time", "value", "buckets", "edges", "count", "sum", "help")
+
+    def __init__(self, kind: str, help_text: str = "") -> None:
         self.kind = kind
+        self.help = help_text  # the OTel metric name as written
         self.step, self.time, self.value = -1, 0.0, 0.0
         self.buckets: dict[float, int] | None = {}  # upper edge -> count (not cumulative)
         self.edges: tuple | None = None  # the upper edges of the first distribution
@@ -94,7 +103,10 @@ class PrometheusExporter(RecordExporter):
         self._series: OrderedDict[tuple, _Series] = OrderedDict()
         self._series_lock = threading.Lock()
         self._keys: dict[tuple, tuple] = {}
+        self._families: dict[str, str] = {}  # exposed family name -> the kind that owns it
         self.evicted = 0
+        #: Series whose metric or label name was changed to keep the exposition valid.
+        self.renamed = 0
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -138,13 +150,12 @@ class PrometheusExporter(RecordExporter):
         raw = (p.name, p.kind, p.run, p.attributes)
         key = self._keys.get(raw)
         if key is None:
-            key = (metric_name(p.name), p.kind, (("run", p.run),) + tuple(
-                (label_name(k), v) for k, v in p.attributes))
+            key = (self._family(p.name, p.kind), p.kind, self._labels(p))
             if len(self._keys) < 4 * self.config.max_series:
                 self._keys[raw] = key
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _Series(p.kind)
+            series = self._series[key] = _Series(p.kind, p.name)
             if len(self._series) > self.config.max_series:
                 self._series.popitem(last=False)
                 self.evicted += 1
@@ -173,6 +184,48 @@ class PrometheusExporter(RecordExporter):
             # total as last admitted (a late increment at an older step still raises it)
             series.step, series.time, series.value = p.step, p.time, p.value
 
+    def _family(self, name: str, kind: str) -> str:
+        """The metric family name of ``name``: valid, and never one family with two types (a
+        gauge ``x_total`` and a counter ``x``, a gauge and a histogram both ``x``): the later
+        kind gets ``_<kind>`` appended (reported once, counted in ``renamed``)."""
+        family = metric_name(name) or "unnamed"
+        exposed = family + "_total" if kind == "counter" else family
+        owner = self._families.get(exposed)
+        if owner is None or owner == kind:
+            if owner is None and len(self._families) < 4 * self.config.max_series:
+                self._families[exposed] = kind
+            return family
+        renamed = f"{family}_{_KIND_SUFFIX[kind]}"
+        self.renamed += 1
+        self.warn_once(f"family:{exposed}", "prometheus: %r (%s) would share the metric family %r with a %s; "
+                       "exported as %r (counted in renamed)", name, kind, exposed, owner, renamed)
+        return renamed
+
+    def _labels(self, p: Point) -> tuple:
+        """``run`` plus the attributes as valid, unique label names: an attribute named like a
+        reserved label (``run``; ``le`` on a histogram) becomes ``attr_<name>``; two attributes
+        that map to one name (``a.b`` and ``a_b``) keep apart with a hash suffix (reported once,
+        counted in ``renamed``)."""
+        labels = [("run", p.run)]
+        used = {"run"}
+        reserved = {"run", "le", "quantile"} if p.kind == "histogram" else {"run"}
+        for key, value in p.attributes:
+            label = label_name(key) or "attr_"
+            if label in reserved:
+                label = "attr_" + label
+            if label in used:
+                import hashlib
+
+                suffixed = f"{label}_{hashlib.blake2b(key.encode('utf-8', 'surrogatepass'), digest_size=3).hexdigest()}"
+                self.renamed += 1
+                self.warn_once(f"label:{label}", "prometheus: attribute %r of %r maps to the label %r that "
+                               "another attribute has; exported as %r (counted in renamed)", key, p.name,
+                               label, suffixed)
+                label = suffixed
+            used.add(label)
+            labels.append((label, value))
+        return tuple(labels)
+
     def render(self) -> str:
         with self._series_lock:
             items = sorted(self._series.items(), key=lambda kv: kv[0])
@@ -184,6 +237,8 @@ class PrometheusExporter(RecordExporter):
             prom_type = {"counter": "counter", "histogram": "histogram"}.get(kind, "gauge")
             if name not in typed:
                 typed.add(name)
+                help_text = (s.help or name).replace("\\", "\\\\").replace("\n", "\\n")
+                lines.append(f"# HELP {name} {help_text}")
                 lines.append(f"# TYPE {name} {prom_type}")
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
             if kind != "histogram":

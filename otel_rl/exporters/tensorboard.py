@@ -220,6 +220,9 @@ class TensorBoardExporter(RecordExporter):
                 _log.warning("tensorboard: %s already holds run %r from an earlier process; this run "
                              "writes to %s (set resume: true to continue it)", self.log_dir / base, run,
                              self.log_dir / chosen)
+            root = self.log_dir.resolve()
+            if (root / chosen).resolve().parent != root:  # belt and braces: never outside log_dir
+                raise PermanentError(f"tensorboard: run {run!r} would resolve outside {root}")
             self._dirs[run] = chosen
         return self.log_dir / chosen
 

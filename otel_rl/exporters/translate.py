@@ -75,6 +75,9 @@ def proto_attributes(key_values) -> dict[str, Any]:
     return {kv.key: any_value(kv.value) for kv in key_values}
 
 
+#: Buckets per histogram data point (OTel SDKs default to 160 exponential buckets).
+MAX_HISTOGRAM_BUCKETS = 4096
+
 #: Steps are int64 in every backend (TensorBoard events, MLflow, the OTLP int attribute).
 MAX_STEP = 2**63 - 1
 
@@ -88,7 +91,7 @@ def _as_step(raw: Any) -> int | None:
         step = raw
     elif isinstance(raw, float) and raw.is_integer():
         step = int(raw)
-    elif isinstance(raw, str) and raw.isdigit() and len(raw) < 20:
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) < 20:
         step = int(raw)
     return step if step is not None and 0 <= step <= MAX_STEP else None
 
@@ -256,11 +259,27 @@ def _proto_metric(out: Translation, run: str, rank: int, metric) -> None:
             if len(dp.bucket_counts) not in (0, len(dp.explicit_bounds) + 1):
                 out.reject(1, "buckets", f"metric {metric.name!r}: bucket_counts/explicit_bounds mismatch")
                 continue
+            n = len(dp.bucket_counts)
+        else:
+            n = len(dp.positive.bucket_counts) + len(dp.negative.bucket_counts)
+        if n > MAX_HISTOGRAM_BUCKETS:  # a few KB of gzip can declare millions of buckets
+            out.reject(1, "buckets", f"metric {metric.name!r}: {n} buckets in one data point; at most "
+                       f"{MAX_HISTOGRAM_BUCKETS}")
+            continue
+        if kind == "histogram":
             buckets = explicit_buckets(dp.explicit_bounds, dp.bucket_counts)
         else:
-            buckets = exponential_buckets(dp.scale, dp.zero_count, dp.zero_threshold, dp.positive.offset,
-                                          dp.positive.bucket_counts, dp.negative.offset,
-                                          dp.negative.bucket_counts)
+            try:
+                if not -10 <= dp.scale <= 20:  # the OTLP spec's range
+                    raise ValueError(f"scale {dp.scale} is outside -10..20")
+                buckets = exponential_buckets(dp.scale, dp.zero_count, dp.zero_threshold, dp.positive.offset,
+                                              dp.positive.bucket_counts, dp.negative.offset,
+                                              dp.negative.bucket_counts)
+                if not all(math.isfinite(left) and math.isfinite(right) for left, right, _ in buckets):
+                    raise OverflowError("bucket bounds overflow a double")
+            except (OverflowError, ValueError) as exc:
+                out.reject(1, "exp_range", f"metric {metric.name!r}: exponential histogram out of range ({exc})")
+                continue
         histogram(out, run, rank, metric.name, temporality, proto_attributes(dp.attributes),
                   dp.time_unix_nano, dp.count, dp.sum if dp.HasField("sum") else 0.0,
                   dp.min if dp.HasField("min") else None, dp.max if dp.HasField("max") else None, buckets)

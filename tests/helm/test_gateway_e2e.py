@@ -11,8 +11,6 @@ here, and a DNS resolver gives every replica the same port)."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import signal
 import subprocess
@@ -25,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backends import PrometheusServer, free_port, read_mlflow, stop_process
+from backends import PrometheusServer, free_port, make_certificates, read_mlflow, stop_process
 from conftest import ROOT, exactly_once, read_tensorboard_events, read_tensorboard_tables
 
 sys.path.insert(0, str(ROOT / "helm"))
@@ -65,43 +63,6 @@ assert otel_rl.shutdown(timeout_s=60), "not everything was delivered to the gate
 pytestmark = pytest.mark.skipif(not OTELCOL.exists(), reason=f"the upstream collector is not at {OTELCOL}")
 
 
-def _certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1/localhost signed by it (what cert-manager or
-    an operator's PKI puts into the ``tls`` Secret)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "otel-rl test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rl-otel-rl")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    paths = directory / "ca.crt", directory / "tls.crt", directory / "tls.key"
-    paths[0].write_bytes(ca.public_bytes(pem))
-    paths[1].write_bytes(cert.public_bytes(pem))
-    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return paths
-
-
 def _rendered(mlflow_url: str) -> tuple[dict, dict]:
     """The collector config and the gateway config as the chart renders them, with auth and TLS
     from Secrets, MLflow and Prometheus on, persistence (spool) on."""
@@ -117,7 +78,7 @@ def _rendered(mlflow_url: str) -> tuple[dict, dict]:
 def _replica_config(rendered: dict, root: Path, secrets: dict[str, Path], ports: dict[str, int]) -> dict:
     cfg = yaml.safe_load(yaml.safe_dump(rendered))
     # what the chart's mounts put at these paths in the pod
-    assert cfg["auth"] == {"token_file": "/var/run/secrets/otel-rl/auth/token"}
+    assert cfg["auth"] == {"token_file": "/var/run/secrets/otel-rl/auth/token", "metrics": False}
     cfg["auth"]["token_file"] = str(secrets["token"])
     assert set(cfg["tls"]) == {"cert_file", "key_file"}
     cfg["tls"] = {"cert_file": str(secrets["cert"]), "key_file": str(secrets["key"])}
@@ -167,7 +128,7 @@ def _wait_for_gateway(proc: subprocess.Popen, url: str, log: Path, timeout_s: fl
 def test_two_runs_two_ranks_through_the_upstream_gateway_to_two_replicas(tmp_path, mlflow_server):
     secrets = tmp_path / "secrets"
     secrets.mkdir()
-    ca, cert, key = _certificates(secrets)
+    ca, cert, key = make_certificates(secrets)
     (secrets / "token").write_text(TOKEN + "\n")
     collector_yaml, gateway_yaml = _rendered(mlflow_server.url)
 

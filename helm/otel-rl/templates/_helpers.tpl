@@ -87,7 +87,7 @@ receivers:
   http: {enabled: true, host: 0.0.0.0, port: {{ $v.service.httpPort }}}
   grpc: {enabled: true, host: 0.0.0.0, port: {{ $v.service.grpcPort }}}
 {{- if $v.auth.existingSecret }}
-auth: {token_file: /var/run/secrets/otel-rl/auth/{{ $v.auth.tokenKey }}}
+auth: {token_file: /var/run/secrets/otel-rl/auth/{{ $v.auth.tokenKey }}, metrics: {{ $v.auth.metrics }}}
 {{- end }}
 {{- if $v.tls.existingSecret }}
 tls: {cert_file: /var/run/secrets/otel-rl/tls/tls.crt, key_file: /var/run/secrets/otel-rl/tls/tls.key}
@@ -96,6 +96,11 @@ limits:
   max_request_bytes: {{ int $v.collector.maxRequestBytes }}
   max_decompressed_bytes: {{ int $v.collector.maxDecompressedBytes }}
   max_queue_points: {{ int $v.collector.maxQueuePoints }}
+  max_connections: {{ int $v.collector.maxConnections }}
+  idle_timeout_s: {{ $v.collector.idleTimeoutSeconds }}
+  read_timeout_s: {{ $v.collector.readTimeoutSeconds }}
+  workers: {{ int $v.collector.workers }}
+  max_pending_requests: {{ int $v.collector.maxPendingRequests }}
 reduce:
   gauge: {{ $v.collector.reduceGauge }}
   counter: {{ $v.collector.reduceCounter }}

@@ -1,0 +1,353 @@
+"""The collector exposed to a cluster: hostile and broken clients on 127.0.0.1 (bounded loops).
+Each test asserts that a legitimate client is still served and that nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+
+from backends import free_port, make_certificates
+from conftest import read_tensorboard
+from otel_rl_collector import create
+
+TOKEN = "s3cret"
+
+
+def _request(run: str, step, value: float, name: str = "loss") -> mpb.ExportMetricsServiceRequest:
+    request = mpb.ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    kv = rm.resource.attributes.add()
+    kv.key, kv.value.string_value = "otel_rl.run.id", run
+    metric = rm.scope_metrics.add().metrics.add()
+    metric.name = name
+    dp = metric.gauge.data_points.add()
+    dp.as_double, dp.time_unix_nano = value, int(time.time() * 1e9)
+    attr = dp.attributes.add()
+    attr.key = "step"
+    if isinstance(step, str):
+        attr.value.string_value = step
+    else:
+        attr.value.int_value = step
+    return request
+
+
+def _post(url: str, body: bytes, headers: dict | None = None, context=None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/x-protobuf", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def collector(tmp_path, request):
+    extra = getattr(request, "param", {})
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    cfg = {"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}}, "auth": {"token_file": str(token)},
+           "reduce": {"timeout_s": 1}, "tensorboard": {"log_dir": str(tmp_path / "tb")}}
+    for key, value in extra.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    c = create(cfg).start()
+    yield c
+    c.shutdown()
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _url(c, path="/v1/metrics", scheme="http"):
+    return f"{scheme}://127.0.0.1:{c.http_port}{path}"
+
+
+def test_auth_is_checked_before_the_body_is_read(collector):
+    """A client with a wrong token that declares 8 MB gets 401 before sending any of it, and a
+    hundred of them hold no memory; the legitimate client is served meanwhile."""
+    socks = []
+    try:
+        for _ in range(100):
+            s = socket.create_connection(("127.0.0.1", collector.http_port), timeout=10)
+            s.sendall(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                      b"Authorization: Bearer wrong\r\nContent-Length: 8000000\r\n\r\n")
+            socks.append(s)
+        for s in socks:
+            head = s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 401"), head[:100]
+        status, _ = _post(_url(collector), _request("ok", 1, 1.5).SerializeToString(), AUTH)
+        assert status == 200
+    finally:
+        for s in socks:
+            s.close()
+    assert collector.self_metrics()["rejected_by_reason"]["unauthenticated"] == 100
+
+
+def test_lowercase_bearer_and_optional_auth_on_metrics(tmp_path):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    c = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                "auth": {"token_file": str(token), "metrics": True},
+                "tensorboard": {"log_dir": str(tmp_path / "tb")}}).start()
+    try:
+        assert _post(_url(c), _request("r", 1, 1.0).SerializeToString(), {"Authorization": f"bearer {TOKEN}"})[0] == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(_url(c, "/metrics"), timeout=5)
+        assert refused.value.code == 401
+        request = urllib.request.Request(_url(c, "/metrics"), headers=AUTH)
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert b"otel_rl_collector_received_points_total" in r.read()
+    finally:
+        c.shutdown()
+
+
+def test_an_empty_token_file_is_a_startup_error(tmp_path):
+    (tmp_path / "token").write_text("\n")
+    (tmp_path / "c.yaml").write_text(f"auth: {{token_file: {tmp_path / 'token'}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "otel_rl.cli", "collector", "--config", str(tmp_path / "c.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is empty; auth would be off" in proc.stderr
+
+
+def test_chunked_bodies_are_accepted_under_the_same_limit(tmp_path):
+    c = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                "limits": {"max_request_bytes": 64 * 1024},
+                "tensorboard": {"log_dir": str(tmp_path / "tb")}}).start()
+    try:
+        body = _request("chunked", 3, 0.25).SerializeToString()
+
+        def chunks(data, n=7):
+            for i in range(0, len(data), n):
+                yield data[i:i + n]
+
+        conn = http.client.HTTPConnection("127.0.0.1", c.http_port, timeout=10)
+        conn.request("POST", "/v1/metrics", body=chunks(body), encode_chunked=True,
+                     headers={"Content-Type": "application/x-protobuf"})
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        conn.close()
+        # over the limit without a Content-Length: 413 once the chunks pass it
+        with socket.create_connection(("127.0.0.1", c.http_port), timeout=10) as s:
+            big = b"\0" * 70_000
+            s.sendall(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(big):x}\r\n".encode() + big + b"\r\n0\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 413")
+    finally:
+        c.shutdown()
+    assert read_tensorboard(tmp_path / "tb" / "chunked")["scalars"]["loss"] == {3: 0.25}
+
+
+@pytest.mark.parametrize("collector", [{"limits": {"read_timeout_s": 1}}], indirect=True)
+def test_a_stalled_body_times_out_and_others_are_served(collector):
+    s = socket.create_connection(("127.0.0.1", collector.http_port), timeout=10)
+    try:
+        s.sendall(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                  + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n".encode() + b"\0" * 10)
+        assert _post(_url(collector), _request("ok", 1, 1.0).SerializeToString(), AUTH)[0] == 200
+        started = time.monotonic()
+        head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 5, head[:100]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("collector", [{"limits": {"max_connections": 5, "idle_timeout_s": 2}}], indirect=True)
+def test_connection_limit_and_idle_timeout(collector):
+    idle = []
+    try:
+        for _ in range(6):  # keep-alive connections left open after one request each
+            conn = http.client.HTTPConnection("127.0.0.1", collector.http_port, timeout=10)
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            idle.append(conn)
+        status, _ = _post(_url(collector), _request("ok", 1, 1.0).SerializeToString(), AUTH)
+        assert status == 503
+        time.sleep(3.5)  # idle connections are closed after idle_timeout_s
+        status, _ = _post(_url(collector), _request("ok", 2, 1.0).SerializeToString(), AUTH)
+        assert status == 200
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+def test_tls_handshakes_do_not_block_the_receiver(tmp_path):
+    """Twenty connections that never send a ClientHello: /health and OTLP still answer at once."""
+    ca, cert, key = make_certificates(tmp_path)
+    c = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                "tls": {"cert_file": str(cert), "key_file": str(key)},
+                "tensorboard": {"log_dir": str(tmp_path / "tb")}}).start()
+    silent = [socket.create_connection(("127.0.0.1", c.http_port), timeout=10) for _ in range(20)]
+    try:
+        context = ssl.create_default_context(cafile=str(ca))
+        started = time.monotonic()
+        with urllib.request.urlopen(_url(c, "/health", "https"), timeout=5, context=context) as r:
+            assert r.status == 200
+        status, _ = _post(_url(c, scheme="https"), _request("tls", 1, 2.0).SerializeToString(), context=context)
+        assert status == 200 and time.monotonic() - started < 3
+    finally:
+        for s in silent:
+            s.close()
+        c.shutdown()
+
+
+def test_bad_steps_and_histogram_bombs_are_partial_successes(collector, tmp_path):
+    request = _request("bad", "²", 1.0)  # a Unicode digit: not a step
+    good = _request("bad", 4, 4.0).resource_metrics[0].scope_metrics[0].metrics[0]
+    request.resource_metrics[0].scope_metrics[0].metrics.append(good)
+    sm = request.resource_metrics[0].scope_metrics[0]
+    bomb = sm.metrics.add()
+    bomb.name = "bomb"
+    bomb.exponential_histogram.aggregation_temporality = 1
+    dp = bomb.exponential_histogram.data_points.add()
+    dp.scale, dp.count = 0, 1
+    dp.positive.bucket_counts.extend([0] * 1_000_000)
+    wild = sm.metrics.add()
+    wild.name = "wild"
+    wild.exponential_histogram.aggregation_temporality = 1
+    dp = wild.exponential_histogram.data_points.add()
+    dp.scale, dp.count = 20, 1
+    dp.positive.offset = 2**31 - 1000
+    dp.positive.bucket_counts.extend([1])
+    body = gzip.compress(request.SerializeToString())
+    assert len(body) < 20_000
+    status, payload = _post(_url(collector), body, {**AUTH, "Content-Encoding": "gzip"})
+    assert status == 200
+    response = mpb.ExportMetricsServiceResponse.FromString(payload)
+    assert response.partial_success.rejected_data_points == 2
+    assert "1000000 buckets" in response.partial_success.error_message
+    assert "out of range" in response.partial_success.error_message
+    collector.shutdown()
+    scalars = read_tensorboard(tmp_path / "tb" / "bad")["scalars"]
+    assert scalars["loss"][4] == 4.0 and "bomb/count" not in scalars
+
+
+def test_every_gzip_member_is_read(collector, tmp_path):
+    """Concatenated protobuf messages merge; so do two gzip members of one body."""
+    body = gzip.compress(_request("multi", 1, 1.0).SerializeToString()) + \
+        gzip.compress(_request("multi", 2, 2.0).SerializeToString())
+    assert _post(_url(collector), body, {**AUTH, "Content-Encoding": "gzip"})[0] == 200
+    collector.shutdown()
+    assert read_tensorboard(tmp_path / "tb" / "multi")["scalars"]["loss"] == {1: 1.0, 2: 2.0}
+
+
+def test_prometheus_output_is_valid_whatever_clients_send(tmp_path):
+    """Hostile names and attributes (an empty name, an attribute named `run` or `le`, two keys
+    that map to one label, one family with two types): `promtool check metrics` passes."""
+    from otel_rl.exporters.prometheus import PrometheusConfig, PrometheusExporter
+    from otel_rl.exporters.records import Batch, HistogramValue, Point
+
+    hist = HistogramValue(2, 3.0, 1.0, 2.0, ((0.0, 1.0, 1), (1.0, 2.0, 1)))
+    exporter = PrometheusExporter(PrometheusConfig(enabled=True), serve=False)
+    exporter.write(Batch([
+        Point("r", "", 1, 1.0, 1.0),
+        Point("r", "x", 1, 1.0, 1.0, attributes=(("run", "other"),)),
+        Point("r", "h", 1, hist, 1.0, "histogram", (("le", "5"),)),
+        Point("r", "y", 1, 1.0, 1.0, attributes=(("a.b", "1"), ("a_b", "2"))),
+        Point("r", "z", 1, 1.0, 1.0),
+        Point("r", "z", 1, hist, 1.0, "histogram"),
+        Point("r", "c_total", 1, 1.0, 1.0),
+        Point("r", "c", 1, 5.0, 1.0, "counter", increment=5.0),
+        Point("r", "1bad name\n", 1, 1.0, 1.0, attributes=(("", "v"), ("__x", "y"))),
+    ]))
+    text = exporter.render()
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    # exit 3: lint findings only (e.g. a user's gauge named "c_total"); a parse error is exit 1
+    assert proc.returncode in (0, 3) and "error" not in proc.stderr, proc.stdout + proc.stderr + text
+    assert "_distribution" not in proc.stderr and "should not include type" not in proc.stderr
+    assert 'x{run="r",attr_run="other"} 1.0' in text
+    assert exporter.renamed >= 3
+
+
+def test_the_upstream_collector_as_a_non_python_client(tmp_path):
+    """The upstream OpenTelemetry Collector's otlp_http exporter (Go), protobuf and JSON, into
+    our receiver: every point arrives."""
+    otelcol = Path(__file__).resolve().parents[3] / "shared" / "tools" / "otelcol" / "otelcol"
+    if not otelcol.exists():
+        pytest.skip(f"the upstream collector is not at {otelcol}")
+    import otel_rl
+
+    c = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                "tensorboard": {"log_dir": str(tmp_path / "tb")}}).start()
+    procs = []
+    try:
+        for encoding in ("proto", "json"):
+            port = free_port()
+            cfg = tmp_path / f"relay-{encoding}.yaml"
+            cfg.write_text(json.dumps({
+                "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{port}"}}}},
+                "exporters": {"otlp_http": {"endpoint": f"http://127.0.0.1:{c.http_port}", "encoding": encoding}},
+                "service": {"pipelines": {"metrics": {"receivers": ["otlp"], "exporters": ["otlp_http"]},
+                                          "logs": {"receivers": ["otlp"], "exporters": ["otlp_http"]}},
+                            "telemetry": {"metrics": {"level": "none"}}}}))
+            procs.append(subprocess.Popen([str(otelcol), "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                                          stderr=open(tmp_path / f"otelcol-{encoding}.log", "ab")))
+            pipeline = otel_rl.Pipeline({"run_name": f"via-go-{encoding}", "tensorboard": {"enabled": False},
+                                         "otlp": {"enabled": True, "protocol": "grpc",
+                                                  "endpoint": f"http://127.0.0.1:{port}"}})
+            gauge = pipeline.get_meter("t").create_gauge("loss")
+            for step in range(5):
+                pipeline.set_step(step)
+                gauge.set(step / 2)
+            pipeline.log_samples([{"prompt": "p", "reward": 1.0}], step=4, name="samples")
+            assert pipeline.shutdown(timeout_s=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and c.self_metrics()["received_log_records"] < 2:
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(30)
+        c.shutdown()
+    for encoding in ("proto", "json"):
+        tb = read_tensorboard(tmp_path / "tb" / f"via-go-{encoding}")
+        assert tb["scalars"]["loss"] == {s: s / 2 for s in range(5)}, encoding
+        assert "samples/text_summary" in tb["tensors"]
+
+
+def test_memory_stays_bounded_under_unauthenticated_bodies(tmp_path):
+    """A collector in a child process: 100 clients with a wrong token each sending 1 MB of an
+    8 MB body leave its RSS within 100 MB of where it started."""
+    import psutil
+
+    from trainers import start_collector
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    port = free_port()
+    (tmp_path / "c.yaml").write_text(f"receivers: {{http: {{port: {port}}}, grpc: {{enabled: false}}}}\n"
+                                     f"auth: {{token_file: {token}}}\ntensorboard: {{log_dir: {tmp_path / 'tb'}}}\n")
+    proc = start_collector(tmp_path / "c.yaml")
+    try:
+        rss0 = psutil.Process(proc.pid).memory_info().rss
+        socks = []
+        for _ in range(100):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer no\r\n"
+                      b"Content-Length: 8000000\r\n\r\n")
+            try:
+                s.sendall(os.urandom(1 << 20))
+            except OSError:
+                pass  # refused and closed: what should happen
+            socks.append(s)
+        time.sleep(1)
+        grown = psutil.Process(proc.pid).memory_info().rss - rss0
+        for s in socks:
+            s.close()
+        assert grown < 100e6, f"RSS grew {grown / 1e6:.0f} MB"
+        assert _post(f"http://127.0.0.1:{port}/v1/metrics", _request("ok", 1, 1.0).SerializeToString(),
+                     AUTH)[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
