@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from otel_rl.config import env_default
-from otel_rl.exporters.base import RecordExporter, require
+from otel_rl.exporters.base import PermanentError, RecordExporter, require
 from otel_rl.exporters.naming import NameMapper, path_component
 from otel_rl.exporters.records import Batch, HistogramValue, Point, RunParams
 
