@@ -278,20 +278,26 @@ def _swanlab_experiments(logdir: Path):
 
 
 def read_swanlab(logdir: Path, run: str) -> dict:
-    """Scalars (the first value per step, as SwanLab shows it) and config of experiment ``run``."""
+    """Scalars (the first value per step, as SwanLab shows it) and config of experiment ``run``
+    (every folder of it: a run resumed after another one has one folder per resume, same id)."""
     import yaml
     from swanlab.sdk.internal.run.components.config.helper import revert_config
 
+    scalars: dict = {}
+    config: dict = {}
+    found = False
     for run_dir, name, records in _swanlab_experiments(logdir):
         if name != run:
             continue
-        scalars: dict = {}
+        found = True
         for key, step, value in records:
             scalars.setdefault(key, {}).setdefault(step, value)
         cfg_file = Path(run_dir) / "files" / "config.yaml"
-        config = revert_config(yaml.safe_load(cfg_file.read_text()) or {}) if cfg_file.is_file() else {}
-        return {"scalars": scalars, "config": dict(config)}
-    raise FileNotFoundError(f"no SwanLab experiment named {run!r} under {logdir}")
+        if cfg_file.is_file():
+            config.update(revert_config(yaml.safe_load(cfg_file.read_text()) or {}))
+    if not found:
+        raise FileNotFoundError(f"no SwanLab experiment named {run!r} under {logdir}")
+    return {"scalars": scalars, "config": dict(config)}
 
 
 def read_mlflow(tracking_uri: str, experiment: str, run: str) -> dict:

@@ -69,6 +69,8 @@ class Reducer:
         if op is None:
             op = next((o for pattern, o in self.rules if fnmatch.fnmatchcase(name, pattern)),
                       self.counter_op if kind in _SUMS else self.gauge_op)
+            if len(self._ops) >= 100_000:  # a cache: bounded against clients inventing names
+                self._ops.clear()
             self._ops[(name, kind)] = op
         return op
 
@@ -76,6 +78,7 @@ class Reducer:
         """Take points; return those ready to emit now (pass-through, complete or corrected)."""
         ready: list[Point] = []
         touched: set[str] = set()
+        late: dict[tuple, str] = {}  # groups corrected by this call: reduced once, at the end
         for p in points:
             size = world_size.get(p.run, 1)
             if size <= 1 or p.rank < 0 or p.kind in _NOT_REDUCED:
@@ -89,7 +92,17 @@ class Reducer:
             elif p.kind in _SUMS and p.temporality == "delta":
                 self._increment(p, now, ready)
             else:
-                self._group(p, size, op, now, ready)
+                self._group(p, size, op, now, ready, late)
+        for key, op in late.items():
+            emitted = self._emitted.get(key)
+            if emitted is None:  # evicted by newer groups of this same call
+                continue
+            before = self._emitted_at.get(key, 0.0)
+            corrected = self._reduced(key, op, emitted)
+            # after the value it corrects, also for backends that order a step's values by time
+            corrected = corrected.replace(time=max(corrected.time, before + 0.001))
+            self._emitted_at[key] = corrected.time
+            ready.append(corrected)
         for run in touched:
             self._flush_increments(run, world_size.get(run, 1), ready)
         return ready
@@ -100,18 +113,13 @@ class Reducer:
             progress[rank] = step
 
     # -- gauges and histograms ---------------------------------------------------------------
-    def _group(self, p: Point, size: int, op: str, now: float, ready: list[Point]) -> None:
+    def _group(self, p: Point, size: int, op: str, now: float, ready: list[Point], late: dict) -> None:
         key = (p.run, p.name, p.kind, p.attributes, p.step)
         emitted = self._emitted.get(key)
-        if emitted is not None:  # late: correct the step
+        if emitted is not None:  # late: the step is corrected once this call's points are in
             self.late_points += 1
-            before = self._emitted_at.get(key, p.time)
             emitted.setdefault(p.rank, []).append(p)
-            corrected = self._reduced(key, op, emitted)
-            # after the value it corrects, also for backends that order a step's values by time
-            corrected = corrected.replace(time=max(corrected.time, before + 0.001))
-            self._emitted_at[key] = corrected.time
-            ready.append(corrected)
+            late[key] = op
             return
         first, ranks = self._pending.setdefault(key, (now, {}))
         # every value a rank logged at this step counts (a name logged several times at one

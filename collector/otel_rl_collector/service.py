@@ -369,6 +369,7 @@ class Collector:
         with self._lock:
             ids = self._new_resources(request)
             translation = translate_proto(request)
+            self._check_ranks(translation, world)
             self._admit(translation, world, ids)
             self.stats.received_points += len(translation.batch.points)
             self.stats.rejected_points += translation.rejected
@@ -377,6 +378,18 @@ class Collector:
             response.partial_success.rejected_data_points = translation.rejected
             response.partial_success.error_message = translation.reason
         return response
+
+    def _check_ranks(self, translation, world: dict) -> None:
+        """Points of a rank outside its run's world size are refused (a client claiming ranks
+        0..K-1 of a world of 2 would otherwise make every late step re-reduced K times)."""
+        points = translation.batch.points
+        size_of = {run: world.get(run) or self.router.world.get(run) for run in {p.run for p in points}}
+        kept = [p for p in points if p.rank < 0 or not size_of[p.run] or p.rank < size_of[p.run]]
+        bad = len(points) - len(kept)
+        if bad:
+            translation.batch.points = kept
+            translation.reject(bad, "rank", f"{bad} points of a rank outside its run's world size "
+                               f"({', '.join(f'{r}: {s}' for r, s in list(size_of.items())[:3])})")
 
     def _admit(self, translation, world: dict, ids: list) -> None:
         """Under the lock: an admitted request, durable first (then acknowledged), or processed."""

@@ -71,6 +71,10 @@ def series_key(name: str, attributes: tuple[tuple[str, str], ...] = (), suffix: 
     return key
 
 
+#: Names remembered per backend (see :class:`NameMapper`), and rename warnings logged per backend.
+MAX_NAMES, MAX_WARNINGS = 200_000, 1_000
+
+
 class NameMapper:
     """Maps series keys to one backend's legal keys; one instance per sink."""
 
@@ -78,10 +82,16 @@ class NameMapper:
         if backend not in RULES:
             raise ValueError(f"no name rules for backend {backend!r}; known: {sorted(RULES)}")
         self.rules = RULES[backend]
-        self._cache: dict[tuple, str] = {}  # (name, attributes, suffix) -> key: no string building per point
-        self._neutral: dict[str, str] = {}
-        self._owner: dict[str, str] = {}
+        from otel_rl.exporters.accumulate import LRU
+
+        # bounded (a client inventing millions of names must not grow memory without end); past
+        # the bound the least recently used names are forgotten, and a collision with one of those
+        # is no longer detected
+        self._cache: LRU = LRU(MAX_NAMES)  # (name, attributes, suffix) -> key: no string building per point
+        self._neutral: LRU = LRU(MAX_NAMES)
+        self._owner: LRU = LRU(MAX_NAMES)
         self.collisions = 0
+        self._warnings = 0
 
     def key(self, name: str, attributes: tuple[tuple[str, str], ...] = (), suffix: str = "") -> str:
         mapped = self._cache.get((name, attributes, suffix))
@@ -89,10 +99,15 @@ class NameMapper:
             neutral = series_key(name, attributes, suffix)
             mapped = self._neutral.get(neutral)
             if mapped is None:
-                mapped = self._neutral[neutral] = self._map(neutral)
-            if len(self._cache) < 1_000_000:
-                self._cache[(name, attributes, suffix)] = mapped
+                mapped = self._map(neutral)
+                self._neutral.put(neutral, mapped)
+            self._cache.put((name, attributes, suffix), mapped)
         return mapped
+
+    def _warn(self, message: str, *args) -> None:
+        self._warnings += 1
+        if self._warnings <= MAX_WARNINGS:
+            _log.warning(message + ("" if self._warnings < MAX_WARNINGS else " (no more such warnings)"), *args)
 
     def _map(self, neutral: str) -> str:
         rules = self.rules
@@ -107,15 +122,18 @@ class NameMapper:
         if rules.max_len is not None and len(mapped) > rules.max_len:
             mapped = mapped[: rules.max_len - 9] + "_h" + _short_hash(neutral)
         if mapped != neutral:
-            _log.warning("%s: key %r renamed to %r (backend naming rules)", rules.backend, neutral, mapped)
-        owner = self._owner.setdefault(mapped, neutral)
+            self._warn("%s: key %r renamed to %r (backend naming rules)", rules.backend, neutral, mapped)
+        owner = self._owner.get(mapped)
+        if owner is None:
+            self._owner.put(mapped, neutral)
+            owner = neutral
         if owner != neutral:
             self.collisions += 1
             disambiguated = mapped[: (rules.max_len or len(mapped) + 9) - 9] + "_h" + _short_hash(neutral)
-            _log.warning("%s: keys %r and %r both map to %r; the second is logged as %r",
-                         rules.backend, owner, neutral, mapped, disambiguated)
+            self._warn("%s: keys %r and %r both map to %r; the second is logged as %r",
+                       rules.backend, owner, neutral, mapped, disambiguated)
             mapped = disambiguated
-            self._owner[mapped] = neutral
+            self._owner.put(mapped, neutral)
         return mapped
 
 

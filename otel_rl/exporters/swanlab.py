@@ -70,6 +70,9 @@ class SwanlabExporter(RecordExporter):
         self.config = config or SwanlabConfig()
         self._names = NameMapper("swanlab")
         self._active: tuple[str, Any] | None = None
+        self._ids: dict[str, str] = {}  # run -> its SwanLab experiment id (resumed when it comes back)
+        #: Times a run came back after another one and its experiment was resumed.
+        self.resumed_experiments = 0
         self._written: OrderedDict = OrderedDict()
         self.duplicates = 0
         self.averaged_values = 0
@@ -89,13 +92,22 @@ class SwanlabExporter(RecordExporter):
         if cfg.api_key_file and cfg.mode == "cloud":
             os.environ.setdefault("SWANLAB_API_KEY", Path(cfg.api_key_file).read_text().strip())
         Path(cfg.logdir).mkdir(parents=True, exist_ok=True)
+        resume = {"id": self._ids[run], "resume": "allow"} if run in self._ids else {}
+        if resume:
+            self.resumed_experiments += 1
+            self.warn_once("interleaved", "swanlab: runs interleave (SwanLab holds one experiment per "
+                           "process); run %r resumes its experiment %s (offline: one more folder with the same "
+                           "id; `swanlab sync` joins them)", run, self._ids[run])
         try:
             active = swanlab.init(
                 project=cfg.project, workspace=cfg.workspace, experiment_name=run, mode=cfg.mode,
                 logdir=cfg.logdir, reinit=True,
-                settings=swanlab.Settings(terminal=swanlab.Settings.Terminal(proxy_type="none")))
+                settings=swanlab.Settings(terminal=swanlab.Settings.Terminal(proxy_type="none")), **resume)
         except (ValueError, TypeError) as exc:
             raise PermanentError(f"swanlab.init failed: {exc}") from exc
+        run_id = getattr(active, "id", None)
+        if run_id and len(self._ids) < 100_000:
+            self._ids[run] = run_id
         self._active = (run, active)
         return active
 

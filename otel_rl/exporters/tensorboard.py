@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections import OrderedDict
 import struct
 import threading
 import time
@@ -33,7 +34,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from otel_rl.config import env_default
+from otel_rl.config import env_default, positive
 from otel_rl.exporters.base import PermanentError, RecordExporter, require
 from otel_rl.exporters.naming import NameMapper, path_component
 from otel_rl.exporters.records import Batch, HistogramValue, Point, RunParams
@@ -48,6 +49,13 @@ class TensorBoardConfig:
 
     enabled: bool = True
     log_dir: str = env_default("OTEL_RL_TENSORBOARD_LOG_DIR", "runs")
+    #: Event files kept open (one per run and late sub-run); past it the least recently used
+    #: is closed and reopened when its run writes again (a collector with many runs stays
+    #: within its file-descriptor limit).
+    max_open_files: int = 256
+
+    def validate(self, path: str) -> None:
+        positive(f"{path}.max_open_files", self.max_open_files)
 
 
 def _crc_function():
@@ -187,7 +195,8 @@ class TensorBoardExporter(RecordExporter):
         self.config = config or TensorBoardConfig()
         self.log_dir = Path(self.config.log_dir)
         self._names = NameMapper("tensorboard")
-        self._runs: dict[str, EventFile] = {}
+        self._runs: OrderedDict = OrderedDict()  # run key -> open EventFile, least recently used first
+        self._closed: dict = {}  # run key -> (file name, size) of an event file closed for the limit
         self._hist_meta = None
         self._spool_id: str | None = None
         self._before: dict | None = None
@@ -198,6 +207,8 @@ class TensorBoardExporter(RecordExporter):
         self._last = LRU(200_000)  # (run, generation, tag) -> highest step written
         #: Points written to a ``late-<n>`` sub-run because their tag had passed their step.
         self.late_points = 0
+        #: Event files closed to stay within ``max_open_files`` (reopened on demand).
+        self.closed_files = 0
 
     def run_dir(self, run: str) -> Path:
         """``<log_dir>/<run>``; a run id that is not a plain name (``../x``, ``/abs``, control
@@ -244,8 +255,27 @@ class TensorBoardExporter(RecordExporter):
         for key, step in (state or {}).get("last", []):
             self._last.put(tuple(key), step)
 
+    def _limit_open(self) -> None:
+        """Close the least recently used event files past ``max_open_files`` (not those the
+        current batch wrote to: a failed batch rolls them back)."""
+        busy = self._before or {}
+        for run in list(self._runs):
+            if len(self._runs) <= self.config.max_open_files:
+                return
+            if run in busy:
+                continue
+            f = self._runs.pop(run)
+            f.flush()
+            self._closed[run] = (f.path.name, f.size)
+            if self._spool_id is None:
+                _FILES.release(self._dir(run))
+            else:
+                f.close()
+            self.closed_files += 1
+
     def checkpoint_state(self) -> dict:
         files = dict(self._checkpointed)
+        files.update({_run_key(run): list(closed) for run, closed in self._closed.items()})
         files.update({_run_key(run): [f.path.name, f.size] for run, f in self._runs.items()})
         self._checkpointed = files
         return {"files": files, "dirs": dict(self._dirs),
@@ -260,15 +290,22 @@ class TensorBoardExporter(RecordExporter):
     def _file(self, run) -> EventFile:
         f = self._runs.get(run)
         if f is None:
+            reopened = self._closed.pop(run, None)
             if self._spool_id is None:
                 f = _FILES.acquire(self._dir(run))
+            elif reopened is not None:  # closed for the limit: append to it as it is
+                f = EventFile(self._dir(run), self._spool_id, reopened[1])
             else:  # fed from a spool: one file per (run, spool), cut back to the checkpoint
                 name, size = self._checkpointed.get(_run_key(run), (None, None))
                 f = EventFile(self._dir(run), self._spool_id, size)
                 if name is not None and name != f.path.name:
                     _log.warning("tensorboard: checkpointed file %s of run %r is gone; using %s", name, run, f.path)
             self._runs[run] = f
-            _log.info("tensorboard: run %r -> %s", run, self._dir(run))
+            if reopened is None:
+                _log.info("tensorboard: run %r -> %s", run, self._dir(run))
+            self._limit_open()
+        else:
+            self._runs.move_to_end(run)
         if self._before is not None and run not in self._before:
             self._before[run] = (f, f.size)
         return f
@@ -390,9 +427,14 @@ class TensorBoardExporter(RecordExporter):
     def close(self, status: str = "success") -> None:
         from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-        for run, f in self._runs.items():
-            code = {"success": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE,
-                    "killed": api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
+        code = {"success": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE,
+                "killed": api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
+        # files closed for max_open_files are reopened one at a time for their end status
+        closed = [(run, None) for run in self._closed if not isinstance(run, tuple)]
+        for run, f in [*self._runs.items(), *closed]:
+            if f is None:
+                f = (_FILES.acquire(self._dir(run)) if self._spool_id is None
+                     else EventFile(self._dir(run), self._spool_id, self._closed[run][1]))
             end = plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time())
             f.write(self._hparams_event("_hparams_/session_end_info",
                                         plugin_data_pb2.HParamsPluginData(session_end_info=end), time.time()))
@@ -402,6 +444,7 @@ class TensorBoardExporter(RecordExporter):
             else:
                 f.close()
         self._runs.clear()
+        self._closed.clear()
 
 
 #: At most this many late sub-runs per run (steps going backwards over and over, e.g. a loop

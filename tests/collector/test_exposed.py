@@ -351,3 +351,105 @@ def test_memory_stays_bounded_under_unauthenticated_bodies(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_swanlab_interleaved_runs_keep_their_own_experiments(tmp_path):
+    """Batches of two runs interleaving (a collector serving two jobs): each run resumes its own
+    SwanLab experiment (2 experiment ids, not one per switch), every step once."""
+    from backends import _swanlab_experiments, read_counts
+    from otel_rl.exporters.records import Batch, Point
+    from otel_rl.exporters.swanlab import SwanlabConfig, SwanlabExporter
+
+    sink = SwanlabExporter(SwanlabConfig(enabled=True, mode="offline", logdir=str(tmp_path / "sl"), project="p"))
+    try:
+        for step in range(10):
+            for run in ("job-a", "job-b"):
+                sink.write(Batch([Point(run, "loss", step, float(step), time.time())]))
+    finally:
+        sink.close()
+    ids: dict[str, set] = {}
+    for run_dir, name, _ in _swanlab_experiments(tmp_path / "sl"):
+        ids.setdefault(name, set()).add(Path(run_dir).name.rsplit("-", 1)[-1])
+    assert {name: len(found) for name, found in ids.items()} == {"job-a": 1, "job-b": 1}
+    for run in ("job-a", "job-b"):
+        assert read_counts("swanlab", tmp_path, run)["loss"] == {s: 1 for s in range(10)}
+    assert sink.resumed_experiments == 18  # 20 switches, the first of each run starts it
+
+
+@pytest.mark.parametrize("spooled", [False, True])
+def test_tensorboard_keeps_at_most_max_open_files_and_loses_nothing(tmp_path, spooled):
+    """300 runs written round-robin with room for 5 open event files: files are closed and
+    reopened (appended to), the descriptors stay bounded, and every step of every run is there
+    exactly once, with the run's end status."""
+    import psutil
+
+    from conftest import exactly_once, read_tensorboard_events
+    from otel_rl.exporters.records import Batch, Point
+    from otel_rl.exporters.tensorboard import TensorBoardConfig, TensorBoardExporter
+
+    sink = TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path / "tb"), max_open_files=5))
+    if spooled:
+        sink.bind_spool("spool-1", None)
+    fds = psutil.Process().num_fds()
+    most = 0
+    for step in range(3):
+        for r in range(300):
+            sink.write(Batch([Point(f"run-{r}", "loss", step, r + step / 10, time.time())]))
+            most = max(most, psutil.Process().num_fds() - fds)
+    state = sink.checkpoint_state()
+    sink.close()
+    assert most <= 6 and sink.closed_files > 800
+    assert len(state["files"]) == 300
+    for r in (0, 150, 299):
+        events = read_tensorboard_events(tmp_path / "tb" / f"run-{r}")
+        assert exactly_once(events["loss"]) == pytest.approx({s: r + s / 10 for s in range(3)})
+        assert "_hparams_/session_end_info" in read_tensorboard(tmp_path / "tb" / f"run-{r}")["tensors"]
+
+
+def test_ranks_outside_the_world_are_refused_and_late_steps_reduce_once(collector, tmp_path):
+    """One request claiming ranks 0..4999 of a world of 2 is answered at once (5000 refused, a
+    partial success); 2 x 3000 late values of real ranks cost one correction per step."""
+    def ranked(rank: int, world: int, step: int, value: float, request=None):
+        request = request or mpb.ExportMetricsServiceRequest()
+        rm = request.resource_metrics.add()
+        for key, v in (("otel_rl.run.id", "w"), ("otel_rl.rank", rank), ("otel_rl.world_size", world)):
+            kv = rm.resource.attributes.add()
+            kv.key = key
+            if isinstance(v, str):
+                kv.value.string_value = v
+            else:
+                kv.value.int_value = v
+        metric = rm.scope_metrics.add().metrics.add()
+        metric.name = "loss"
+        dp = metric.gauge.data_points.add()
+        dp.as_double, dp.time_unix_nano = value, int(time.time() * 1e9)
+        attr = dp.attributes.add()
+        attr.key, attr.value.int_value = "step", step
+        return request
+
+    for rank in (0, 1):  # step 1 complete and emitted
+        assert _post(_url(collector), ranked(rank, 2, 1, 1.0).SerializeToString(), AUTH)[0] == 200
+    hostile = mpb.ExportMetricsServiceRequest()
+    for rank in range(2, 5002):
+        ranked(rank, 2, 1, 100.0, hostile)
+    started = time.monotonic()
+    status, payload = _post(_url(collector), hostile.SerializeToString(), AUTH)
+    assert status == 200 and time.monotonic() - started < 10
+    assert mpb.ExportMetricsServiceResponse.FromString(payload).partial_success.rejected_data_points == 5000
+    late = mpb.ExportMetricsServiceRequest()
+    for i in range(3000):
+        ranked(i % 2, 2, 1, 3.0, late)
+    started = time.monotonic()
+    assert _post(_url(collector), late.SerializeToString(), AUTH)[0] == 200
+    assert time.monotonic() - started < 10
+    assert collector.self_metrics()["late_points"] == 3000
+    collector.shutdown()
+    events = read_tensorboard_events_of(tmp_path / "tb" / "w")
+    assert events[0] == (1, 1.0) and len(events) == 2  # the step, then one correction
+    assert events[1][0] == 1 and events[1][1] == pytest.approx((2 * 1.0 + 3000 * 3.0) / 3002)
+
+
+def read_tensorboard_events_of(run_dir: Path) -> list:
+    from conftest import read_tensorboard_events
+
+    return read_tensorboard_events(run_dir)["loss"]
