@@ -77,6 +77,9 @@ def proto_attributes(key_values) -> dict[str, Any]:
 
 #: Buckets per histogram data point (OTel SDKs default to 160 exponential buckets).
 MAX_HISTOGRAM_BUCKETS = 4096
+#: Buckets per request, all points together (64 MB of decompressed varints could otherwise
+#: declare tens of millions, each a Python object).
+MAX_REQUEST_BUCKETS = 200_000
 
 #: Steps are int64 in every backend (TensorBoard events, MLflow, the OTLP int attribute).
 MAX_STEP = 2**63 - 1
@@ -133,6 +136,8 @@ class Translation:
     reasons: dict[str, str] = field(default_factory=dict)
     #: Of ``rejected``: points in the SDK's cardinality-overflow series.
     overflow: int = 0
+    #: Histogram buckets taken so far (bounded per request: :data:`MAX_REQUEST_BUCKETS`).
+    buckets: int = 0
 
     def reject(self, count: int, kind: str, reason: str) -> None:
         self.rejected += count
@@ -266,6 +271,10 @@ def _proto_metric(out: Translation, run: str, rank: int, metric) -> None:
             out.reject(1, "buckets", f"metric {metric.name!r}: {n} buckets in one data point; at most "
                        f"{MAX_HISTOGRAM_BUCKETS}")
             continue
+        if out.buckets + n > MAX_REQUEST_BUCKETS:
+            out.reject(1, "request_buckets", f"more than {MAX_REQUEST_BUCKETS} histogram buckets in one "
+                       "request; send the rest in another request")
+            continue
         if kind == "histogram":
             buckets = explicit_buckets(dp.explicit_bounds, dp.bucket_counts)
         else:
@@ -280,6 +289,7 @@ def _proto_metric(out: Translation, run: str, rank: int, metric) -> None:
             except (OverflowError, ValueError) as exc:
                 out.reject(1, "exp_range", f"metric {metric.name!r}: exponential histogram out of range ({exc})")
                 continue
+        out.buckets += n
         histogram(out, run, rank, metric.name, temporality, proto_attributes(dp.attributes),
                   dp.time_unix_nano, dp.count, dp.sum if dp.HasField("sum") else 0.0,
                   dp.min if dp.HasField("min") else None, dp.max if dp.HasField("max") else None, buckets)

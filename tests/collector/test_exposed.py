@@ -220,13 +220,22 @@ def test_bad_steps_and_histogram_bombs_are_partial_successes(collector, tmp_path
     dp.scale, dp.count = 20, 1
     dp.positive.offset = 2**31 - 1000
     dp.positive.bucket_counts.extend([1])
+    for i in range(60):  # 60 x 4,000 buckets: each point within its limit, the request over its budget
+        many = sm.metrics.add()
+        many.name = f"many{i}"
+        many.histogram.aggregation_temporality = 1
+        dp = many.histogram.data_points.add()
+        dp.count = 1
+        dp.explicit_bounds.extend(float(b) for b in range(3999))
+        dp.bucket_counts.extend([0] * 3999 + [1])
     body = gzip.compress(request.SerializeToString())
-    assert len(body) < 20_000
+    assert len(body) < 1_000_000
     status, payload = _post(_url(collector), body, {**AUTH, "Content-Encoding": "gzip"})
     assert status == 200
     response = mpb.ExportMetricsServiceResponse.FromString(payload)
-    assert response.partial_success.rejected_data_points == 2
+    assert response.partial_success.rejected_data_points == 2 + 10  # 50 x 4,000 fit in 200,000
     assert "1000000 buckets" in response.partial_success.error_message
+    assert "more than 200000 histogram buckets in one request" in response.partial_success.error_message
     assert "out of range" in response.partial_success.error_message
     collector.shutdown()
     scalars = read_tensorboard(tmp_path / "tb" / "bad")["scalars"]
