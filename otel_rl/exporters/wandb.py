@@ -63,6 +63,9 @@ class WandbConfig:
     dir: str = env_default("WANDB_DIR", ".")
     group: Optional[str] = None
     api_key_file: Optional[str] = None
+    #: W&B runs kept open (each holds files and threads); past it the least recently used is
+    #: finished and resumed (same id) when its otel-rl run writes again.
+    max_open_runs: int = 64
 
     def __post_init__(self) -> None:
         if self.mode is None:
@@ -73,6 +76,8 @@ class WandbConfig:
             raise ConfigError(f"{path}.mode: {self.mode!r} is not allowed; allowed: 'online', 'offline', "
                               "'disabled'")
         readable_file(f"{path}.api_key_file", self.api_key_file)
+        if self.max_open_runs < 1:
+            raise ConfigError(f"{path}.max_open_runs: must be >= 1, got {self.max_open_runs}")
 
 
 def wandb_run_id(run: str) -> str:
@@ -144,7 +149,10 @@ class WandbExporter(RecordExporter):
         super().__init__()
         self.config = config or WandbConfig()
         self._names = NameMapper("wandb")
-        self._runs: dict[str, Any] = {}
+        self._runs: dict[str, Any] = {}  # insertion order: least recently used first
+        self._busy: set[str] = set()  # runs of the batch being written: never finished for the limit
+        #: W&B runs finished to stay within ``max_open_runs`` (resumed on demand).
+        self.closed_runs = 0
         self._journals: dict[str, _Journal] = {}
         self._resume: tuple[Any, int] = (None, 0)
         self._folders: dict[str, str] = {}
@@ -161,6 +169,14 @@ class WandbExporter(RecordExporter):
         active = self._runs.get(run)
         if active is None:
             active = self._runs[run] = self._init(run)
+            for old in list(self._runs):
+                if len(self._runs) <= self.config.max_open_runs:
+                    break
+                if old not in self._busy and old != run:
+                    self._runs.pop(old).finish(exit_code=0)
+                    self.closed_runs += 1
+        elif next(reversed(self._runs)) != run:
+            self._runs[run] = self._runs.pop(run)  # most recently used last
         return active
 
     def _init(self, run: str):
@@ -205,6 +221,7 @@ class WandbExporter(RecordExporter):
         from otel_rl.spool import encode_batch
 
         runs = batch.runs()
+        self._busy = set(runs)
         for run in runs:
             self._run(run)  # opens the run and its journal
         fingerprint = hashlib.blake2b(encode_batch(batch), digest_size=16).hexdigest()

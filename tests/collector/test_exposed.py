@@ -462,3 +462,26 @@ def read_tensorboard_events_of(run_dir: Path) -> list:
     from conftest import read_tensorboard_events
 
     return read_tensorboard_events(run_dir)["loss"]
+
+
+def test_wandb_keeps_at_most_max_open_runs_and_loses_nothing(tmp_path):
+    """Five runs written in turn with room for two open W&B runs: the least recently used is
+    finished and resumed (same id) when it writes again; every step of every run is in the
+    offline files once."""
+    from backends import read_counts, read_wandb
+    from otel_rl.exporters.records import Batch, Point
+    from otel_rl.exporters.wandb import WandbConfig, WandbExporter
+
+    sink = WandbExporter(WandbConfig(enabled=True, mode="offline", dir=str(tmp_path / "wb"), project="t",
+                                     max_open_runs=2))
+    try:
+        for step in range(2):
+            for r in range(5):
+                sink.write(Batch([Point(f"run-{r}", "loss", step, r + step / 10, time.time())]))
+                assert len(sink._runs) <= 2
+    finally:
+        sink.close()
+    assert sink.closed_runs >= 7
+    for r in (0, 4):
+        assert read_wandb(tmp_path / "wb", f"run-{r}")["scalars"]["loss"] == {0: r, 1: r + 0.1}
+        assert read_counts("wandb", tmp_path, f"run-{r}")["loss"] == {0: 1, 1: 1}

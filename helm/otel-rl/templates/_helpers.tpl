@@ -111,8 +111,8 @@ reduce:
   {{- end }}
   {{- else }} {}
   {{- end }}
-tensorboard: {enabled: {{ $v.backends.tensorboard.enabled }}, log_dir: {{ $v.persistence.mountPath }}/runs}
-wandb: {enabled: {{ $v.backends.wandb.enabled }}, mode: {{ $v.backends.wandb.mode }}, project: {{ $v.backends.wandb.project | quote }}{{ if $v.backends.wandb.entity }}, entity: {{ $v.backends.wandb.entity | quote }}{{ end }}, dir: {{ $v.persistence.mountPath }}}
+tensorboard: {enabled: {{ $v.backends.tensorboard.enabled }}, log_dir: {{ $v.persistence.mountPath }}/runs, max_open_files: {{ int $v.collector.maxOpenFiles }}}
+wandb: {enabled: {{ $v.backends.wandb.enabled }}, mode: {{ $v.backends.wandb.mode }}, project: {{ $v.backends.wandb.project | quote }}{{ if $v.backends.wandb.entity }}, entity: {{ $v.backends.wandb.entity | quote }}{{ end }}, dir: {{ $v.persistence.mountPath }}, max_open_runs: {{ int $v.collector.maxOpenWandbRuns }}}
 swanlab: {enabled: {{ $v.backends.swanlab.enabled }}, mode: {{ $v.backends.swanlab.mode }}, project: {{ $v.backends.swanlab.project | quote }}, logdir: {{ $v.persistence.mountPath }}/swanlog}
 mlflow: {enabled: {{ $v.backends.mlflow.enabled }}, tracking_uri: {{ default "http://127.0.0.1:5000" $v.backends.mlflow.trackingUri | quote }}, experiment: {{ $v.backends.mlflow.experiment | quote }}}
 mlflow_traces: {enabled: {{ and $v.backends.mlflow.enabled $v.backends.mlflow.traces }}, tracking_uri: {{ default "http://127.0.0.1:5000" $v.backends.mlflow.trackingUri | quote }}, experiment: {{ $v.backends.mlflow.experiment | quote }}}
