@@ -8,6 +8,7 @@ processor's thread, so a server that is down at start delays nothing.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class MlflowTraceExporter(SpanExporter):
     def __init__(self, config: MlflowTracesConfig | None = None) -> None:
         require("mlflow", "mlflow")
         self.config = config or MlflowTracesConfig()
+        # MLflow's client: no retries of its own (ours are bounded), its timeout is ours
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(self.config.timeout_s))))
         self._inner = None
         self._lock = threading.Lock()
         self._closed = False
@@ -95,9 +99,13 @@ class MlflowTraceExporter(SpanExporter):
         return True
 
     def shutdown(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+        """Never waits long on an export in flight to a hung server (its own timeout ends it)."""
+        self._closed = True
+        if not self._lock.acquire(timeout=1.0):
+            return
+        try:
             if self._inner is not None:
                 self._inner.shutdown()
+                self._inner = None
+        finally:
+            self._lock.release()

@@ -196,7 +196,7 @@ class TensorBoardExporter(RecordExporter):
         self.log_dir = Path(self.config.log_dir)
         self._names = NameMapper("tensorboard")
         self._runs: OrderedDict = OrderedDict()  # run key -> open EventFile, least recently used first
-        self._closed: dict = {}  # run key -> (file name, size) of an event file closed for the limit
+        self._evicted: dict = {}  # run key -> (file name, size) of an event file closed for the limit
         self._hist_meta = None
         self._spool_id: str | None = None
         self._before: dict | None = None
@@ -266,7 +266,7 @@ class TensorBoardExporter(RecordExporter):
                 continue
             f = self._runs.pop(run)
             f.flush()
-            self._closed[run] = (f.path.name, f.size)
+            self._evicted[run] = (f.path.name, f.size)
             if self._spool_id is None:
                 _FILES.release(self._dir(run))
             else:
@@ -275,7 +275,7 @@ class TensorBoardExporter(RecordExporter):
 
     def checkpoint_state(self) -> dict:
         files = dict(self._checkpointed)
-        files.update({_run_key(run): list(closed) for run, closed in self._closed.items()})
+        files.update({_run_key(run): list(closed) for run, closed in self._evicted.items()})
         files.update({_run_key(run): [f.path.name, f.size] for run, f in self._runs.items()})
         self._checkpointed = files
         return {"files": files, "dirs": dict(self._dirs),
@@ -290,7 +290,7 @@ class TensorBoardExporter(RecordExporter):
     def _file(self, run) -> EventFile:
         f = self._runs.get(run)
         if f is None:
-            reopened = self._closed.pop(run, None)
+            reopened = self._evicted.pop(run, None)
             if self._spool_id is None:
                 f = _FILES.acquire(self._dir(run))
             elif reopened is not None:  # closed for the limit: append to it as it is
@@ -430,11 +430,11 @@ class TensorBoardExporter(RecordExporter):
         code = {"success": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE,
                 "killed": api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
         # files closed for max_open_files are reopened one at a time for their end status
-        closed = [(run, None) for run in self._closed if not isinstance(run, tuple)]
+        closed = [(run, None) for run in self._evicted if not isinstance(run, tuple)]
         for run, f in [*self._runs.items(), *closed]:
             if f is None:
                 f = (_FILES.acquire(self._dir(run)) if self._spool_id is None
-                     else EventFile(self._dir(run), self._spool_id, self._closed[run][1]))
+                     else EventFile(self._dir(run), self._spool_id, self._evicted[run][1]))
             end = plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time())
             f.write(self._hparams_event("_hparams_/session_end_info",
                                         plugin_data_pb2.HParamsPluginData(session_end_info=end), time.time()))
@@ -444,7 +444,7 @@ class TensorBoardExporter(RecordExporter):
             else:
                 f.close()
         self._runs.clear()
-        self._closed.clear()
+        self._evicted.clear()
 
 
 #: At most this many late sub-runs per run (steps going backwards over and over, e.g. a loop

@@ -170,6 +170,8 @@ def translate_proto(request) -> Translation:
     out = Translation()
     for rm in request.resource_metrics:
         resource = proto_attributes(rm.resource.attributes)
+        if _empty_run(out, resource, sum(_points(m) for sm in rm.scope_metrics for m in sm.metrics)):
+            continue
         rank = rank_of(resource)
         run = run_of(resource)
         for sm in rm.scope_metrics:
@@ -191,6 +193,8 @@ def translate_logs(request, max_chars: int = 10_000) -> Translation:
     points = out.batch.points
     for rl in request.resource_logs:
         resource = proto_attributes(rl.resource.attributes)
+        if _empty_run(out, resource, sum(len(sl.log_records) for sl in rl.scope_logs)):
+            continue
         rank, run = rank_of(resource), run_of(resource)
         for sl in rl.scope_logs:
             table: list | None = None  # [name, step, time, rows]
@@ -225,6 +229,22 @@ def translate_logs(request, max_chars: int = 10_000) -> Translation:
                     table = [name, step, t, [row]]
             flush()
     return _finish(out)
+
+
+def _points(metric) -> int:
+    kind = metric.WhichOneof("data")
+    return len(getattr(metric, kind).data_points) if kind else 0
+
+
+def _empty_run(out: Translation, resource: Mapping[str, Any], count: int) -> bool:
+    """An ``otel_rl.run.id`` that is set but empty: refused (merging it into another run, or
+    into ``default``, would mix clients' data)."""
+    raw = resource.get(RUN_ID)
+    if raw is None or str(raw).strip():
+        return False
+    out.reject(count, "empty_run", "empty otel_rl.run.id: set it to the run's name (or leave it out to "
+               "use service.name)")
+    return True
 
 
 def _finish(out: Translation) -> Translation:

@@ -326,18 +326,23 @@ def test_the_upstream_collector_as_a_non_python_client(tmp_path):
 
 
 def test_memory_stays_bounded_under_unauthenticated_bodies(tmp_path):
-    """A collector in a child process: 100 clients with a wrong token each sending 1 MB of an
-    8 MB body leave its RSS within 100 MB of where it started."""
+    """A collector in a memory-limited child process (2 GiB of address space): 100 clients
+    with a wrong token each sending 1 MB of an 8 MB body leave its RSS within 100 MB of where it
+    started, and it keeps serving."""
     import psutil
-
-    from trainers import start_collector
 
     token = tmp_path / "token"
     token.write_text(TOKEN)
     port = free_port()
     (tmp_path / "c.yaml").write_text(f"receivers: {{http: {{port: {port}}}, grpc: {{enabled: false}}}}\n"
                                      f"auth: {{token_file: {token}}}\ntensorboard: {{log_dir: {tmp_path / 'tb'}}}\n")
-    proc = start_collector(tmp_path / "c.yaml")
+    import resource
+
+    limit = 2 << 30  # address space: a collector that tried to buffer the bodies would die here
+    proc = subprocess.Popen([sys.executable, "-m", "otel_rl.cli", "collector", "--config", str(tmp_path / "c.yaml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert "ready" in proc.stdout.readline()
     try:
         rss0 = psutil.Process(proc.pid).memory_info().rss
         socks = []
@@ -357,6 +362,7 @@ def test_memory_stays_bounded_under_unauthenticated_bodies(tmp_path):
         assert grown < 100e6, f"RSS grew {grown / 1e6:.0f} MB"
         assert _post(f"http://127.0.0.1:{port}/v1/metrics", _request("ok", 1, 1.0).SerializeToString(),
                      AUTH)[0] == 200
+        assert proc.poll() is None
     finally:
         proc.terminate()
         proc.wait(30)
@@ -485,3 +491,74 @@ def test_wandb_keeps_at_most_max_open_runs_and_loses_nothing(tmp_path):
     for r in (0, 4):
         assert read_wandb(tmp_path / "wb", f"run-{r}")["scalars"]["loss"] == {0: r, 1: r + 0.1}
         assert read_counts("wandb", tmp_path, f"run-{r}")["loss"] == {0: 1, 1: 1}
+
+
+def test_a_hung_trace_backend_does_not_hold_metrics(tmp_path, monkeypatch):
+    """MLflow that accepts connections and never answers: span requests are acknowledged at once
+    (forwarded off the request path), metrics keep flowing over HTTP and gRPC."""
+    import threading
+
+    import grpc
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        hung.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(hung.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    # what the trace sink sets for MLflow's client, restored after this test
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    c = create({"receivers": {"http": {"port": 0}, "grpc": {"port": 0}},
+                "mlflow_traces": {"enabled": True, "tracking_uri": f"http://127.0.0.1:{hung.getsockname()[1]}",
+                                  "timeout_s": 3},
+                "tensorboard": {"log_dir": str(tmp_path / "tb")}}).start()
+    try:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
+
+        spans = tpb.ExportTraceServiceRequest()
+        span = spans.resource_spans.add().scope_spans.add().spans.add()
+        span.name, span.trace_id, span.span_id = "rollout", b"\1" * 16, b"\2" * 8
+        started = time.monotonic()
+        for _ in range(5):
+            assert _post(_url(c, "/v1/traces"), spans.SerializeToString())[0] == 200
+        channel = grpc.insecure_channel(f"127.0.0.1:{c.grpc_port}")
+        export = channel.unary_unary("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")
+        for step in range(20):
+            export(_request("hung", step, 1.0).SerializeToString(), timeout=5)
+            assert _post(_url(c), _request("hung", 100 + step, 1.0).SerializeToString())[0] == 200
+        assert time.monotonic() - started < 10
+        channel.close()
+    finally:
+        stop.set()
+        c.shutdown(timeout_s=5)
+        for s in held:
+            s.close()
+        hung.close()
+    assert len(read_tensorboard(tmp_path / "tb" / "hung")["scalars"]["loss"]) == 40
+
+
+def test_an_empty_run_id_is_refused_not_merged(collector):
+    status, payload = _post(_url(collector), _request("", 1, 1.0).SerializeToString(), AUTH)
+    assert status == 200
+    response = mpb.ExportMetricsServiceResponse.FromString(payload)
+    assert response.partial_success.rejected_data_points == 1
+    assert "empty otel_rl.run.id" in response.partial_success.error_message
+
+
+def test_name_memory_is_bounded():
+    from otel_rl.exporters.naming import MAX_NAMES, NameMapper
+
+    mapper = NameMapper("mlflow")
+    for i in range(MAX_NAMES + 50_000):
+        mapper.key(f"name {i}?")  # renamed by MLflow's rules: every table is used
+    assert max(len(mapper._cache), len(mapper._neutral), len(mapper._owner)) <= MAX_NAMES
+    assert mapper._warnings == MAX_NAMES + 50_000  # counted; only the first 1,000 are logged
