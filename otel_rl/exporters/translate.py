@@ -77,6 +77,8 @@ def proto_attributes(key_values) -> dict[str, Any]:
 
 #: Buckets per histogram data point (OTel SDKs default to 160 exponential buckets).
 MAX_HISTOGRAM_BUCKETS = 4096
+#: Attributes per data point (the step included).
+MAX_ATTRIBUTES = 128
 #: Buckets per request, all points together (64 MB of decompressed varints could otherwise
 #: declare tens of millions, each a Python object).
 MAX_REQUEST_BUCKETS = 200_000
@@ -259,6 +261,14 @@ def _proto_metric(out: Translation, run: str, rank: int, metric) -> None:
         out.reject(n, "unsupported", f"metric {metric.name!r}: {kind or 'no data'} is not supported")
         return
     data = getattr(metric, kind)
+    if any(len(dp.attributes) > MAX_ATTRIBUTES for dp in data.data_points):
+        # each attribute set is a series in every backend: a point with thousands is refused
+        wide = [dp for dp in data.data_points if len(dp.attributes) > MAX_ATTRIBUTES]
+        out.reject(len(wide), "attributes", f"metric {metric.name!r}: more than {MAX_ATTRIBUTES} attributes "
+                   "on a data point")
+        keep = [dp for dp in data.data_points if len(dp.attributes) <= MAX_ATTRIBUTES]
+        del data.data_points[:]
+        data.data_points.extend(keep)
     temporality = getattr(data, "aggregation_temporality", None)
     if kind != "gauge":
         if temporality not in (1, 2):

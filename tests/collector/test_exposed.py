@@ -242,6 +242,22 @@ def test_bad_steps_and_histogram_bombs_are_partial_successes(collector, tmp_path
     assert scalars["loss"][4] == 4.0 and "bomb/count" not in scalars
 
 
+def test_a_point_with_too_many_attributes_is_refused(collector, tmp_path):
+    request = _request("wide", 1, 1.0)
+    request.resource_metrics[0].scope_metrics[0].metrics.append(_request("wide", 2, 2.0).resource_metrics[0]
+                                                                .scope_metrics[0].metrics[0])
+    dp = request.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0]
+    for i in range(200):
+        kv = dp.attributes.add()
+        kv.key, kv.value.string_value = f"a{i}", "v"
+    status, payload = _post(_url(collector), request.SerializeToString(), AUTH)
+    response = mpb.ExportMetricsServiceResponse.FromString(payload)
+    assert status == 200 and response.partial_success.rejected_data_points == 1
+    assert "more than 128 attributes" in response.partial_success.error_message
+    collector.shutdown()
+    assert read_tensorboard(tmp_path / "tb" / "wide")["scalars"]["loss"] == {2: 2.0}
+
+
 def test_every_gzip_member_is_read(collector, tmp_path):
     """Concatenated protobuf messages merge; so do two gzip members of one body."""
     body = gzip.compress(_request("multi", 1, 1.0).SerializeToString()) + \
