@@ -353,13 +353,18 @@ class Collector:
             blocks.extend(keep)
         return ids
 
-    def ingest_metrics(self, payload: bytes, content_type: str) -> mpb.ExportMetricsServiceResponse:
+    def _admissible(self, payload: bytes, content_type: str, message_cls):
+        """A data request, counted and parsed; refused with 503 while the collector is overloaded."""
         self.stats.requests += 1
-        request = self._parse(payload, content_type, mpb.ExportMetricsServiceRequest)
+        request = self._parse(payload, content_type, message_cls)
         why = self.overloaded()
         if why:
             self.stats.reject("overloaded")
             raise RequestError(503, f"{why}; retry later", retry_after_s=2.0)
+        return request
+
+    def ingest_metrics(self, payload: bytes, content_type: str) -> mpb.ExportMetricsServiceResponse:
+        request = self._admissible(payload, content_type, mpb.ExportMetricsServiceRequest)
         world = {}
         for rm in request.resource_metrics:
             resource = proto_attributes(rm.resource.attributes)
@@ -407,12 +412,7 @@ class Collector:
     def ingest_logs(self, payload: bytes, content_type: str) -> lpb.ExportLogsServiceResponse:
         """Samples and texts as OTLP log records (see :func:`otel_rl.exporters.translate.translate_logs`):
         the same admission, durability and sinks as metrics; not reduced across ranks."""
-        self.stats.requests += 1
-        request = self._parse(payload, content_type, lpb.ExportLogsServiceRequest)
-        why = self.overloaded()
-        if why:
-            self.stats.reject("overloaded")
-            raise RequestError(503, f"{why}; retry later", retry_after_s=2.0)
+        request = self._admissible(payload, content_type, lpb.ExportLogsServiceRequest)
         with self._lock:
             ids = self._new_resources(request, "resource_logs")
             translation = translate_logs(request)
