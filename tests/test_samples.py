@@ -16,21 +16,17 @@ import pytest
 
 from backends import (PrometheusServer, TensorBoardServer, _swanlab_experiments, _wandb_records, backend_config,
                       read_scalars)
+from conftest import read_tensorboard_tables
 
 ROWS = [{"prompt": "2+2=?", "response": "4", "reward": 1.0},
         {"prompt": "a|b", "response": "line 1\nline 2", "reward": -0.5}]
 
 
 def _read_tb_tables(run_dir: Path, tag: str) -> dict[int, str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    acc.Reload()
-    out = {}
-    for event in acc.Tensors(f"{tag}/text_summary"):
-        assert event.step not in out, f"step {event.step} twice"
-        out[event.step] = event.tensor_proto.string_val[0].decode()
-    return out
+    """The one table per step of a single-rank run (conftest's reader, late sub-runs included)."""
+    tables = read_tensorboard_tables(run_dir, tag)
+    assert all(len(texts) == 1 for texts in tables.values()), f"a step written twice: {tables}"
+    return {step: texts[0] for step, texts in tables.items()}
 
 
 def _read_wandb_tables(wandb_dir: Path, run: str, key: str) -> dict[int, list[dict]]:

@@ -19,7 +19,7 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 
 from backends import free_port, make_certificates
-from conftest import read_tensorboard
+from conftest import read_tensorboard, read_tensorboard_events
 from otel_rl_collector import create
 
 TOKEN = "s3cret"
@@ -414,7 +414,7 @@ def test_tensorboard_keeps_at_most_max_open_files_and_loses_nothing(tmp_path, sp
     exactly once, with the run's end status."""
     import psutil
 
-    from conftest import exactly_once, read_tensorboard_events
+    from conftest import exactly_once
     from otel_rl.exporters.records import Batch, Point
     from otel_rl.exporters.tensorboard import TensorBoardConfig, TensorBoardExporter
 
@@ -475,15 +475,10 @@ def test_ranks_outside_the_world_are_refused_and_late_steps_reduce_once(collecto
     assert time.monotonic() - started < 10
     assert collector.self_metrics()["late_points"] == 3000
     collector.shutdown()
-    events = read_tensorboard_events_of(tmp_path / "tb" / "w")
+    events = read_tensorboard_events(tmp_path / "tb" / "w")["loss"]
     assert events[0] == (1, 1.0) and len(events) == 2  # the step, then one correction
     assert events[1][0] == 1 and events[1][1] == pytest.approx((2 * 1.0 + 3000 * 3.0) / 3002)
 
-
-def read_tensorboard_events_of(run_dir: Path) -> list:
-    from conftest import read_tensorboard_events
-
-    return read_tensorboard_events(run_dir)["loss"]
 
 
 def test_wandb_keeps_at_most_max_open_runs_and_loses_nothing(tmp_path):
