@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -214,8 +215,6 @@ class PrometheusExporter(RecordExporter):
             if label in reserved:
                 label = "attr_" + label
             if label in used:
-                import hashlib
-
                 suffixed = f"{label}_{hashlib.blake2b(key.encode('utf-8', 'surrogatepass'), digest_size=3).hexdigest()}"
                 self.renamed += 1
                 self.warn_once(f"label:{label}", "prometheus: attribute %r of %r maps to the label %r that "
