@@ -47,24 +47,30 @@ def step_work(i):
         b = b @ a / 160.0
     return float(b[0, 0])
 
-log = finish = None
+log = finish = pipeline = None
+
+def otel_rl_config():
+    cfg = {"run_name": "loop", "tensorboard": {"log_dir": f"{tmp}/tb"}}
+    if "-tb" not in kind:
+        cfg.update(wandb={"enabled": True, "mode": "offline", "dir": f"{tmp}/wb"},
+                   swanlab={"enabled": True, "mode": "offline", "logdir": f"{tmp}/sl"},
+                   mlflow={"enabled": True, "tracking_uri": f"sqlite:///{tmp}/mlflow.db"})
+    if kind.endswith("-inproc"):
+        cfg["helper"] = False
+    return cfg
+
 if kind == "none":
     log = lambda i, m: None
 elif kind.startswith("otel-rl-logger"):
     import otel_rl
-    backends = ["tensorboard"] if kind == "otel-rl-logger-tb" else ["tensorboard", "wandb", "swanlab", "mlflow"]
-    cfg = {"run_name": "loop", "tensorboard": {"log_dir": f"{tmp}/tb"}}
-    if "wandb" in backends:
-        cfg.update(wandb={"enabled": True, "mode": "offline", "dir": f"{tmp}/wb"},
-                   swanlab={"enabled": True, "mode": "offline", "logdir": f"{tmp}/sl"},
-                   mlflow={"enabled": True, "tracking_uri": f"sqlite:///{tmp}/mlflow.db"})
-    logger = otel_rl.Logger(cfg)
+    logger = otel_rl.Logger(otel_rl_config())
+    pipeline = logger.pipeline
     log = lambda i, m: logger.log_metrics(m, step=i)
     finish = logger.finish
-elif kind == "otel-rl-meter-tb":
+elif kind.startswith("otel-rl-meter"):
     import otel_rl
     from opentelemetry import metrics
-    otel_rl.init({"run_name": "loop", "tensorboard": {"log_dir": f"{tmp}/tb"}})
+    pipeline = otel_rl.init(otel_rl_config())
     gauges = {f"m{k}": metrics.get_meter("b").create_gauge(f"m{k}") for k in range(10)}
     def log(i, m):
         otel_rl.set_step(i)
@@ -101,22 +107,27 @@ for i in range(50, 50 + steps):
     value = step_work(i)
     log(i, {f"m{k}": value + k for k in range(10)})
 loop_s = time.perf_counter() - t0
+helper = {}
+if pipeline is not None and pipeline.helper_pid is not None:
+    pipeline.force_flush(60)
+    helper = pipeline.stats()
 if finish:
     finish()
-print(json.dumps({"kind": kind, "loop": loop, "loop_s": loop_s}))
+print(json.dumps({"kind": kind, "loop": loop, "loop_s": loop_s, "helper_cpu_s": helper.get("helper_cpu_s"),
+                  "helper_points": helper.get("helper_points")}))
 """
 
-KINDS = ["none", "otel-rl-logger-tb", "otel-rl-meter-tb", "otel-rl-logger-all4", "wandb", "swanlab",
-         "tensorboardX", "mlflow-async"]
+KINDS = ["none", "otel-rl-logger-tb", "otel-rl-meter-tb", "otel-rl-logger-all4", "otel-rl-meter-all4",
+         "otel-rl-logger-all4-inproc", "wandb", "swanlab", "tensorboardX", "mlflow-async"]
 
 
-def run(kind: str, loop: str, steps: int) -> float:
+def run(kind: str, loop: str, steps: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         out = subprocess.run([sys.executable, "-c", CHILD, kind, loop, str(steps), tmp], capture_output=True,
                              text=True, timeout=900, cwd=tmp, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if out.returncode != 0:
         raise RuntimeError(f"{kind}/{loop}: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["loop_s"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -127,16 +138,22 @@ def main() -> int:
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     times: dict[tuple[str, str], list[float]] = {}
+    helper: dict[str, list[float]] = {}
     for _ in range(args.rounds):  # interleaved: drift on the machine hits every logger alike
         for loop in ("gil", "numpy"):
             for kind in kinds:
-                times.setdefault((kind, loop), []).append(run(kind, loop, args.steps))
+                out = run(kind, loop, args.steps)
+                times.setdefault((kind, loop), []).append(out["loop_s"])
+                if out.get("helper_points"):
+                    helper.setdefault(kind, []).append(out["helper_cpu_s"] / out["helper_points"])
     result = {}
     for loop in ("gil", "numpy"):
         base = statistics.median(times[("none", loop)])
         result[loop] = {"step_ms": base / args.steps * 1e3,
                         **{kind: round(statistics.median(times[(kind, loop)]) / base - 1, 4)
                            for kind in kinds if kind != "none"}}
+    # the helper's CPU per point: its process time (start-up excluded) over the points it admitted
+    result["helper_cpu_us_per_point"] = {kind: round(statistics.median(v) * 1e6, 2) for kind, v in helper.items()}
     print(json.dumps(result))
     return 0
 

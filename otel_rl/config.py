@@ -148,6 +148,11 @@ class PipelineConfig:
     - ``resume``: a ``run_name`` that a backend already holds from an earlier process starts a
       new backend run by default (TensorBoard ``<run>-2``, a new MLflow run, a new W&B run);
       ``true`` continues it. A process restarted on its spool always continues its own run.
+    - ``helper``: run the engine (translation, spools, every backend's SDK) in a helper process
+      off the training loop's GIL (env ``OTEL_RL_HELPER``; default true); ``false`` runs it on
+      threads of the training process. See :mod:`otel_rl.helper`.
+    - ``helper_buffer_bytes``: frames handed to the helper and not yet acknowledged, at most;
+      past it the tape's own bounds apply (the loop slows, then drops and counts).
     """
 
     run_name: str = env_default("OTEL_RL_RUN_NAME", None)
@@ -162,11 +167,14 @@ class PipelineConfig:
     max_queue_points: int = 100_000
     shutdown_timeout_s: float = 30.0
     resume: bool = False
+    helper: bool = env_default("OTEL_RL_HELPER", True, bool)
+    helper_buffer_bytes: int = 64 << 20
 
     def validate(self, path: str) -> None:
         positive(f"{path}.export_interval_s", self.export_interval_s)
         positive(f"{path}.shutdown_timeout_s", self.shutdown_timeout_s)
-        for name in ("cardinality_limit", "flush_every_steps", "max_queue_points", "spool_max_bytes"):
+        for name in ("cardinality_limit", "flush_every_steps", "max_queue_points", "spool_max_bytes",
+                     "helper_buffer_bytes"):
             positive(f"{path}.{name}", getattr(self, name))
         if self.flush_every_steps >= self.cardinality_limit:
             raise ConfigError(f"{path}.flush_every_steps: must be below cardinality_limit "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import shutil
 import sys
 import threading
 import time
@@ -27,14 +28,13 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_rl import _step, recording, samples
-from otel_rl.config import Config, ConfigError, default_run_name, load_config
-from otel_rl.delivery import Deadline, SinkSet
+from otel_rl import _step, helper, recording, samples
+from otel_rl.config import Config, default_run_name, load_config
+from otel_rl.delivery import Deadline
+from otel_rl.engine import Engine, open_spools, spool_root  # noqa: F401 (open_spools: the collector's)
 from otel_rl.exporters import registry
-from otel_rl.exporters.accumulate import Stream
-from otel_rl.exporters.records import Batch
-from otel_rl.exporters.base import FAILED, KILLED, SUCCESS, Sink
-from otel_rl.exporters.translate import record_step, translate_records
+from otel_rl.exporters.base import FAILED, KILLED, SUCCESS
+from otel_rl.helper import HelperLink, RemoteSink, new_session, private_spool
 from otel_rl.semconv import RANK, RUN_ID, WORLD_SIZE
 from otel_rl.timing import PhaseTimer
 
@@ -47,26 +47,6 @@ def active_pipeline() -> "Pipeline | None":
     """The pipeline of the current run (see :func:`otel_rl.recording.current`)."""
     recorder = recording.current()
     return getattr(recorder, "owner", None) if recorder is not None else None
-
-
-def open_spools(spool_dir: str | None, names: list[str], max_bytes: int, fsync: bool = True,
-                rank: int | None = None) -> dict:
-    """A durable spool per sink under ``spool_dir`` (``rank-<n>/`` when the rank is known, so
-    ranks sharing one directory never share a spool), or {} (in-memory queues)."""
-    if not spool_dir:
-        return {}
-    from otel_rl.spool import Spool
-
-    root = Path(spool_dir) / f"rank-{rank}" if rank is not None else Path(spool_dir)
-    spools = {}
-    try:
-        for name in names:
-            spools[name] = Spool(root / name, max_bytes=max_bytes, fsync=fsync)
-    except BaseException:
-        for spool in spools.values():
-            spool.close()
-        raise
-    return spools
 
 
 class Drainer:
@@ -125,31 +105,13 @@ def resolve_resource(config: Config) -> Resource:
     return Resource.create(attributes)
 
 
-def _build_sinks(config: Config, tracer_provider: TracerProvider) -> list[Sink]:
-    """A sink for every enabled backend; span exporters go on the tracer provider."""
-    sinks = []
-    for name, backend_config in config.enabled().items():
-        spec = registry.spec(name)
-        span_exporter = registry.create_span_exporter(name, backend_config)
-        if span_exporter is not None:
-            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
-        if spec.exporter is None:
-            continue
-        exporter = registry.create(name, backend_config)
-        if not isinstance(exporter, Sink):
-            raise ConfigError(f"backend {name!r}: {type(exporter).__name__} is not an otel_rl Sink "
-                              "(otel_rl.exporters.base.Sink: write/flush/close); plugins must implement it")
-        sinks.append(exporter)
-    return sinks
-
-
-#: Records of the step still being recorded are held back at most this long (or this many).
-HOLD_MAX_S = 60.0
-HOLD_MAX_RECORDS = 200_000
+#: Records per frame handed to the helper (a bigger burst goes in several frames).
+FRAME_RECORDS = 50_000
 
 
 class Pipeline:
-    """Owns one run: its recorder (tape and step), tracer provider, admission state and sinks."""
+    """Owns one run: its recorder (tape and step), tracer provider, and the engine (in the
+    helper process, or in this one with ``pipeline.helper: false``)."""
 
     def __init__(self, config: Config | dict | str | None = None) -> None:
         self.config = load_config(config)
@@ -158,22 +120,20 @@ class Pipeline:
         self.run_name = str(self.resource.attributes[RUN_ID])
         self.rank = pcfg.rank if pcfg.rank is not None else -1
         self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
-        sinks = _build_sinks(self.config, self.tracer_provider)
-        for sink in sinks:
-            sink.resume = pcfg.resume
-            bind = getattr(sink, "bind_resource", None)
-            if bind is not None:
-                bind(dict(self.resource.attributes))
-        spools = open_spools(pcfg.spool_dir, [s.name for s in sinks], pcfg.spool_max_bytes, rank=pcfg.rank)
-        self.sinkset = SinkSet(sinks, pcfg.max_queue_points, self.config.sources["retry"],
-                               spools=spools).start(open_runs=(self.run_name,))
-        self._stream = Stream()
+        enabled = self.config.enabled()
+        for name, backend_config in enabled.items():
+            span_exporter = registry.create_span_exporter(name, backend_config)
+            if span_exporter is not None:
+                self.tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        attributes = dict(self.resource.attributes)
+        self.engine: Engine | None = None
+        self._link: HelperLink | None = None
+        if pcfg.helper and any(registry.spec(name).exporter is not None for name in enabled):
+            self._link = self._start_helper(attributes)
+            self._remote_sinks = [RemoteSink(info) for info in self._link.ready["sinks"]]
+        else:
+            self.engine = Engine(self.config, self.run_name, self.rank, attributes, root=spool_root(self.config))
         self._drain_lock = threading.Lock()
-        self._held: list[tuple] = []  # records of the step still being recorded (see _drain)
-        self._held_since = 0.0
-        self.rejected_points = 0
-        self.rejected_reasons: dict[str, str] = {}
-        self.overflow_points = 0
         self.drainer = Drainer(self._drain, pcfg.export_interval_s)
         self.recorder = recording.Recorder(wake=self.drainer.wake, on_step=self._on_step,
                                            max_records=max(pcfg.max_queue_points * 10, 1_000_000))
@@ -205,58 +165,67 @@ class Pipeline:
         _install_exit_hooks()
         _log.info("otel-rl: run %r -> %s", self.run_name, "; ".join(self.describe()) or "no sinks")
 
+    def _start_helper(self, attributes: dict) -> HelperLink:
+        pcfg = self.config.pipeline
+        root = spool_root(self.config)
+        private = root is None
+        if private:
+            root = Path(private_spool())
+        hello = {"config": self.config, "run_name": self.run_name, "rank": self.rank, "resource": attributes,
+                 "root": str(root), "private": private, "fsync": not private, "session": new_session(),
+                 "shutdown_timeout_s": pcfg.shutdown_timeout_s}
+        link = HelperLink(hello, pcfg.helper_buffer_bytes)
+        try:
+            link.start()
+        except BaseException:
+            if private:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+        return link
+
     # -- the path ----------------------------------------------------------------------------
     def _drain(self, observe: bool = False, release: bool = False) -> None:
-        """Tape -> points -> admission -> sinks. The step the loop is still at may get more
-        values (a histogram's samples, a counter's increments): its records are held back and
-        sent whole with a later drain (at most ``HOLD_MAX_S``), or at flush/shutdown."""
+        """Tape -> the engine: here, or as frames to the helper (see :mod:`otel_rl.engine`)."""
         with self._drain_lock:
-            records = self.recorder.drain()
-            if observe:
-                records.extend(self.recorder.observe())
-            if self._held:
-                records = self._held + records
-                self._held = []
-            current = self.recorder.step
-            if current is not None and not release and records:
-                held, rest = [], []
-                for r in records:
-                    (held if record_step(r) == current else rest).append(r)
-                if held and (len(held) < HOLD_MAX_RECORDS and (
-                        not self._held_since or time.monotonic() - self._held_since < HOLD_MAX_S)):
-                    self._held = held
-                    self._held_since = self._held_since or time.monotonic()
-                    records = rest
-                else:
-                    self._held_since = 0.0
-            else:
-                self._held_since = 0.0
-            if not records:
+            recorder = self.recorder
+            link = self._link
+            if link is None:
+                records = recorder.drain()
+                if observe:
+                    records.extend(recorder.observe())
+                self.engine.process(records, recorder.step, release, time.monotonic())
                 return
-            translation = translate_records(records, self.run_name, self.rank)
-            if translation.rejected or translation.reasons:
-                self._report(translation)
-            batch = translation.batch
-            batch = self._stream.admit(Batch(batch.points, batch.params))
-            print_rows = self.config.sources["samples"].print_rows
-            if print_rows:
-                for p in batch.points:
-                    if p.kind == "table":
-                        samples.print_table(p.run, p.name, p.step, p.value, print_rows)
-            if batch:
-                self.sinkset.submit(batch)
-
-    def _report(self, translation) -> None:
-        self.rejected_points += translation.rejected
-        for kind, reason in translation.reasons.items():
-            if kind not in self._warned and len(self._warned) < 10_000:
-                self._warned.add(kind)
-                self.rejected_reasons.setdefault(kind, reason)
-                _log.warning("otel-rl: %s (reported once; counted in stats()['rejected_points'])", reason)
+            if link.backlogged and not release:
+                link.pump(0.1)  # records stay on the tape, whose bounds apply
+                return
+            while True:
+                records = recorder.drain(FRAME_RECORDS)
+                if observe:
+                    records.extend(recorder.observe())
+                    observe = False
+                more = len(records) >= FRAME_RECORDS and len(recorder.tape) > 0
+                if records or release:
+                    link.send(records, recorder.step, release and not more, time.monotonic())
+                else:
+                    link.pump(0.1)
+                if not more or (link.backlogged and not release):
+                    return
 
     @property
-    def sinks(self) -> list[Sink]:
-        return [w.sink for w in self.sinkset.workers]
+    def helper_pid(self) -> int | None:
+        """The helper process's pid (None: the engine runs in this process)."""
+        return self._link.pid() if self._link is not None else None
+
+    @property
+    def sinks(self) -> list:
+        """The run's sinks (in helper mode, :class:`~otel_rl.helper.RemoteSink` descriptions)."""
+        return self.engine.sinks if self.engine is not None else list(self._remote_sinks)
+
+    @property
+    def sinkset(self):
+        if self.engine is None:
+            raise AttributeError("the sinks run in the helper process; set pipeline.helper: false to reach them")
+        return self.engine.sinkset
 
     @property
     def workers(self):
@@ -264,11 +233,12 @@ class Pipeline:
 
     def describe(self) -> list[str]:
         """Where the data goes, one line per sink."""
-        lines = []
-        for sink in self.sinks:
-            where = getattr(sink, "run_dir", None)
-            lines.append(f"{sink.name}: {where(self.run_name)}" if where else sink.describe(self.run_name))
-        return lines
+        if self.engine is not None:
+            return self.engine.describe()
+        latest = (None if self._closed else self._link.call(helper.STATS, None, 10.0)) or self._link.final_stats
+        if latest and latest.get("describe"):  # backends that name their run folder once it exists
+            return list(latest["describe"])
+        return [s.describe() for s in self._remote_sinks]
 
     def get_meter(self, name: str, version: str | None = None):
         """A meter of this run: its instruments record at this run's step, whatever is current."""
@@ -320,7 +290,7 @@ class Pipeline:
             self.drainer.wake()
 
     def collect_now(self) -> None:
-        """Drain and queue everything recorded so far (on the calling thread)."""
+        """Drain and hand over everything recorded so far (on the calling thread)."""
         self._pending_steps = 0
         self._drain()
 
@@ -333,13 +303,21 @@ class Pipeline:
             self.timing.on_step(step)
         self._drain(observe=True, release=True)
         spans_ok = _bounded(lambda: self.tracer_provider.force_flush(int(deadline.left() * 1e3)), deadline)
-        return self.sinkset.flush(deadline) and bool(spans_ok)
+        if self._link is None:
+            return self.engine.flush(deadline) and bool(spans_ok)
+        if not self._link.wait_acked(deadline):
+            return False
+        flushed = self._link.call(helper.FLUSH, {"timeout_s": deadline.left()}, deadline.left() + 0.5)
+        return flushed is True and bool(spans_ok)
 
     def stats(self) -> dict[str, Any]:
         """Self-metrics: per-sink point counts, plus what could not be recorded or placed."""
-        out: dict[str, Any] = self.sinkset.stats()
-        out["overflow_points"] = self.overflow_points
-        out["rejected_points"] = self.rejected_points
+        if self._link is None:
+            out: dict[str, Any] = self.engine.stats()
+        else:
+            out = dict(self._link.call(helper.STATS, None, 10.0) or self._link.final_stats or {})
+            out.pop("describe", None)
+            out.update(self._link.stats())
         out["dropped_records"] = self.recorder.dropped
         out["throttled_records"] = self.recorder.throttled
         out["dropped_sample_rows"] = self.dropped_sample_rows
@@ -366,7 +344,10 @@ class Pipeline:
         if self.system is not None:
             self.system.close()
         _bounded(lambda: self.tracer_provider.shutdown(), deadline)
-        return self.sinkset.shutdown(deadline, status)
+        if self._link is not None:
+            return self._link.close(status, deadline)
+        return self.engine.shutdown(deadline, status)
+
 
 
 def _bounded(fn, deadline: Deadline):

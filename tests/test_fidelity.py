@@ -19,6 +19,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import urllib.request
+
 import pytest
 
 from backends import TensorBoardServer, _swanlab_experiments, free_port, read_mlflow, read_params, read_wandb
@@ -251,7 +253,6 @@ def test_names_arrive_under_their_documented_key_in_every_backend(tmp_path, mlfl
     from backends import read_scalars
 
     from otel_rl import Logger
-    from otel_rl.exporters.prometheus import PrometheusExporter
 
     names = {"charts/SPS": 1.0, "Loss": 2.0, "loss": 3.0, "eval//reward": 4.0, "/value": 5.0, "": 6.0,
              "reward mean[0]": 7.0}
@@ -262,9 +263,9 @@ def test_names_arrive_under_their_documented_key_in_every_backend(tmp_path, mlfl
                      "prometheus": {"enabled": True, "port": 0}})
     for step in range(3):
         logger.log_metrics(names, step=step)
-    prometheus = next(s for s in logger.pipeline.sinks if isinstance(s, PrometheusExporter))
+    prometheus = next(s for s in logger.pipeline.sinks if s.name == "prometheus")
     logger.pipeline.force_flush()
-    exposition = prometheus.render()
+    exposition = urllib.request.urlopen(f"http://127.0.0.1:{prometheus.port}/metrics", timeout=10).read().decode()
     logger.finish()
     want = {
         "tensorboard": {"charts/SPS", "Loss", "loss", "eval//reward", "/value", "unnamed", "reward mean[0]"},

@@ -118,7 +118,9 @@ def test_training_thread_only_enqueues(tmp_path):
     import threading
     import time
 
-    logger = Logger(_config(tmp_path, export_interval_s=0.05))
+    # the sink is patched, so the engine runs in this process (helper: false); tests/test_helper.py
+    # covers a blocked helper
+    logger = Logger(_config(tmp_path, export_interval_s=0.05, helper=False))
     sink = logger.pipeline.sinks[0]
     gate = threading.Event()
     original = sink.write

@@ -41,7 +41,7 @@ from otel_rl.exporters import registry
 from otel_rl.exporters.otlp import BATCH_ID, SENDER_ID
 from otel_rl.exporters.records import Batch
 from otel_rl.exporters.translate import proto_attributes, rank_of, run_of, translate_logs, translate_proto
-from otel_rl.pipeline import open_spools
+from otel_rl.engine import open_spools
 from otel_rl.semconv import RANK, WORLD_SIZE
 
 from otel_rl_collector import wire
