@@ -153,6 +153,9 @@ class PipelineConfig:
       threads of the training process. See :mod:`otel_rl.helper`.
     - ``helper_buffer_bytes``: frames handed to the helper and not yet acknowledged, at most;
       past it the tape's own bounds apply (the loop slows, then drops and counts).
+    - ``helper_nice``: the helper's scheduling niceness (``os.nice``; 0: as the training
+      process). Telemetry never competes with training for a core: on a machine with no core to
+      spare the helper runs behind, its spool holds what waits, and nothing is lost.
     """
 
     run_name: str = env_default("OTEL_RL_RUN_NAME", None)
@@ -169,6 +172,7 @@ class PipelineConfig:
     resume: bool = False
     helper: bool = env_default("OTEL_RL_HELPER", True, bool)
     helper_buffer_bytes: int = 64 << 20
+    helper_nice: int = 10
 
     def validate(self, path: str) -> None:
         positive(f"{path}.export_interval_s", self.export_interval_s)
@@ -176,6 +180,8 @@ class PipelineConfig:
         for name in ("cardinality_limit", "flush_every_steps", "max_queue_points", "spool_max_bytes",
                      "helper_buffer_bytes"):
             positive(f"{path}.{name}", getattr(self, name))
+        if not 0 <= self.helper_nice <= 19:
+            raise ConfigError(f"{path}.helper_nice: must be in 0..19, got {self.helper_nice!r}")
         if self.flush_every_steps >= self.cardinality_limit:
             raise ConfigError(f"{path}.flush_every_steps: must be below cardinality_limit "
                               f"({self.cardinality_limit}), got {self.flush_every_steps}")

@@ -49,6 +49,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ class HelperLink:
         self._hello = hello
         self._buffer_bytes = buffer_bytes
         self._lock = threading.Lock()  # frames, replies, the process
+        self._write_lock = threading.Lock()  # one writer on the pipe at a time
         self._replied = threading.Condition(self._lock)
         self._unacked: deque[tuple[int, bytes]] = deque()  # (number, frame bytes) in order
         self._unacked_bytes = 0
@@ -154,7 +156,8 @@ class HelperLink:
         #: The helper's last :data:`STATS` (sent with its reply to :data:`SHUTDOWN`).
         self.final_stats: dict[str, Any] | None = None
         self._closed = False
-        os.register_at_fork(after_in_child=self._forget_in_child)
+        self._from_helper = -1
+        _links.add(self)
 
     # -- life cycle ----------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -186,7 +189,8 @@ class HelperLink:
             os.close(from_helper_r)
             _end(proc, 5.0)
             raise
-        self._proc, self._to_helper = proc, to_helper_w
+        os.set_blocking(to_helper_w, False)
+        self._proc, self._to_helper, self._from_helper = proc, to_helper_w, from_helper_r
         self._generation += 1
         self._dead = False
         self.ready = ready
@@ -245,8 +249,10 @@ class HelperLink:
                 elif kind == LOG:
                     _relog(pickle.loads(payload))
         finally:
-            os.close(fd)
             with self._lock:
+                if self._from_helper == fd:
+                    self._from_helper = -1
+                os.close(fd)
                 if generation == self._generation and not self._dead:
                     self._dead = True
                     self._retry_at = time.monotonic() + self._backoff
@@ -307,30 +313,37 @@ class HelperLink:
         self.pump(wait_s)
 
     def pump(self, wait_s: float = 0.5) -> bool:
-        """Write pending bytes for at most ``wait_s``; True when nothing is left to write."""
+        """Write pending bytes for at most ``wait_s``; True when nothing is left to write. The
+        state lock is not held while waiting on the pipe (the reader thread needs it for acks)."""
         deadline = time.monotonic() + wait_s
-        with self._lock:
-            if not self._ensure_alive_locked():
-                return False
-            fd = self._to_helper
-            while self._out:
-                left = deadline - time.monotonic()
-                try:
-                    _, writable, _ = select.select([], [fd], [], max(0.0, left))
-                except (OSError, ValueError):
+        with self._write_lock:
+            with self._lock:
+                if not self._ensure_alive_locked():
                     return False
-                if not writable:
-                    return False
+                fd = self._to_helper
+            while True:
+                with self._lock:
+                    if not self._out:
+                        return True
+                    if fd != self._to_helper or self._dead:
+                        return False
+                    chunk = bytes(self._out[: 1 << 16])
                 try:
-                    n = os.write(fd, self._out[: 1 << 16])
+                    _, writable, _ = select.select([], [fd], [], max(0.0, deadline - time.monotonic()))
+                    if not writable:
+                        return False
+                    n = os.write(fd, chunk)  # non-blocking: what the pipe takes
                 except BlockingIOError:
                     continue
-                except OSError:  # the helper is gone; the reader thread notices and it restarts
-                    self._dead = True
-                    self._retry_at = time.monotonic() + self._backoff
+                except (OSError, ValueError):  # the helper is gone; the reader thread notices
+                    with self._lock:
+                        if fd == self._to_helper and not self._dead:
+                            self._dead = True
+                            self._retry_at = time.monotonic() + self._backoff
                     return False
-                del self._out[:n]
-            return True
+                with self._lock:
+                    if fd == self._to_helper:
+                        del self._out[:n]
 
     def call(self, kind: int, payload: Any, timeout_s: float) -> Any:
         """Send a request and wait for its reply (None on timeout, or when the helper is gone
@@ -415,14 +428,29 @@ class HelperLink:
     def _forget_in_child(self) -> None:
         """A fork of the training process (a DataLoader worker) must not hold the helper's pipe
         open, or the helper would not notice the training process's end."""
-        if self._to_helper >= 0:
-            try:
-                os.close(self._to_helper)
-            except OSError:
-                pass
-        self._to_helper = -1
+        for fd in (self._to_helper, self._from_helper):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._to_helper = self._from_helper = -1
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._replied = threading.Condition(self._lock)
         self._closed = True
         self._dead = True
+
+
+_links: "weakref.WeakSet[HelperLink]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for link in list(_links):
+        link._forget_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _end(proc: subprocess.Popen, wait_s: float) -> None:
@@ -524,6 +552,13 @@ def main(argv: list[str]) -> int:
     if frame is None or frame[0] != HELLO:
         return 2
     hello = pickle.loads(frame[2])
+    nice = hello["config"].pipeline.helper_nice
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError as exc:
+            _log.warning("otel-rl helper: os.nice(%d) failed (%s); running at the training process's priority",
+                         nice, exc)
     from otel_rl.delivery import Deadline
     from otel_rl.engine import Engine
     from otel_rl.exporters.base import KILLED
@@ -544,6 +579,7 @@ def main(argv: list[str]) -> int:
         sinks.append({"name": sink.name, "port": getattr(sink, "port", None),
                       "describe": f"{sink.name}: {where(engine.run_name)}" if where else sink.describe(engine.run_name)})
     out.send(READY, 0, {"emission": engine.emission, "sinks": sinks, "pid": os.getpid()})
+
     session = hello["session"]
     cpu_start = time.process_time()
     points = 0

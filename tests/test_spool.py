@@ -4,7 +4,9 @@ backend is unreachable until after a restart loses nothing."""
 from __future__ import annotations
 
 import ast
+import json
 import math
+import pickle
 import subprocess
 import sys
 
@@ -27,6 +29,25 @@ def test_round_trip_of_every_value_kind():
     assert back.params == batch.params
     assert back.points[0].value.buckets == hist.buckets and math.isnan(back.points[0].value.min)
     assert math.isnan(back.points[1].value) and back.points[2].value == -math.inf
+
+
+def test_a_reopened_spool_knows_its_last_emission_and_reads_old_json_records(tmp_path):
+    """The emission number of the last record survives a crash (what a restarted process skips),
+    and a record an earlier version wrote as JSON is still read."""
+    spool = Spool(tmp_path / "s", fsync=False)
+    for emission in (5, 6, 7):
+        assert spool.append(Batch(_batch(emission).points, meta={"emission": emission}))
+    spool._file.close()
+    spool._lock_file.close()  # a SIGKILL: no checkpoint, nothing closed in order
+    again = Spool(tmp_path / "s")
+    assert again.last_emission == 7
+    again.close()
+    old = json.dumps({"p": [["r", "m", 3, 1.5, 2.0, "gauge", [["k", "v"]], 0, "", None]], "r": [],
+                      "m": {"emission": 9}}).encode()
+    back = decode_batch(old)
+    assert back.points == [Point("r", "m", 3, 1.5, 2.0, "gauge", (("k", "v"),), 0)] and back.meta == {"emission": 9}
+    with pytest.raises(ValueError, match="only plain values"):
+        decode_batch(pickle.dumps({"p": [(print,)], "r": []}))
 
 
 def test_append_read_ack_and_restart_resume_in_order(tmp_path):

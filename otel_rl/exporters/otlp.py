@@ -256,9 +256,9 @@ class OtlpSink(Sink):
         self._sender = spool_id  # stable across restarts: a replayed batch keeps its identity
 
     def write(self, batch: Batch) -> None:
-        from otel_rl.spool import encode_batch
+        from otel_rl.spool import fingerprint_bytes
 
-        digest = hashlib.blake2b(encode_batch(Batch(batch.points, batch.params)), digest_size=12).hexdigest()
+        digest = hashlib.blake2b(fingerprint_bytes(Batch(batch.points, batch.params)), digest_size=12).hexdigest()
         chunk = 0
         groups = {}
         logged = [p for p in batch.points if p.kind in ("text", "table")]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -249,8 +250,11 @@ def _empty_run(out: Translation, resource: Mapping[str, Any], count: int) -> boo
     return True
 
 
+_RUN_STEP = operator.attrgetter("run", "step")
+
+
 def _finish(out: Translation) -> Translation:
-    out.batch.points.sort(key=lambda p: (p.run, p.step))
+    out.batch.points.sort(key=_RUN_STEP)
     return out
 
 
@@ -507,12 +511,21 @@ def translate_records(records: Iterable[tuple], run: str, rank: int = -1) -> Tra
         if kind == "m":  # a Logger call: (m, prefix, metrics, step, time_ns)
             _, prefix, metrics, step, t_ns = record[:5]
             wall = t_ns / 1e9
-            for key, value in flatten(metrics, prefix).items():
-                number = as_number(value)
-                if number is None:
-                    out.reject(1, f"value:{key}", f"metric {key!r}: value {value!r} is not a number")
-                    continue
-                points.append(Point(run, key or EMPTY_NAME, step, number, wall, "gauge", (), rank))
+            nested = None
+            for key, value in metrics.items():
+                vtype = type(value)
+                if (vtype is float or vtype is int) and type(key) is str:  # the common case, inline
+                    name = f"{prefix}/{key}" if prefix else key
+                    points.append(Point(run, name or EMPTY_NAME, step, float(value), wall, "gauge", (), rank))
+                else:
+                    (nested := nested or {})[key] = value
+            if nested:
+                for key, value in flatten(nested, prefix).items():
+                    number = as_number(value)
+                    if number is None:
+                        out.reject(1, f"value:{key}", f"metric {key!r}: value {value!r} is not a number")
+                        continue
+                    points.append(Point(run, key or EMPTY_NAME, step, number, wall, "gauge", (), rank))
             continue
         if kind == "p":  # hyperparameters: (p, None, params, step, time_ns)
             out.batch.params.append(RunParams(run, {k or EMPTY_NAME: _param_value(v)

@@ -218,13 +218,13 @@ class WandbExporter(RecordExporter):
             raise TransientError(f"wandb: {exc}") from exc
 
     def _write(self, batch: Batch) -> None:
-        from otel_rl.spool import encode_batch
+        from otel_rl.spool import fingerprint_bytes
 
         runs = batch.runs()
         self._busy = set(runs)
         for run in runs:
             self._run(run)  # opens the run and its journal
-        fingerprint = hashlib.blake2b(encode_batch(batch), digest_size=16).hexdigest()
+        fingerprint = hashlib.blake2b(fingerprint_bytes(batch), digest_size=16).hexdigest()
         if runs and all(fingerprint in self._journals[r] for r in runs):
             _log.info("wandb: batch already written before a restart (replayed from a spool); skipped")
             return
