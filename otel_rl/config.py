@@ -171,7 +171,7 @@ class PipelineConfig:
     shutdown_timeout_s: float = 30.0
     resume: bool = False
     helper: bool = env_default("OTEL_RL_HELPER", True, bool)
-    helper_buffer_bytes: int = 64 << 20
+    helper_buffer_bytes: int = 16 << 20
     helper_nice: int = 10
 
     def validate(self, path: str) -> None:
