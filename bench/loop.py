@@ -2,6 +2,7 @@
 with each logger in its own process, side by side with the peers, interleaved rounds.
 
     python bench/loop.py [--steps 1500] [--rounds 4]
+    python bench/loop.py --blocks 10 --steps 300 --rounds 3   # A/B blocks inside one process
 
 Two loops, 10 scalars logged per step:
 
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, os, sys, time
-kind, loop, steps, tmp = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+kind, loop, steps, tmp, blocks = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 os.environ.update(WANDB_SILENT="true", WANDB_MODE="offline", OTEL_RL_SYSTEM_METRICS="false")
 # one BLAS thread: the numpy step uses one core, as a training step driving a GPU does; a BLAS
 # spread over both of this machine's cores would measure the core count, not the GIL
@@ -112,9 +113,24 @@ if pipeline is not None:  # the backends are open and wrote the warm-up, as a pe
         s0 = pipeline.stats()
         cpu0, points0 = s0["helper_cpu_s"], s0["helper_points"]
 t0 = time.perf_counter()
-for i in range(50, 50 + steps):
-    value = step_work(i)
-    log(i, {f"m{k}": value + k for k in range(10)})
+ab = None
+if blocks:  # the same process, blocks of steps with and without logging, alternating
+    on, off, i = [], [], 50
+    for _ in range(blocks):
+        for logging in (True, False):
+            b0 = time.perf_counter()
+            for _ in range(steps):
+                value = step_work(i)
+                if logging:
+                    log(i, {f"m{k}": value + k for k in range(10)})
+                i += 1
+            (on if logging else off).append(time.perf_counter() - b0)
+    import statistics
+    ab = statistics.median(on) / statistics.median(off) - 1
+else:
+    for i in range(50, 50 + steps):
+        value = step_work(i)
+        log(i, {f"m{k}": value + k for k in range(10)})
 loop_s = time.perf_counter() - t0
 helper = {}
 if pipeline is not None and pipeline.helper_pid is not None:
@@ -122,7 +138,7 @@ if pipeline is not None and pipeline.helper_pid is not None:
     helper = pipeline.stats()
 if finish:
     finish()
-print(json.dumps({"kind": kind, "loop": loop, "loop_s": loop_s,
+print(json.dumps({"kind": kind, "loop": loop, "loop_s": loop_s, "ab": ab,
                   "helper_cpu_s": helper["helper_cpu_s"] - cpu0 if helper else None,
                   "helper_points": helper["helper_points"] - points0 if helper else None}))
 """
@@ -131,9 +147,10 @@ KINDS = ["none", "otel-rl-logger-tb", "otel-rl-meter-tb", "otel-rl-logger-all4",
          "otel-rl-logger-all4-inproc", "wandb", "swanlab", "tensorboardX", "mlflow-async"]
 
 
-def run(kind: str, loop: str, steps: int) -> dict:
+def run(kind: str, loop: str, steps: int, blocks: int = 0) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
-        out = subprocess.run([sys.executable, "-c", CHILD, kind, loop, str(steps), tmp], capture_output=True,
+        out = subprocess.run([sys.executable, "-c", CHILD, kind, loop, str(steps), tmp, str(blocks)],
+                             capture_output=True,
                              text=True, timeout=900, cwd=tmp, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if out.returncode != 0:
         raise RuntimeError(f"{kind}/{loop}: {out.stderr[-2000:]}")
@@ -145,8 +162,22 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--blocks", type=int, default=0,
+                        help="0: each logger's loop against a loop without logging in another process "
+                             "(the default); N: in one process, N alternating blocks of --steps steps with "
+                             "and without logging (the machine's drift cancels out; for small effects)")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
+    if args.blocks:
+        kinds = [k for k in kinds if k != "none"]
+        slow: dict[tuple[str, str], list[float]] = {}
+        for _ in range(args.rounds):
+            for loop in ("gil", "numpy"):
+                for kind in kinds:
+                    slow.setdefault((loop, kind), []).append(run(kind, loop, args.steps, args.blocks)["ab"])
+        print(json.dumps({loop: {kind: round(statistics.median(slow[(loop, kind)]), 4) for kind in kinds}
+                          for loop in ("gil", "numpy")}))
+        return 0
     times: dict[tuple[str, str], list[float]] = {}
     helper: dict[str, list[float]] = {}
     for _ in range(args.rounds):  # interleaved: drift on the machine hits every logger alike
