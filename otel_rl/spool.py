@@ -57,32 +57,31 @@ def encode_batch(batch: Batch) -> bytes:
     for i, row in enumerate(points):
         value = row[3]
         if type(value) is not float and type(value) is not int and type(value) is not str:
-            if isinstance(value, HistogramValue):
-                value = {"h": [value.count, value.sum, value.min, value.max, value.buckets]}
-            elif isinstance(value, Table):
-                value = {"t": [value.columns, value.rows]}
-            points[i] = (*row[:3], value, *row[4:])
+            points[i] = (*row[:3], _plain(value), *row[4:])
+    return pickle.dumps(_document(batch, points), protocol=5)
+
+
+def _plain(value):
+    """A histogram or table value as plain values; anything else as it is."""
+    if isinstance(value, HistogramValue):
+        return {"h": [value.count, value.sum, value.min, value.max, value.buckets]}
+    if isinstance(value, Table):
+        return {"t": [value.columns, value.rows]}
+    return value
+
+
+def _document(batch: Batch, points: list) -> dict:
     doc = {"p": points, "r": [(r.run, r.params, r.time) for r in batch.params]}
     if batch.meta:
         doc["m"] = batch.meta
-    return pickle.dumps(doc, protocol=5)
+    return doc
 
 
 def fingerprint_bytes(batch: Batch) -> bytes:
     """The batch as canonical JSON: equal content, equal bytes, whatever objects it shares (a
     pickle's bytes depend on which equal strings are one object), for fingerprints and ids."""
-    points = []
-    for row in map(POINT_FIELDS, batch.points):
-        value = row[3]
-        if isinstance(value, HistogramValue):
-            value = {"h": [value.count, value.sum, value.min, value.max, value.buckets]}
-        elif isinstance(value, Table):
-            value = {"t": [value.columns, value.rows]}
-        points.append((*row[:3], value, *row[4:]))
-    doc = {"p": points, "r": [(r.run, r.params, r.time) for r in batch.params]}
-    if batch.meta:
-        doc["m"] = batch.meta
-    return json.dumps(doc, separators=(",", ":")).encode()
+    points = [(*row[:3], _plain(row[3]), *row[4:]) for row in map(POINT_FIELDS, batch.points)]
+    return json.dumps(_document(batch, points), separators=(",", ":")).encode()
 
 
 class _PlainUnpickler(pickle.Unpickler):
