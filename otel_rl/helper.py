@@ -181,8 +181,7 @@ class HelperLink:
             os.close(to_helper_r)
             os.close(from_helper_w)
         try:
-            hello = dict(self._hello, first=self._generation == 0)
-            _write_all(to_helper_w, _frame(HELLO, 0, pickle.dumps(hello, protocol=pickle.HIGHEST_PROTOCOL)))
+            _write_all(to_helper_w, _frame(HELLO, 0, pickle.dumps(self._hello, protocol=pickle.HIGHEST_PROTOCOL)))
             ready = self._await_ready(from_helper_r, proc)
         except BaseException:
             os.close(to_helper_w)
