@@ -572,11 +572,8 @@ def main(argv: list[str]) -> int:
     except BaseException as exc:  # noqa: BLE001 - reported to the training process, which raises it
         out.send(READY, 0, {"error": (type(exc).__module__, type(exc).__qualname__, str(exc))})
         return 1
-    sinks = []
-    for sink in engine.sinks:
-        where = getattr(sink, "run_dir", None)
-        sinks.append({"name": sink.name, "port": getattr(sink, "port", None),
-                      "describe": f"{sink.name}: {where(engine.run_name)}" if where else sink.describe(engine.run_name)})
+    sinks = [{"name": sink.name, "port": getattr(sink, "port", None), "describe": line}
+             for sink, line in zip(engine.sinks, engine.describe())]
     out.send(READY, 0, {"emission": engine.emission, "sinks": sinks, "pid": os.getpid()})
 
     session = hello["session"]

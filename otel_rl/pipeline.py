@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from otel_rl import _step, helper, recording, samples
 from otel_rl.config import Config, default_run_name, load_config
 from otel_rl.delivery import Deadline
-from otel_rl.engine import Engine, open_spools, spool_root  # noqa: F401 (open_spools: the collector's)
+from otel_rl.engine import Engine, spool_root
 from otel_rl.exporters import registry
 from otel_rl.exporters.base import FAILED, KILLED, SUCCESS
 from otel_rl.helper import HelperLink, RemoteSink, new_session, private_spool
