@@ -93,8 +93,7 @@ class MlflowExporter(RecordExporter):
         """This writer's own run (tagged with its instance: a process restarted on its spool finds
         it again); else, with ``resume``, the latest run of that id; else a new run."""
         client = self._client
-        exp = client.get_experiment_by_name(self.config.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(self.config.experiment)
+        exp_id = self._experiment_id()
         tag = f"tags.`{RUN_TAG}` = '{_quote(run)}'"
         found = client.search_runs([exp_id], filter_string=f"{tag} and tags.`{INSTANCE_TAG}` = '{self.instance}'",
                                    max_results=1)
@@ -104,6 +103,27 @@ class MlflowExporter(RecordExporter):
         if found:
             return found[0].info.run_id
         return client.create_run(exp_id, run_name=run, tags={RUN_TAG: run, INSTANCE_TAG: self.instance}).info.run_id
+
+    def _experiment_id(self) -> str:
+        """The experiment's id, creating it if missing. Writers starting together (collector
+        replicas, ranks) race to create it: the loser's ``RESOURCE_ALREADY_EXISTS`` is not a
+        refusal of the data, so it reads the winner's experiment instead."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client
+        exp = client.get_experiment_by_name(self.config.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(self.config.experiment)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        exp = client.get_experiment_by_name(self.config.experiment)
+        if exp is None:  # created and deleted in between: not a verdict on the data, try again later
+            raise TransientError(f"experiment {self.config.experiment!r} was created by another writer, "
+                                 "then could not be read")
+        return exp.experiment_id
 
     def _call(self, fn, *args, **kwargs):
         """Run an MLflow call, classifying its failure for the delivery layer."""

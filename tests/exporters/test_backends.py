@@ -94,6 +94,30 @@ def test_mlflow_names_are_sanitized_with_collisions_reported_once(tmp_path, mlfl
     assert sum("both map to" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_mlflow_writers_racing_to_create_the_experiment_both_deliver(tmp_path, mlflow_server):
+    """Two collector replicas (or ranks) starting together both find no experiment and both
+    create it; the loser's RESOURCE_ALREADY_EXISTS used to drop its first batch as a refusal."""
+    from mlflow.tracking import MlflowClient
+
+    exporter = SinkExporter(MlflowExporter(MlflowConfig(tracking_uri=mlflow_server.url, experiment="race")))
+    real_get = exporter.sink._client.get_experiment_by_name
+
+    def the_other_writer_wins(name):  # the other writer creates it between our read and our create
+        found = real_get(name)
+        if found is None:
+            MlflowClient(tracking_uri=mlflow_server.url).create_experiment(name)
+        return found
+
+    exporter.sink._client.get_experiment_by_name = the_other_writer_wins
+    meter, reader = _meter("race")
+    loss = meter.create_gauge("loss")
+    for step in range(3):
+        loss.set(step / 2, {"step": step})
+    assert exporter.export(reader.get_metrics_data()) is MetricExportResult.SUCCESS
+    exporter.shutdown()
+    assert read_mlflow(mlflow_server.url, "race", "race")["scalars"]["loss"] == {0: 0.0, 1: 0.5, 2: 1.0}
+
+
 def test_mlflow_embedded_sqlite_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
