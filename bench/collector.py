@@ -77,7 +77,27 @@ def _payload(points: int) -> tuple[object, bytes]:
     return data, encode_metrics(data).SerializeToString()
 
 
-def throughput(seconds: float, points_per_request: int) -> dict:
+def _bodies(body: bytes, points: int, count: int) -> list[bytes]:
+    """``count`` requests like ``body`` (the SDK's bytes), each at the next ``points // 10``
+    steps: what a trainer sends, steps moving forward. Encoded by the protobuf runtime from the
+    SDK's message, with only the step attribute's value changed."""
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+
+    request = mpb.ExportMetricsServiceRequest()
+    request.ParseFromString(body)
+    dps = [dp for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+           for dp in m.gauge.data_points]
+    base = [dp.attributes[0].value.int_value for dp in dps]
+    out = []
+    for i in range(count):
+        for dp, step in zip(dps, base):
+            dp.attributes[0].value.int_value = step + i * (points // 10)
+        out.append(request.SerializeToString())
+    return out
+
+
+def throughput(seconds: float, points_per_request: int, repeat_steps: bool = False,
+               expected_rate: float = 350_000) -> dict:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
     os.sched_setaffinity(0, {1 % os.cpu_count()})
@@ -85,11 +105,17 @@ def throughput(seconds: float, points_per_request: int) -> dict:
         proc, port = _start_collector(Path(tmpdir), cpu=0)
         try:
             data, body = _payload(points_per_request)
+            # one body per request: steps go forward (--repeat-steps: the same steps every time,
+            # which TensorBoard takes as steps going backwards, written to late sub-runs)
+            count = 1 if repeat_steps else int(expected_rate * seconds / points_per_request) + 2
+            bodies = _bodies(body, points_per_request, count + 1)[1:]
             t0 = time.perf_counter()
             OTLPMetricExporter(endpoint=f"http://127.0.0.1:{port}/v1/metrics").export(data)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            sent, rejected = points_per_request, 0
-            while time.perf_counter() - t0 < seconds:
+            sent, rejected, i = points_per_request, 0, 0
+            while time.perf_counter() - t0 < seconds and (repeat_steps or i < len(bodies)):
+                body = bodies[i % len(bodies)]
+                i += 1
                 conn.request("POST", "/v1/metrics", body, {"Content-Type": "application/x-protobuf"})
                 response = conn.getresponse()
                 response.read()
@@ -97,6 +123,7 @@ def throughput(seconds: float, points_per_request: int) -> dict:
                     sent += points_per_request
                 else:
                     rejected += 1
+                    i -= 1  # the same request again
                     time.sleep(0.5)
             key = 'otel_rl_collector_sink_exported_points_total{run="otel-rl-collector",sink="tensorboard"}'
             while _self_metrics(port).get(key, 0) < sent:
@@ -149,8 +176,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--points-per-request", type=int, default=5000)
     parser.add_argument("--rank-steps", type=int, default=2000)
+    parser.add_argument("--repeat-steps", action="store_true",
+                        help="send the same steps in every request (the benchmark before 2026-11-28)")
     args = parser.parse_args()
-    print(json.dumps({"throughput": throughput(args.seconds, args.points_per_request)}))
+    print(json.dumps({"throughput": throughput(args.seconds, args.points_per_request, args.repeat_steps)}))
     print(json.dumps({"ten_ranks": ten_ranks(args.rank_steps)}))
     return 0
 

@@ -78,6 +78,14 @@ def _collector(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # Every request allocates thousands of short-lived records: with the default thresholds the
+    # cyclic GC runs every 700 allocations and re-scans what is queued (measured: ~0.3 µs per
+    # point). What start-up loaded is frozen out of the scans; records are freed by reference
+    # counting either way, the GC only finds cycles, and it still runs.
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     print(f"otel-rl collector ready: http={collector.http_port} grpc={collector.grpc_port}", flush=True)
     stop.wait()
     collector.shutdown()

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import operator
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
 from otel_rl.exporters.records import HistogramValue, Point, merge_histograms
 
+_RUN = operator.attrgetter("run")
 OPS = ("mean", "max", "min", "sum", "none")
 _SUMS = ("counter", "sum")
 _NOT_REDUCED = ("text", "table")
@@ -76,6 +78,9 @@ class Reducer:
 
     def add(self, points: Iterable[Point], world_size: dict[str, int], now: float) -> list[Point]:
         """Take points; return those ready to emit now (pass-through, complete or corrected)."""
+        points = points if isinstance(points, list) else list(points)
+        if all(world_size.get(run, 1) <= 1 for run in set(map(_RUN, points))):
+            return list(points)  # no run here is reduced across ranks: everything passes through
         ready: list[Point] = []
         touched: set[str] = set()
         late: dict[tuple, str] = {}  # groups corrected by this call: reduced once, at the end

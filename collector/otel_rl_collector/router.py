@@ -15,6 +15,7 @@ already holds: every point reaches every sink once.
 
 from __future__ import annotations
 
+import operator
 import threading
 from typing import Any
 
@@ -23,6 +24,7 @@ from otel_rl.exporters.records import Batch
 
 from otel_rl_collector.reduce import Reducer
 
+_RUN, _RUN_STEP = operator.attrgetter("run"), operator.attrgetter("run", "step")
 #: Batch ids remembered for de-duplication (a sender resends within its retry window; at 10
 #: batches/s from each of 100 ranks this covers about a minute). Checkpointed with the router.
 SEEN_LIMIT = 50_000
@@ -65,8 +67,8 @@ class Router:
             params = record.params
         self.emission += 1
         out = Batch(self.stream.totals(ready), list(params), {"emission": self.emission})
-        if "tick" in meta or any(self.world.get(run, 1) > 1 for run in {p.run for p in out.points}):
-            out.points.sort(key=lambda p: (p.run, p.step))  # reduced groups interleave; pass-through keeps order
+        if "tick" in meta or any(self.world.get(run, 1) > 1 for run in set(map(_RUN, out.points))):
+            out.points.sort(key=_RUN_STEP)  # reduced groups interleave; pass-through keeps order
         return out
 
     def state(self) -> dict[str, Any]:

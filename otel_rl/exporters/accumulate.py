@@ -19,12 +19,16 @@ restarts from a checkpoint and replays its ingress produces exactly what it prod
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
 from otel_rl.exporters.records import Batch, HistogramValue, Point
 from otel_rl.exporters.translate import NO_STEP
+
+_RUN, _STEP, _TEMPORALITY = (operator.attrgetter(a) for a in ("run", "step", "temporality"))
+_AS_IS = frozenset({"", "delta"})
 
 #: Bound on each per-series table (least recently used entries go first).
 MAX_TRACKED = 100_000
@@ -43,6 +47,11 @@ class LRU(OrderedDict):
         if len(self) > self.limit:
             self.popitem(last=False)
 
+    def trim(self) -> None:
+        """Back to ``limit`` entries, after a loop that wrote with ``d[k] = v; move_to_end(k)``."""
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
 
 class Stream:
     """Step placement, increments and running totals for one stream of admitted batches."""
@@ -56,13 +65,22 @@ class Stream:
     def place(self, batch: Batch) -> Batch:
         """Give step-less points their run's latest step (this batch's steps included)."""
         latest = self.latest_step
-        highest: dict[str, int] = {}
-        stepless = False
-        for p in batch.points:
-            if p.step > highest.get(p.run, -1):
-                highest[p.run] = p.step
-            elif p.step == NO_STEP:
-                stepless = True
+        points = batch.points
+        if not points:
+            return batch
+        runs = set(map(_RUN, points))
+        if len(runs) == 1:  # the common case, without a Python loop per point
+            steps = list(map(_STEP, points))
+            highest = {runs.pop(): max(steps)}
+            stepless = min(steps) == NO_STEP
+        else:
+            highest = {}
+            stepless = False
+            for p in points:
+                if p.step > highest.get(p.run, -1):
+                    highest[p.run] = p.step
+                elif p.step == NO_STEP:
+                    stepless = True
         for run, step in highest.items():
             if step > latest.get(run, -1):
                 latest.put(run, step)
@@ -74,7 +92,7 @@ class Stream:
     def deltas(self, points: Iterable[Point]) -> list[Point]:
         """Every sum as an increment (``temporality == "delta"``); unchanged re-exports dropped."""
         points = points if isinstance(points, list) else list(points)
-        if not any(p.temporality not in ("", "delta") for p in points):
+        if set(map(_TEMPORALITY, points)) <= _AS_IS:
             return points  # the common case: gauges and DELTA sums
         out = []
         for p in points:
@@ -106,7 +124,7 @@ class Stream:
         """Increments added up per series: ``value`` becomes the running total, ``increment``
         the amount this point added."""
         points = points if isinstance(points, list) else list(points)
-        if not any(p.temporality == "delta" for p in points):
+        if "delta" not in set(map(_TEMPORALITY, points)):
             return points
         out = []
         running = self.running

@@ -141,8 +141,18 @@ class PrometheusExporter(RecordExporter):
         return f"http://{self.config.host}:{self.port}/metrics"
 
     def write(self, batch: Batch) -> None:
+        keys, all_series, to_end = self._keys, self._series, self._series.move_to_end
         with self._series_lock:
             for p in batch.points:
+                # the common case inline: a scalar gauge of a known series (else _update)
+                if p.kind == "gauge" and p.value.__class__ is float:
+                    key = keys.get((p.name, "gauge", p.run, p.attributes))
+                    series = all_series.get(key) if key is not None else None
+                    if series is not None:
+                        to_end(key)
+                        if p.step > series.step or (p.step == series.step and p.time >= series.time):
+                            series.step, series.time, series.value = p.step, p.time, p.value
+                        continue
                 self._update(p)
 
     def _update(self, p: Point) -> None:

@@ -23,6 +23,8 @@ holds them all).
 from __future__ import annotations
 
 import logging
+import math
+import operator
 import os
 import socket
 from collections import OrderedDict
@@ -56,6 +58,49 @@ class TensorBoardConfig:
 
     def validate(self, path: str) -> None:
         positive(f"{path}.max_open_files", self.max_open_files)
+
+
+_RUN_STEP = operator.attrgetter("run", "step")
+_U64, _U32, _F32, _F64 = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<f"), struct.Struct("<d")
+
+
+def _varint(n: int) -> bytes:
+    """A protobuf varint (int64 two's complement for negative numbers, as protobuf does)."""
+    n &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _f32(value: float) -> bytes:
+    """``value`` as protobuf stores a ``float`` field: rounded to float32, +-inf past its range."""
+    try:
+        return _F32.pack(value)
+    except OverflowError:
+        return _F32.pack(math.copysign(math.inf, value))
+
+
+def _scalar_prefix(tag: str) -> bytes:
+    """The bytes of ``Summary.value`` (field 1) holding ``Value(tag=tag, simple_value=...)``, up to
+    the 4 bytes of the float: a scalar record is then built without a protobuf object."""
+    raw = tag.encode("utf-8")
+    value = b"\x0a" + _varint(len(raw)) + raw + b"\x15"
+    return b"\x0a" + _varint(len(value) + 4) + value
+
+
+def _event_bytes(wall_time: float, step: int, summary: bytes) -> bytes:
+    """``Event(wall_time, step, summary=Summary(value=...))`` serialized, from the serialized
+    ``Summary`` (its repeated ``value`` fields): fields 1 (double), 2 (int64), 5 (message)."""
+    return b"\x09" + _F64.pack(wall_time) + b"\x10" + _varint(step) + b"\x2a" + _varint(len(summary)) + summary
+
+
+def _field(value) -> bytes:
+    """A ``Summary.Value`` proto as a serialized ``Summary.value`` field."""
+    data = value.SerializeToString()
+    return b"\x0a" + _varint(len(data)) + data
 
 
 def _crc_function():
@@ -110,10 +155,10 @@ class EventFile:
         return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
     def write(self, event) -> None:
-        data = event.SerializeToString()
-        header = struct.pack("<Q", len(data))
-        self._file.write(header + struct.pack("<I", self._masked(header))
-                         + data + struct.pack("<I", self._masked(data)))
+        """Append one record: an ``Event`` proto, or its serialized bytes."""
+        data = event if isinstance(event, bytes) else event.SerializeToString()
+        header = _U64.pack(len(data))
+        self._file.write(header + _U32.pack(self._masked(header)) + data + _U32.pack(self._masked(data)))
 
     def flush(self) -> None:
         self._file.flush()
@@ -198,6 +243,7 @@ class TensorBoardExporter(RecordExporter):
         self._runs: OrderedDict = OrderedDict()  # run key -> open EventFile, least recently used first
         self._evicted: dict = {}  # run key -> (file name, size) of an event file closed for the limit
         self._hist_meta = None
+        self._prefixes: dict[str, bytes] = {}  # tag -> serialized scalar value up to its float
         self._spool_id: str | None = None
         self._before: dict | None = None
         self._checkpointed: dict[str, list] = {}  # run -> [file name, size] at the last checkpoint
@@ -315,8 +361,9 @@ class TensorBoardExporter(RecordExporter):
         try:
             for params in batch.params:
                 self._write_hparams(params)
-            for (run, step), points in groupby(batch.points, key=lambda p: (p.run, p.step)):
+            for (run, step), points in groupby(batch.points, key=_RUN_STEP):
                 self._write_step(run, step, list(points))
+            self._last.trim()
             for f in {f for f, _ in self._before.values()}:
                 f.flush()
         except BaseException:
@@ -329,10 +376,26 @@ class TensorBoardExporter(RecordExporter):
     def _write_step(self, run: str, step: int, points: list[Point]) -> None:
         """One event per group of values recorded within 5 ms of each other (a repeated tag
         starts a new group), in the run or, for a tag already past ``step``, a late sub-run."""
-        groups: dict = {}  # target -> [event time, tags, values] of the open group
+        groups: dict = {}  # target -> [event time, tags, serialized Summary.value fields] of the open group
+        prefixes, pack_f32 = self._prefixes, _F32.pack
+        if len(prefixes) > 100_000:  # a cache, bounded against clients inventing names
+            prefixes.clear()
+        key, cached, target_of = self._names.key, self._names.cached, self._target
+        lasts = self._last
+        last_of, to_end = lasts.get, lasts.move_to_end
         for p in points:
-            tag = self._names.key(p.name, p.attributes)
-            target = self._target(run, tag, step)
+            tag = cached((p.name, p.attributes, "")) or key(p.name, p.attributes)
+            # the common case inline (the tag's steps do not go backwards); else _target.
+            # self._last is trimmed to its limit after the batch (write)
+            last = last_of((run, 0, tag))
+            if last is None or step > last:
+                lasts[(run, 0, tag)] = step
+                to_end((run, 0, tag))
+                target = run
+            elif step == last:
+                target = run
+            else:
+                target = target_of(run, tag, step)
             group = groups.get(target)
             if group is None or tag in group[1] or abs(p.time - group[0]) > 0.005:
                 if group is not None:
@@ -340,13 +403,19 @@ class TensorBoardExporter(RecordExporter):
                 group = groups[target] = [p.time, set(), []]
             group[1].add(tag)
             if isinstance(p.value, HistogramValue):
-                group[2].append(self._histogram_value(tag, p.value))
+                group[2].append(_field(self._histogram_value(tag, p.value)))
             elif p.kind == "text":
-                group[2].append(self._text_value(tag, p.value))
+                group[2].append(_field(self._text_value(tag, p.value)))
             elif p.kind == "table":  # samples: a markdown table in the text plugin
-                group[2].append(self._text_value(tag, p.value.markdown()))
+                group[2].append(_field(self._text_value(tag, p.value.markdown())))
             else:
-                group[2].append(self._summary_pb2.Summary.Value(tag=tag, simple_value=p.value))
+                prefix = prefixes.get(tag)
+                if prefix is None:
+                    prefix = prefixes[tag] = _scalar_prefix(tag)
+                try:
+                    group[2].append(prefix + pack_f32(p.value))
+                except OverflowError:  # past float32's range: +-inf, as protobuf stores it
+                    group[2].append(prefix + _f32(p.value))
         for target, group in groups.items():
             self._emit(target, step, group)
 
@@ -370,9 +439,7 @@ class TensorBoardExporter(RecordExporter):
             generation += 1
 
     def _emit(self, target, step: int, group: list) -> None:
-        event = self._event_pb2.Event(wall_time=group[0], step=step,
-                                      summary=self._summary_pb2.Summary(value=group[2]))
-        self._file(target).write(event)
+        self._file(target).write(_event_bytes(group[0], step, b"".join(group[2])))
 
     def _text_value(self, tag: str, text: str):
         """The text plugin's record, under ``<tag>/text_summary`` as torch's and tensorboardX's

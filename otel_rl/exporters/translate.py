@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from otel_rl.exporters.bulk import gauge_points
 from otel_rl.exporters.records import Batch, HistogramValue, Point, RunParams
 from otel_rl.semconv import (
     HPARAMS_METRIC,
@@ -44,6 +45,8 @@ _DEFAULT_RUN = "default"
 NO_STEP = -1
 _RESERVED = frozenset({STEP_ATTRIBUTE, NONFINITE_ATTRIBUTE})
 _NONFINITE = frozenset({"nan", "inf", "-inf"})
+#: A gauge with at least this many points is first tried as columns (:mod:`.bulk`).
+BULK_MIN_POINTS = 16
 
 def run_of(resource_attributes: Mapping[str, Any]) -> str:
     """The run a resource belongs to: ``otel_rl.run.id``, else ``service.name``."""
@@ -171,16 +174,35 @@ def translate_sdk(metrics_data) -> Translation:
 def translate_proto(request) -> Translation:
     """Translate an OTLP ``ExportMetricsServiceRequest``."""
     out = Translation()
+    # True while the points are already in (run, step) order: resources whose metrics were all
+    # read as columns (ordered by step), runs increasing
+    ordered, last_run = True, None
     for rm in request.resource_metrics:
         resource = proto_attributes(rm.resource.attributes)
-        if _empty_run(out, resource, sum(_points(m) for sm in rm.scope_metrics for m in sm.metrics)):
+        count = sum(_points(m) for sm in rm.scope_metrics for m in sm.metrics)
+        if _empty_run(out, resource, count):
             continue
         rank = rank_of(resource)
         run = run_of(resource)
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                _proto_metric(out, run, rank, metric)
-    return _finish(out)
+        metrics = [m for sm in rm.scope_metrics for m in sm.metrics]
+        points = _bulk_gauges(run, rank, metrics) if count >= BULK_MIN_POINTS else None
+        if points is not None:
+            out.batch.points.extend(points)
+            ordered = ordered and (last_run is None or run > last_run)
+            last_run = run
+            continue
+        ordered = False
+        for metric in metrics:
+            _proto_metric(out, run, rank, metric)
+    return out if ordered else _finish(out)
+
+
+def _bulk_gauges(run: str, rank: int, metrics: list) -> list[Point] | None:
+    """A resource's points read as columns (:mod:`.bulk`) when all its metrics are plain gauges
+    of the simple shape (the collector's common case), in (step, metric) order; else None."""
+    if not all(m.WhichOneof("data") == "gauge" and m.name != HPARAMS_METRIC for m in metrics):
+        return None
+    return gauge_points(Point, run, rank, [(m.name, m.gauge.SerializeToString()) for m in metrics])
 
 
 def translate_logs(request, max_chars: int = 10_000) -> Translation:
