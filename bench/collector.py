@@ -1,6 +1,6 @@
 """Collector throughput on one core, and collector RSS under a 10-rank load.
 
-    python bench/collector.py [--seconds 20] [--points-per-request 5000]
+    python bench/collector.py [--seconds 20] [--points-per-request 5000] [--load 0.8]
 
 Throughput: the collector runs pinned to CPU 0 with the TensorBoard and Prometheus sinks.
 The payload is what the real SDK exporter sends: a MetricsData of 500 steps x 10 gauges
@@ -8,6 +8,10 @@ The payload is what the real SDK exporter sends: a MetricsData of 500 steps x 10
 real ``OTLPMetricExporter``, then the same bytes are replayed over one keep-alive HTTP
 connection from CPU 1 (so the client's Python encoding is not what is measured). Reported:
 points/s from the first request until TensorBoard has written every point.
+
+Latency: a fresh collector under an open-loop load of ``--load`` (0.8) times that throughput,
+the same requests due at fixed times on 4 connections; p50/p99/max from when each request was
+due to its response, and how long after the last response TensorBoard had written everything.
 
 RSS: 10 trainer processes (ranks of one run, world size 10) export through the real SDK
 exporter into a fresh collector; the collector's peak RSS is sampled.
@@ -137,6 +141,62 @@ def throughput(seconds: float, points_per_request: int, repeat_steps: bool = Fal
             "collector_rss_mb": rss}
 
 
+def latency(points_per_s: float, seconds: float, points_per_request: int) -> dict:
+    """Request latency under an open-loop load of ``points_per_s``: requests are due at fixed
+    times and sent on 4 keep-alive connections; a request's latency runs from when it was due
+    (so a collector that falls behind is charged for the wait, not hidden by it) to its response.
+    Also how long after the last request TensorBoard had written everything."""
+    import statistics
+    import threading
+
+    os.sched_setaffinity(0, {1 % os.cpu_count()})
+    interval = points_per_request / points_per_s
+    count = int(seconds / interval)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        proc, port = _start_collector(Path(tmpdir), cpu=0)
+        try:
+            _, body = _payload(points_per_request)
+            bodies = _bodies(body, points_per_request, count)
+            latencies: list[float] = []
+            failures = []
+            lock = threading.Lock()
+            t0 = time.perf_counter() + 0.5
+            next_index = iter(range(count))
+
+            def sender() -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                for i in next_index:  # shared: each request is taken by one sender
+                    due = t0 + i * interval
+                    wait = due - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
+                    conn.request("POST", "/v1/metrics", bodies[i], {"Content-Type": "application/x-protobuf"})
+                    response = conn.getresponse()
+                    response.read()
+                    with lock:
+                        latencies.append(time.perf_counter() - due)
+                        if response.status != 200:
+                            failures.append(response.status)
+
+            threads = [threading.Thread(target=sender) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            sent_at = time.perf_counter()
+            key = 'otel_rl_collector_sink_exported_points_total{run="otel-rl-collector",sink="tensorboard"}'
+            while _self_metrics(port).get(key, 0) < count * points_per_request:
+                time.sleep(0.05)
+            drained = time.perf_counter() - sent_at
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    q = statistics.quantiles(latencies, n=100)
+    return {"offered_points_per_s": points_per_s, "requests": count, "points_per_request": points_per_request,
+            "failed": len(failures), "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * q[98],
+            "max_ms": 1000 * max(latencies), "written_after_last_response_s": drained}
+
+
 RANK = """
 import os, sys, otel_rl
 otel_rl.init({"run_name": "ten", "export_interval_s": 0.2, "tensorboard": {"enabled": False},
@@ -176,10 +236,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--points-per-request", type=int, default=5000)
     parser.add_argument("--rank-steps", type=int, default=2000)
+    parser.add_argument("--load", type=float, default=0.8,
+                        help="the latency run's load, as a fraction of the measured throughput")
     parser.add_argument("--repeat-steps", action="store_true",
                         help="send the same steps in every request (the benchmark before 2026-11-28)")
     args = parser.parse_args()
-    print(json.dumps({"throughput": throughput(args.seconds, args.points_per_request, args.repeat_steps)}))
+    measured = throughput(args.seconds, args.points_per_request, args.repeat_steps)
+    print(json.dumps({"throughput": measured}))
+    if not args.repeat_steps:
+        load = args.load * measured["points_per_s"]
+        print(json.dumps({"latency": latency(load, args.seconds, args.points_per_request)}))
     print(json.dumps({"ten_ranks": ten_ranks(args.rank_steps)}))
     return 0
 

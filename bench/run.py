@@ -73,15 +73,19 @@ def main() -> int:
     lines.append("")
     out = subprocess.run([sys.executable, str(HERE / "collector.py"), "--seconds", str(seconds),
                           "--rank-steps", str(rank_steps)], capture_output=True, text=True, timeout=1200)
-    results = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
-    if out.returncode != 0 or len(results) != 2:
+    results = {k: v for x in out.stdout.splitlines() if x.startswith("{") for k, v in json.loads(x).items()}
+    if out.returncode != 0 or set(results) != {"throughput", "latency", "ten_ranks"}:
         lines += ["## Collector", "", f"error: {out.stderr[-500:]}", ""]
     else:
-        t, r = results[0]["throughput"], results[1]["ten_ranks"]
+        t, lat, r = results["throughput"], results["latency"], results["ten_ranks"]
         lines += ["## Collector", "",
                   f"- Throughput, collector pinned to 1 core, TensorBoard + Prometheus sinks: "
                   f"**{t['points_per_s']:,.0f} points/s** ({t['points']:,} points in {t['seconds']:.1f} s, until "
-                  f"TensorBoard wrote the last one; target 200,000/s); collector RSS {t['collector_rss_mb']:.0f} MB.",
+                  f"TensorBoard wrote the last one; target 250,000/s); collector RSS {t['collector_rss_mb']:.0f} MB.",
+                  f"- Request latency at {lat['offered_points_per_s']:,.0f} points/s (80 % of that, open loop, "
+                  f"{lat['points_per_request']:,} points per request): p50 {lat['p50_ms']:.1f} ms, "
+                  f"**p99 {lat['p99_ms']:.1f} ms**, max {lat['max_ms']:.1f} ms, {lat['failed']} refused; "
+                  f"TensorBoard had everything {lat['written_after_last_response_s']:.2f} s after the last response.",
                   f"- 10 ranks x {r['steps']} steps x 10 gauges through the real SDK exporter: "
                   f"{r['received_points']:,.0f} points received, collector RSS {r['rss_start_mb']:.0f} MB -> "
                   f"peak {r['rss_peak_mb']:.0f} MB.", ""]

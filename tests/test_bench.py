@@ -15,4 +15,5 @@ def test_bench_quick_mode_completes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "## Hot path" in text and "## Collector" in text and "## Trainer memory" in text
+    assert "p99" in text.split("## Collector")[1], text
     assert "error" not in text, text

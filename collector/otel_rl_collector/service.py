@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import operator
 import pickle
 import queue
 import threading
@@ -50,6 +51,7 @@ from otel_rl_collector.reduce import Reducer
 from otel_rl_collector.router import Router
 
 _log = logging.getLogger(__name__)
+_RUN_RANK = operator.attrgetter("run", "rank")
 #: Span requests waiting to be forwarded (past it: 503), and tries per request.
 TRACE_QUEUE, TRACE_ATTEMPTS = 1_000, 4
 #: Checkpoint the router state at least every this many ingress records.
@@ -388,7 +390,10 @@ class Collector:
         """Points of a rank outside its run's world size are refused (a client claiming ranks
         0..K-1 of a world of 2 would otherwise make every late step re-reduced K times)."""
         points = translation.batch.points
-        size_of = {run: world.get(run) or self.router.world.get(run) for run in {p.run for p in points}}
+        senders = set(map(_RUN_RANK, points))
+        size_of = {run: world.get(run) or self.router.world.get(run) for run, _ in senders}
+        if all(rank < 0 or not size_of[run] or rank < size_of[run] for run, rank in senders):
+            return
         kept = [p for p in points if p.rank < 0 or not size_of[p.run] or p.rank < size_of[p.run]]
         bad = len(points) - len(kept)
         if bad:

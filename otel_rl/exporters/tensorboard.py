@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 import os
 import socket
 from collections import OrderedDict
@@ -32,7 +31,6 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +58,15 @@ class TensorBoardConfig:
         positive(f"{path}.max_open_files", self.max_open_files)
 
 
-_RUN_STEP = operator.attrgetter("run", "step")
+_SCALAR_KINDS = frozenset({"gauge", "counter", "sum"})
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
 _U64, _U32, _F32, _F64 = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<f"), struct.Struct("<d")
 
 
 def _varint(n: int) -> bytes:
     """A protobuf varint (int64 two's complement for negative numbers, as protobuf does)."""
+    if 0 <= n < 0x80:
+        return _ONE_BYTE[n]
     n &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while n > 0x7F:
@@ -95,6 +96,11 @@ def _event_bytes(wall_time: float, step: int, summary: bytes) -> bytes:
     """``Event(wall_time, step, summary=Summary(value=...))`` serialized, from the serialized
     ``Summary`` (its repeated ``value`` fields): fields 1 (double), 2 (int64), 5 (message)."""
     return b"\x09" + _F64.pack(wall_time) + b"\x10" + _varint(step) + b"\x2a" + _varint(len(summary)) + summary
+
+
+def _other_scalar(tag: str, value) -> bytes:
+    """A scalar whose value is not a Python float (an int, a numpy number): as a float."""
+    return _scalar_prefix(tag) + _f32(float(value))
 
 
 def _field(value) -> bytes:
@@ -243,7 +249,7 @@ class TensorBoardExporter(RecordExporter):
         self._runs: OrderedDict = OrderedDict()  # run key -> open EventFile, least recently used first
         self._evicted: dict = {}  # run key -> (file name, size) of an event file closed for the limit
         self._hist_meta = None
-        self._prefixes: dict[str, bytes] = {}  # tag -> serialized scalar value up to its float
+        self._scalars: dict[tuple, tuple[str, bytes]] = {}  # (name, attributes) -> (tag, value prefix)
         self._spool_id: str | None = None
         self._before: dict | None = None
         self._checkpointed: dict[str, list] = {}  # run -> [file name, size] at the last checkpoint
@@ -361,8 +367,7 @@ class TensorBoardExporter(RecordExporter):
         try:
             for params in batch.params:
                 self._write_hparams(params)
-            for (run, step), points in groupby(batch.points, key=_RUN_STEP):
-                self._write_step(run, step, list(points))
+            self._write_points(batch.points)
             self._last.trim()
             for f in {f for f, _ in self._before.values()}:
                 f.flush()
@@ -373,18 +378,35 @@ class TensorBoardExporter(RecordExporter):
         finally:
             self._before = None
 
-    def _write_step(self, run: str, step: int, points: list[Point]) -> None:
-        """One event per group of values recorded within 5 ms of each other (a repeated tag
-        starts a new group), in the run or, for a tag already past ``step``, a late sub-run."""
-        groups: dict = {}  # target -> [event time, tags, serialized Summary.value fields] of the open group
-        prefixes, pack_f32 = self._prefixes, _F32.pack
-        if len(prefixes) > 100_000:  # a cache, bounded against clients inventing names
-            prefixes.clear()
-        key, cached, target_of = self._names.key, self._names.cached, self._target
+    def _write_points(self, points: list[Point]) -> None:
+        """Per (run, step), in the batch's order: one event per group of values recorded within
+        5 ms of each other (a repeated tag starts a new group), in the run or, for a tag already
+        past ``step``, a late sub-run. One loop over the batch (this is the collector's hottest
+        loop: a scalar costs a few dict operations and no protobuf object)."""
+        scalars = self._scalars  # (name, attributes) -> (tag, serialized value up to its float)
+        if len(scalars) > 100_000:  # a cache, bounded against clients inventing names
+            scalars.clear()
+        pack_f32, key, target_of, emit = _F32.pack, self._names.key, self._target, self._emit
         lasts = self._last
         last_of, to_end = lasts.get, lasts.move_to_end
+        groups: dict = {}  # target -> [event time, tags, serialized Summary.value fields] of the open group
+        run = step = None
         for p in points:
-            tag = cached((p.name, p.attributes, "")) or key(p.name, p.attributes)
+            if p.step != step or p.run != run:
+                for target, group in groups.items():
+                    emit(target, step, group)
+                groups = {}
+                run, step = p.run, p.step
+            kind = p.kind
+            scalar = kind in _SCALAR_KINDS and p.value.__class__ is float
+            if scalar:
+                entry = scalars.get((p.name, p.attributes))
+                if entry is None:
+                    tag = key(p.name, p.attributes)
+                    entry = scalars[(p.name, p.attributes)] = (tag, _scalar_prefix(tag))
+                tag = entry[0]
+            else:
+                tag = key(p.name, p.attributes)
             # the common case inline (the tag's steps do not go backwards); else _target.
             # self._last is trimmed to its limit after the batch (write)
             last = last_of((run, 0, tag))
@@ -399,25 +421,24 @@ class TensorBoardExporter(RecordExporter):
             group = groups.get(target)
             if group is None or tag in group[1] or abs(p.time - group[0]) > 0.005:
                 if group is not None:
-                    self._emit(target, step, group)
+                    emit(target, step, group)
                 group = groups[target] = [p.time, set(), []]
             group[1].add(tag)
-            if isinstance(p.value, HistogramValue):
-                group[2].append(_field(self._histogram_value(tag, p.value)))
-            elif p.kind == "text":
-                group[2].append(_field(self._text_value(tag, p.value)))
-            elif p.kind == "table":  # samples: a markdown table in the text plugin
-                group[2].append(_field(self._text_value(tag, p.value.markdown())))
-            else:
-                prefix = prefixes.get(tag)
-                if prefix is None:
-                    prefix = prefixes[tag] = _scalar_prefix(tag)
+            if scalar:
                 try:
-                    group[2].append(prefix + pack_f32(p.value))
+                    group[2].append(entry[1] + pack_f32(p.value))
                 except OverflowError:  # past float32's range: +-inf, as protobuf stores it
-                    group[2].append(prefix + _f32(p.value))
+                    group[2].append(entry[1] + _f32(p.value))
+            elif isinstance(p.value, HistogramValue):
+                group[2].append(_field(self._histogram_value(tag, p.value)))
+            elif kind == "text":
+                group[2].append(_field(self._text_value(tag, p.value)))
+            elif kind == "table":  # samples: a markdown table in the text plugin
+                group[2].append(_field(self._text_value(tag, p.value.markdown())))
+            else:  # a number that is not a float (an int from a caller's own Point)
+                group[2].append(_other_scalar(tag, p.value))
         for target, group in groups.items():
-            self._emit(target, step, group)
+            emit(target, step, group)
 
     def _target(self, run: str, tag: str, step: int):
         """``run``, or ``(run, n)`` for the first late sub-run where ``tag`` has not passed ``step``."""
