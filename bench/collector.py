@@ -101,7 +101,7 @@ def _bodies(body: bytes, points: int, count: int) -> list[bytes]:
 
 
 def throughput(seconds: float, points_per_request: int, repeat_steps: bool = False,
-               expected_rate: float = 350_000) -> dict:
+               expected_rate: float = 450_000) -> dict:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
     os.sched_setaffinity(0, {1 % os.cpu_count()})
@@ -129,6 +129,7 @@ def throughput(seconds: float, points_per_request: int, repeat_steps: bool = Fal
                     rejected += 1
                     i -= 1  # the same request again
                     time.sleep(0.5)
+            sending = time.perf_counter() - t0
             key = 'otel_rl_collector_sink_exported_points_total{run="otel-rl-collector",sink="tensorboard"}'
             while _self_metrics(port).get(key, 0) < sent:
                 time.sleep(0.2)
@@ -138,6 +139,7 @@ def throughput(seconds: float, points_per_request: int, repeat_steps: bool = Fal
             proc.terminate()
             proc.wait(60)
     return {"points": sent, "seconds": elapsed, "points_per_s": sent / elapsed, "busy_replies": rejected,
+            "last_response_s": sending,
             "collector_rss_mb": rss}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import math
 import re
 import threading
@@ -78,6 +79,10 @@ def _number(value: float) -> str:
 #: What a metric name gets when another kind already exposes its family (names with the type
 #: in them, like ``x_histogram``, are what promtool's linter warns about).
 _KIND_SUFFIX = {"gauge": "value", "sum": "level", "counter": "events", "histogram": "distribution"}
+
+
+_KIND, _GAUGE = operator.attrgetter("kind"), frozenset({"gauge"})
+_STEP_TIME, _SERIES = operator.attrgetter("step", "time"), operator.attrgetter("name", "kind", "run", "attributes")
 
 
 class _Series:
@@ -142,8 +147,15 @@ class PrometheusExporter(RecordExporter):
 
     def write(self, batch: Batch) -> None:
         keys, all_series, to_end = self._keys, self._series, self._series.move_to_end
+        points = batch.points
+        if len(points) > 64 and set(map(_KIND, points)) == _GAUGE:
+            order = list(map(_STEP_TIME, points))
+            if order == sorted(order):
+                # (step, time) never goes down in this batch: the last point of each series is
+                # the one the loop below would keep, so only that one is applied
+                points = dict(zip(map(_SERIES, points), points)).values()
         with self._series_lock:
-            for p in batch.points:
+            for p in points:
                 # the common case inline: a scalar gauge of a known series (else _update)
                 if p.kind == "gauge" and p.value.__class__ is float:
                     key = keys.get((p.name, "gauge", p.run, p.attributes))

@@ -7,7 +7,6 @@ protobuf) is translated into these, and nothing else knows about backends.
 from __future__ import annotations
 
 import math
-import dataclasses
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union

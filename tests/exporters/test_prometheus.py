@@ -59,6 +59,35 @@ def test_latest_step_wins_over_a_late_lower_step():
     assert 'kl{run="r"} 1.0' in text and "step" not in text
 
 
+@pytest.mark.parametrize("order", ["steps forward", "a late step first", "same step, earlier time last",
+                                   "two runs"])
+def test_a_big_batch_keeps_the_same_latest_values_as_point_by_point(order):
+    """Batches of over 64 gauges whose (step, time) never goes down apply only each series' last
+    point; any other batch goes point by point. Both give the rule's result: the latest step wins,
+    within a step the latest time."""
+    from otel_rl.exporters.records import Batch, Point
+
+    points = [Point("r", f"m{i}", s, float(100 * s + i), 1000.0 + s) for s in range(20) for i in range(5)]
+    expected = {f"m{i}": 1900.0 + i for i in range(5)}
+    if order == "a late step first":
+        points.insert(0, Point("r", "m0", 50, -1.0, 900.0))
+        expected["m0"] = -1.0
+    elif order == "same step, earlier time last":
+        points.append(Point("r", "m1", 19, -2.0, 999.0))  # time goes down: not applied
+    elif order == "two runs":
+        points += [Point("q", "m0", 0, 7.0, 1.0)]
+    sink = PrometheusExporter(PrometheusConfig(port=0))
+    try:
+        sink.write(Batch(points))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{sink.port}/metrics").read().decode()
+    finally:
+        sink.shutdown()
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("m") and 'run="r"' in line}
+    assert values == expected
+    assert ('m0{run="q"} 7.0' in text) == (order == "two runs")
+
+
 def test_series_are_bounded():
     sink = PrometheusExporter(PrometheusConfig(port=0, max_series=10))
     from otel_rl.exporters.records import Batch, Point
