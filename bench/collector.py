@@ -81,27 +81,38 @@ def _payload(points: int) -> tuple[object, bytes]:
     return data, encode_metrics(data).SerializeToString()
 
 
-def _bodies(body: bytes, points: int, count: int) -> list[bytes]:
+def _bodies(body: bytes, points: int, count: int, ranks: int = 1) -> list[bytes]:
     """``count`` requests like ``body`` (the SDK's bytes), each at the next ``points // 10``
     steps: what a trainer sends, steps moving forward. Encoded by the protobuf runtime from the
-    SDK's message, with only the step attribute's value changed."""
+    SDK's message, with only the step attribute's value changed. With ``ranks`` > 1 the requests
+    come from ranks 0..ranks-1 in turn (resource ``otel_rl.rank`` and ``otel_rl.world_size``),
+    each rank sending the same steps, so the collector reduces every point across the ranks."""
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+
+    from otel_rl.semconv import RANK, WORLD_SIZE
 
     request = mpb.ExportMetricsServiceRequest()
     request.ParseFromString(body)
+    rank_value = None
+    if ranks > 1:
+        resource = request.resource_metrics[0].resource
+        rank_value = resource.attributes.add(key=RANK).value
+        resource.attributes.add(key=WORLD_SIZE).value.int_value = ranks
     dps = [dp for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
            for dp in m.gauge.data_points]
     base = [dp.attributes[0].value.int_value for dp in dps]
     out = []
     for i in range(count):
         for dp, step in zip(dps, base):
-            dp.attributes[0].value.int_value = step + i * (points // 10)
+            dp.attributes[0].value.int_value = step + (i // ranks) * (points // 10)
+        if rank_value is not None:
+            rank_value.int_value = i % ranks
         out.append(request.SerializeToString())
     return out
 
 
 def throughput(seconds: float, points_per_request: int, repeat_steps: bool = False,
-               expected_rate: float = 450_000) -> dict:
+               expected_rate: float = 450_000, ranks: int = 1) -> dict:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
     os.sched_setaffinity(0, {1 % os.cpu_count()})
@@ -112,12 +123,18 @@ def throughput(seconds: float, points_per_request: int, repeat_steps: bool = Fal
             # one body per request: steps go forward (--repeat-steps: the same steps every time,
             # which TensorBoard takes as steps going backwards, written to late sub-runs)
             count = 1 if repeat_steps else int(expected_rate * seconds / points_per_request) + 2
-            bodies = _bodies(body, points_per_request, count + 1)[1:]
+            if ranks > 1:  # every request from a rank; the SDK's first one is not sent
+                bodies = _bodies(body, points_per_request, count - count % ranks, ranks)
+            else:
+                bodies = _bodies(body, points_per_request, count + 1)[1:]
             t0 = time.perf_counter()
-            OTLPMetricExporter(endpoint=f"http://127.0.0.1:{port}/v1/metrics").export(data)
+            sent = 0
+            if ranks == 1:
+                OTLPMetricExporter(endpoint=f"http://127.0.0.1:{port}/v1/metrics").export(data)
+                sent = points_per_request
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            sent, rejected, i = points_per_request, 0, 0
-            while time.perf_counter() - t0 < seconds and (repeat_steps or i < len(bodies)):
+            rejected, i = 0, 0
+            while (time.perf_counter() - t0 < seconds or i % ranks) and (repeat_steps or i < len(bodies)):
                 body = bodies[i % len(bodies)]
                 i += 1
                 conn.request("POST", "/v1/metrics", body, {"Content-Type": "application/x-protobuf"})
@@ -131,14 +148,15 @@ def throughput(seconds: float, points_per_request: int, repeat_steps: bool = Fal
                     time.sleep(0.5)
             sending = time.perf_counter() - t0
             key = 'otel_rl_collector_sink_exported_points_total{run="otel-rl-collector",sink="tensorboard"}'
-            while _self_metrics(port).get(key, 0) < sent:
+            while _self_metrics(port).get(key, 0) < sent // ranks:  # reduced: one point per rank group
                 time.sleep(0.2)
             elapsed = time.perf_counter() - t0
             rss = psutil.Process(proc.pid).memory_info().rss / 2**20
         finally:
             proc.terminate()
             proc.wait(60)
-    return {"points": sent, "seconds": elapsed, "points_per_s": sent / elapsed, "busy_replies": rejected,
+    return {"points": sent, "ranks": ranks, "seconds": elapsed, "points_per_s": sent / elapsed,
+            "busy_replies": rejected,
             "last_response_s": sending,
             "collector_rss_mb": rss}
 
@@ -238,6 +256,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--points-per-request", type=int, default=5000)
     parser.add_argument("--rank-steps", type=int, default=2000)
+    parser.add_argument("--ranks", type=int, default=1,
+                        help="also measure throughput with this many ranks of one run, reduced across ranks")
     parser.add_argument("--load", type=float, default=0.8,
                         help="the latency run's load, as a fraction of the measured throughput")
     parser.add_argument("--repeat-steps", action="store_true",
@@ -245,6 +265,8 @@ def main() -> int:
     args = parser.parse_args()
     measured = throughput(args.seconds, args.points_per_request, args.repeat_steps)
     print(json.dumps({"throughput": measured}))
+    if args.ranks > 1:
+        print(json.dumps({"reduced": throughput(args.seconds, args.points_per_request, ranks=args.ranks)}))
     if not args.repeat_steps:
         load = args.load * measured["points_per_s"]
         print(json.dumps({"latency": latency(load, args.seconds, args.points_per_request)}))
