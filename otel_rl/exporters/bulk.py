@@ -22,10 +22,22 @@ from __future__ import annotations
 from itertools import repeat
 from typing import Any
 
-try:
-    import numpy as np
-except ImportError:  # pragma: no cover - numpy comes with tensorboard; without it, no fast path
-    np = None
+np: Any = None  # numpy, imported on first use: a training process never needs it here
+_LAYOUTS: dict = {}
+
+
+def _numpy() -> bool:
+    """Import numpy and build the layouts once; False without numpy (no fast path; it comes
+    with tensorboard, so a collector has it)."""
+    global np, _LAYOUTS
+    if np is None:
+        try:
+            import numpy
+        except ImportError:  # pragma: no cover
+            return False
+        np = numpy
+        _LAYOUTS = _layouts()
+    return True
 
 #: NumberDataPoint, canonical encoding, for a varint step of k bytes (1..9):
 #:   [0x11 start_time(8)] 0x19 time(8) (0x21 as_double | 0x31 as_int)(8)
@@ -53,13 +65,12 @@ def _layouts() -> dict[tuple[int, int], tuple[Any, list[int], int, int, int, int
     return out
 
 
-_LAYOUTS = _layouts() if np is not None else {}
 
 
 def gauge_columns(data: bytes):
     """(steps, values, times in seconds) as numpy arrays, for every data point in ``data`` (a
     serialized ``Gauge``), in order; None when a point is not of the simple shape."""
-    if np is None:
+    if not _numpy():
         return None
     buf = np.frombuffer(data, np.uint8)
     size = len(data)
