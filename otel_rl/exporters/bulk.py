@@ -13,7 +13,7 @@ message the runtime already parsed, so they are canonical (fields in ascending n
 length prefix exact, unknown fields after the known ones). Each data point is then one of a few
 fixed byte layouts, told apart by its length and its first field; every constant byte of the
 layout (field tags, length prefixes, the key ``step``) is checked for every point, so a point
-of any other shape (an unknown field changes its length prefix) sends the whole metric to the
+of any other shape (an unknown field changes its length prefix) sends the whole resource to the
 general path.
 """
 
@@ -24,20 +24,6 @@ from typing import Any
 
 np: Any = None  # numpy, imported on first use: a training process never needs it here
 _LAYOUTS: dict = {}
-
-
-def _numpy() -> bool:
-    """Import numpy and build the layouts once; False without numpy (no fast path; it comes
-    with tensorboard, so a collector has it)."""
-    global np, _LAYOUTS
-    if np is None:
-        try:
-            import numpy
-        except ImportError:  # pragma: no cover
-            return False
-        np = numpy
-        _LAYOUTS = _layouts()
-    return True
 
 #: NumberDataPoint, canonical encoding, for a varint step of k bytes (1..9):
 #:   [0x11 start_time(8)] 0x19 time(8) (0x21 as_double | 0x31 as_int)(8)
@@ -65,6 +51,18 @@ def _layouts() -> dict[tuple[int, int], tuple[Any, list[int], int, int, int, int
     return out
 
 
+def _numpy() -> bool:
+    """Import numpy and build the layouts once; False without numpy (no fast path; it comes
+    with tensorboard, so a collector has it)."""
+    global np, _LAYOUTS
+    if np is None:
+        try:
+            import numpy
+        except ImportError:  # pragma: no cover
+            return False
+        np = numpy
+        _LAYOUTS = _layouts()
+    return True
 
 
 def gauge_columns(data: bytes):

@@ -88,9 +88,6 @@ class NameMapper:
         # the bound the least recently used names are forgotten, and a collision with one of those
         # is no longer detected
         self._cache: LRU = LRU(MAX_NAMES)  # (name, attributes, suffix) -> key: no string building per point
-        #: ``cached((name, attributes, suffix))``: the key if already mapped, else None (a hot
-        #: loop's inline lookup; ``key`` maps and caches)
-        self.cached = self._cache.get
         self._neutral: LRU = LRU(MAX_NAMES)
         self._owner: LRU = LRU(MAX_NAMES)
         self.collisions = 0

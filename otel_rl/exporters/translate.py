@@ -45,7 +45,7 @@ _DEFAULT_RUN = "default"
 NO_STEP = -1
 _RESERVED = frozenset({STEP_ATTRIBUTE, NONFINITE_ATTRIBUTE})
 _NONFINITE = frozenset({"nan", "inf", "-inf"})
-#: A gauge with at least this many points is first tried as columns (:mod:`.bulk`).
+#: A resource with at least this many points is first tried as columns (:mod:`.bulk`).
 BULK_MIN_POINTS = 16
 
 def run_of(resource_attributes: Mapping[str, Any]) -> str:
@@ -179,12 +179,12 @@ def translate_proto(request) -> Translation:
     ordered, last_run = True, None
     for rm in request.resource_metrics:
         resource = proto_attributes(rm.resource.attributes)
-        count = sum(_points(m) for sm in rm.scope_metrics for m in sm.metrics)
+        metrics = [m for sm in rm.scope_metrics for m in sm.metrics]
+        count = sum(map(_points, metrics))
         if _empty_run(out, resource, count):
             continue
         rank = rank_of(resource)
         run = run_of(resource)
-        metrics = [m for sm in rm.scope_metrics for m in sm.metrics]
         points = _bulk_gauges(run, rank, metrics) if count >= BULK_MIN_POINTS else None
         if points is not None:
             out.batch.points.extend(points)
