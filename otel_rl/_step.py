@@ -17,10 +17,21 @@ NONFINITE_ATTRIBUTE = "otel_rl.nonfinite"
 MAX_STEP = 2**63 - 1
 
 _unbound_step: int | None = None  # set_step before any run started: the next run starts there
+_current = None  # otel_rl.recording.current, bound on first use (recording imports this module)
+
+
+def _bind_current():
+    global _current
+    from otel_rl import recording
+
+    _current = recording.current
+    return _current
 
 
 def check_step(step: object) -> int:
     """Return ``step`` as an int, or raise ValueError/TypeError naming the bad value."""
+    if type(step) is int and 0 <= step <= MAX_STEP:  # the hot path: one check
+        return step
     if isinstance(step, bool) or not isinstance(step, int):
         index = getattr(step, "__index__", None)
         if index is None or isinstance(step, bool):
@@ -36,15 +47,15 @@ def check_step(step: object) -> int:
 def set_step(step: int) -> None:
     """Set the training step of the current run (see :func:`otel_rl.recording.current`): every
     point recorded from now on without its own ``step`` attribute is at this step."""
-    set_checked_step(check_step(step))
+    if type(step) is not int or not 0 <= step <= MAX_STEP:
+        step = check_step(step)
+    set_checked_step(step)
 
 
 def set_checked_step(step: int) -> None:
     """:func:`set_step` for a step already validated by :func:`check_step`."""
     global _unbound_step
-    from otel_rl import recording
-
-    recorder = recording.current()
+    recorder = (_current or _bind_current())()
     if recorder is None:
         _unbound_step = step
     else:

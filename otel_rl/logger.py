@@ -62,7 +62,7 @@ class Logger:
             self._after_finish("log_metrics")
             return
         step = _step.check_step(step)
-        if not isinstance(metrics, Mapping):
+        if type(metrics) is not dict and not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping of name -> value, got {type(metrics).__name__}")
         recorder = self._recorder
         # the values first: span timings waiting for their step take this one (otel_rl.timing)

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
+from itertools import repeat
 from typing import Any
 
 from opentelemetry import metrics as api
@@ -47,6 +49,7 @@ GAUGE, COUNTER, UPDOWN, HISTOGRAM, OBSERVED_SUM, OBSERVED_UPDOWN, METRICS, PARAM
 HISTOGRAM_BINS = 30
 
 _time_ns = time.time_ns
+_call = getattr(operator, "call", None)  # Python 3.11+
 _sleep = time.sleep
 
 
@@ -147,6 +150,8 @@ class Recorder:
         """Take the records recorded so far (at most ``limit``), oldest first."""
         tape = self.tape
         n = len(tape) if limit is None else min(limit, len(tape))
+        if _call is not None:  # popleft n times without a Python frame per record
+            return list(map(_call, repeat(tape.popleft, n)))
         popleft = tape.popleft
         return [popleft() for _ in range(n)]
 
@@ -168,6 +173,7 @@ class Recorder:
 
 # -- which run a measurement belongs to ---------------------------------------------------
 _context: ContextVar["Recorder | None"] = ContextVar("otel_rl_recorder", default=None)
+_context_get = _context.get
 _started: list[Recorder] = []
 _lock = threading.Lock()
 
@@ -199,10 +205,6 @@ def deactivate(recorder: Recorder) -> None:
 
 
 # -- the API: meters and instruments ------------------------------------------------------
-def _attrs(attributes: Mapping[str, Any] | None) -> dict | None:
-    return dict(attributes) if attributes else None
-
-
 class _Instrument:
     __slots__ = ("_name", "_recorder", "_kind", "unit", "description", "bounds")
 
@@ -216,9 +218,20 @@ class _Instrument:
         return self._name
 
     def _put(self, amount, attributes) -> None:
-        recorder = self._recorder or current()
-        if recorder is not None and not recorder.closed:
-            recorder.put((self._kind, self._name, amount, recorder.step, _time_ns(), _attrs(attributes)))
+        # the hot path: inlined lookups, and the record appended straight to the tape unless
+        # the recorder has work for it (deferred span timings, a tape past its wake mark)
+        recorder = self._recorder or _context_get()
+        if recorder is None or recorder.closed:
+            recorder = None if self._recorder is not None else current()  # a bound run stays bound
+            if recorder is None:
+                return
+        record = (self._kind, self._name, amount, recorder.step, _time_ns(),
+                  dict(attributes) if attributes else None)
+        tape = recorder.tape
+        if recorder._deferred or len(tape) >= recorder._wake_at:
+            recorder.put(record)
+        else:
+            tape.append(record)
 
 
 class Gauge(_Instrument, api._Gauge):  # the API exports Gauge as _Gauge (experimental in 1.45)
@@ -226,10 +239,17 @@ class Gauge(_Instrument, api._Gauge):  # the API exports Gauge as _Gauge (experi
 
     def set(self, amount: int | float, attributes: Mapping[str, Any] | None = None,
             context: Context | None = None) -> None:
-        recorder = self._recorder or current()
-        if recorder is not None and not recorder.closed:
-            recorder.put((GAUGE, self._name, amount, recorder.step, _time_ns(),
-                          dict(attributes) if attributes else None))
+        recorder = self._recorder or _context_get()  # _put, inlined: the most called method
+        if recorder is None or recorder.closed:
+            recorder = None if self._recorder is not None else current()  # a bound run stays bound
+            if recorder is None:
+                return
+        record = (GAUGE, self._name, amount, recorder.step, _time_ns(), dict(attributes) if attributes else None)
+        tape = recorder.tape
+        if recorder._deferred or len(tape) >= recorder._wake_at:
+            recorder.put(record)
+        else:
+            tape.append(record)
 
 
 class Counter(_Instrument, api.Counter):
@@ -253,11 +273,13 @@ class Histogram(_Instrument, api.Histogram):
 
     def record(self, amount: int | float, attributes: Mapping[str, Any] | None = None,
                context: Context | None = None) -> None:
+        if self.bounds is None:
+            self._put(amount, attributes)
+            return
         recorder = self._recorder or current()
         if recorder is not None and not recorder.closed:
-            record = (HISTOGRAM, self._name, amount, recorder.step, _time_ns(),
-                      dict(attributes) if attributes else None)
-            recorder.put(record if self.bounds is None else (*record, self.bounds))
+            recorder.put((HISTOGRAM, self._name, amount, recorder.step, _time_ns(),
+                          dict(attributes) if attributes else None, self.bounds))
 
 
 class _Observable(api.ObservableGauge, api.ObservableCounter, api.ObservableUpDownCounter):

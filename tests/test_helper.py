@@ -189,3 +189,18 @@ def test_helper_false_runs_the_engine_in_process(tmp_path):
     pipeline.get_meter("t").create_gauge("x").set(1.0)
     assert pipeline.shutdown(30)
     assert read_tensorboard(tmp_path / "tb" / "ip")["scalars"]["x"] == {0: 1.0}
+
+
+def test_a_frame_with_a_cyclic_value_still_goes_over():
+    # frames are pickled without the memo (faster); a cyclic value cannot be, and falls back
+    import pickle
+
+    from otel_rl.helper import _dumps_records
+
+    cyclic: list = [1.5]
+    cyclic.append(cyclic)
+    plain = [("g", "loss", 0.5, 3, 10**18, None), ("g", "loss", 0.25, 4, 10**18 + 1, {"k": "v"})]
+    assert pickle.loads(_dumps_records((plain, 4, False, 1.0))) == (plain, 4, False, 1.0)
+    records, *_ = pickle.loads(_dumps_records(([("t", "x", cyclic, 1, 2, None)], None, True, 2.0)))
+    value = records[0][2]
+    assert value[0] == 1.5 and value[1] is value

@@ -167,3 +167,23 @@ def test_a_step_split_by_a_collect_arrives_whole_once(tmp_path):
     assert exactly_once(read_tensorboard_events(tmp_path / "r")["tok"]) == {5: 5.0, 6: 6.0}
     (hist,) = read_tensorboard(tmp_path / "r")["histograms"]["lat"].values()
     assert hist[:, 2].sum() == 2
+
+
+def test_instruments_of_a_run_that_ended_record_nothing_into_the_next_run(tmp_path):
+    # the hot path appends straight to the tape; a meter bound to a closed run must not fall
+    # back to the run current now (its values would land in someone else's run)
+    first = Pipeline({"run_name": "first", "helper": False, "tensorboard": {"log_dir": str(tmp_path)}})
+    bound = first.get_meter("m")
+    gauge, counter = bound.create_gauge("old"), bound.create_counter("old_total")
+    first.set_step(1)
+    gauge.set(1.0)
+    counter.add(2)
+    assert first.shutdown(30)
+    second = Pipeline({"run_name": "second", "helper": False, "tensorboard": {"log_dir": str(tmp_path)}})
+    second.set_step(5)
+    gauge.set(9.0)
+    counter.add(9)
+    second.get_meter("m").create_gauge("new").set(3.0)
+    assert second.shutdown(30)
+    assert read_tensorboard(tmp_path / "first")["scalars"] == {"old": {1: 1.0}, "old_total": {1: 2.0}}
+    assert read_tensorboard(tmp_path / "second")["scalars"] == {"new": {5: 3.0}}
