@@ -63,6 +63,8 @@ HELLO, RECORDS, FLUSH, STATS, SHUTDOWN = range(5)
 # helper -> training process
 READY, ACK, REPLY, LOG = range(4)
 
+#: The helper's exit status when it could not store a frame (a full disk): restart and resume.
+DISK_EXIT = 3
 #: Seconds the training process waits for a helper to start (build its sinks) and say READY.
 START_TIMEOUT_S = 120.0
 MAX_BACKOFF_S = 10.0
@@ -622,8 +624,17 @@ def main(argv: list[str]) -> int:
             if number > engine.emission:
                 records, step, release, now = pickle.loads(payload)
                 points += len(records)
-                engine.process(records, step, release, now, emission=number)
-                engine.checkpoint(session)
+                try:
+                    engine.process(records, step, release, now, emission=number)
+                    engine.checkpoint(session)
+                except OSError as exc:
+                    # a spool or the checkpoint could not be written (a full disk): the frame is
+                    # not acknowledged, and a restarted helper resumes from the last checkpoint
+                    # (the torn tail is cut, spooled emissions are skipped); the training
+                    # process keeps the frames meanwhile
+                    _log.error("otel-rl helper: frame %d could not be stored under %s (%s); the training "
+                               "process keeps it and the helper restarts", number, hello.get("root"), exc)
+                    return DISK_EXIT
             out.send(ACK, number, None)
         elif kind == FLUSH:
             body = pickle.loads(payload)

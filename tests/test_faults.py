@@ -160,6 +160,45 @@ def test_a_disk_that_fills_up_and_frees_loses_nothing(tmp_path, small_disk):
     assert pipeline.stats()["tensorboard"]["dropped_points"] == 0
 
 
+def test_a_full_disk_under_the_helpers_private_spool_loses_nothing(tmp_path, small_disk, monkeypatch):
+    """The helper's own spool (no ``spool_dir``: a private directory, here on a 2 MiB tmpfs)
+    fills up mid-run. The helper cannot queue a frame, so it does not acknowledge it; the
+    training process keeps the frames and the loop goes on. Once space is freed every step is in
+    TensorBoard exactly once."""
+    import otel_rl
+
+    monkeypatch.setenv("OTEL_RL_HELPER_DIR", str(small_disk))
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (2 * 2**20 - 64 * 1024))  # leave about 64 KiB
+    pipeline = otel_rl.Pipeline({"run_name": "pdisk", "export_interval_s": 0.05,
+                                 "tensorboard": {"log_dir": str(tmp_path / "tb")}})
+    meter = pipeline.get_meter("t")
+    gauges = [meter.create_gauge(f"g{i:02d}") for i in range(20)]
+    t0 = time.monotonic()
+    for step in range(1500):
+        otel_rl.set_step(step)
+        for i, g in enumerate(gauges):
+            g.set(step + i / 100)
+        if step % 100 == 99:
+            pipeline.collect_now()
+    loop_s = time.monotonic() - t0
+    deadline = time.monotonic() + 30
+    while pipeline.stats()["helper_unacknowledged_frames"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stats = pipeline.stats()
+    assert stats["helper_unacknowledged_frames"] > 0, stats  # the disk really was full
+    assert loop_s < 20, loop_s  # the loop never waited for the disk
+    time.sleep(1.0)
+    filler.unlink()
+    assert pipeline.shutdown(timeout_s=60)
+    events = read_tensorboard_events(tmp_path / "tb" / "pdisk")
+    for i in range(20):
+        got = exactly_once(events[f"g{i:02d}"])
+        assert got == pytest.approx({s: s + i / 100 for s in range(1500)}, rel=1e-6)
+    final = pipeline.stats()
+    assert final["tensorboard"]["dropped_points"] == 0 and final["helper_lost_records"] == 0, final
+
+
 KILL_TRAINER = """
 import json, sys, otel_rl
 backends, spool, first, count = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
