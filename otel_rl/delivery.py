@@ -97,6 +97,8 @@ class SinkStats:
     quarantined_points: int = 0
     failed_attempts: int = 0
     worker_errors: int = 0
+    #: Points its spool could not store (a full disk), held in memory until it can.
+    unstored_points: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -166,8 +168,13 @@ def split_by_run(batch: Batch) -> list[Batch]:
 class SinkWorker:
     """Delivers batches to one sink in order, on its own thread (see the module docstring)."""
 
-    def __init__(self, sink: Sink, max_queue_points: int, policy: RetryPolicy | None = None, spool=None) -> None:
+    def __init__(self, sink: Sink, max_queue_points: int, policy: RetryPolicy | None = None, spool=None,
+                 hold_unstored: bool = False) -> None:
         self.sink = sink
+        #: Batches the spool could not store (a full disk), oldest first, when ``hold_unstored``
+        #: (else the error propagates: the helper then does not acknowledge the frame).
+        self._unstored: deque[Batch] = deque()
+        self._hold_unstored = hold_unstored
         self.policy = policy or RetryPolicy()
         self.stats = SinkStats()
         self.spool = spool
@@ -217,9 +224,17 @@ class SinkWorker:
         is full or stopped."""
         n = len(batch)
         with self._cv:
+            if self._unstored and not self._store_unstored_locked():
+                return self._hold_locked(batch)  # behind the batches already waiting: in order
             # in memory, max_queue_points bounds RAM; a spool is bounded by its max_bytes
             full = not self.durable and self.stats.queued_points + n > self._max_queue_points
-            if self._stopping or full or not self._queue.put(batch):
+            try:
+                refused = self._stopping or full or not self._queue.put(batch)
+            except OSError as exc:
+                if not self._hold_unstored:
+                    raise
+                return self._hold_locked(batch, exc)
+            if refused:
                 self.stats.dropped_points += n
                 _log.error("%s: queue full or stopped (%d points queued, limit %d); %d points not queued "
                            "(total %d)", self.sink.name, self.stats.queued_points,
@@ -229,8 +244,49 @@ class SinkWorker:
             self._cv.notify_all()
         return True
 
+    def _hold_locked(self, batch: Batch, exc: OSError | None = None) -> bool:
+        n = len(batch)
+        if self._stopping or self.stats.unstored_points + n > self._max_queue_points:
+            self.stats.dropped_points += n
+            _log.error("%s: %d points could not be stored in the spool and %d are already held in memory "
+                       "(limit max_queue_points=%d); %d points dropped (total %d)", self.sink.name, n,
+                       self.stats.unstored_points, self._max_queue_points, n, self.stats.dropped_points)
+            return False
+        if not self._unstored:
+            _log.error("%s: the spool at %s cannot store a batch (%s); batches are held in memory, in "
+                       "order, until it can (at most max_queue_points=%d points)", self.sink.name,
+                       self.spool.dir if self.spool is not None else "?", exc, self._max_queue_points)
+        self._unstored.append(batch)
+        self.stats.unstored_points += n
+        return True
+
+    def _store_unstored_locked(self) -> bool:
+        """Store the held batches, oldest first; True when none is left."""
+        while self._unstored:
+            batch = self._unstored[0]
+            try:
+                stored = self._queue.put(batch)
+            except OSError:
+                return False
+            if not stored:  # the spool's own bound (max_bytes): it frees up as batches deliver
+                return False
+            self._unstored.popleft()
+            self.stats.unstored_points -= len(batch)
+            self.stats.queued_points += len(batch)
+            self._cv.notify_all()
+            if not self._unstored:
+                _log.warning("%s: the spool stores batches again; every held batch is in it", self.sink.name)
+        return True
+
+    def store_unstored(self) -> bool:
+        """Try again to store what the spool could not (each drain cycle, flush and shutdown)."""
+        with self._cv:
+            return self._store_unstored_locked() if self._unstored else True
+
     def drain(self, deadline: Deadline) -> bool:
         """Wait until everything queued so far was delivered or given up; False on timeout."""
+        if not self.store_unstored():
+            return False
         with self._cv:
             while (self._queue.peek() is not None or self._busy) and self._thread.is_alive():
                 left = deadline.left()
@@ -243,6 +299,13 @@ class SinkWorker:
         """Deliver what is queued, close the sink with ``status``; returns by ``deadline``."""
         drained = self.drain(deadline) if self._thread.is_alive() else False
         with self._cv:
+            if self._unstored:
+                lost = self.stats.unstored_points
+                self.stats.dropped_points += lost
+                self.stats.unstored_points = 0
+                self._unstored.clear()
+                _log.error("%s: at shutdown the spool still cannot store %d held points; they are "
+                           "dropped (counted in dropped_points)", self.sink.name, lost)
             self._stopping = True
             self._close_status = status
             if not drained:
@@ -398,9 +461,10 @@ class SinkSet:
     """A worker per sink; what the pipeline and the collector hand admitted batches to."""
 
     def __init__(self, sinks: list[Sink], max_queue_points: int, policy: RetryPolicy | None = None,
-                 spools: dict | None = None) -> None:
+                 spools: dict | None = None, hold_unstored: bool = False) -> None:
         spools = spools or {}
-        self.workers = [SinkWorker(s, max_queue_points, policy, spool=spools.get(s.name)) for s in sinks]
+        self.workers = [SinkWorker(s, max_queue_points, policy, spool=spools.get(s.name), hold_unstored=hold_unstored)
+                        for s in sinks]
 
     def start(self, open_runs: tuple[str, ...] = ()) -> "SinkSet":
         """Start every worker; each first opens ``open_runs`` in its backend."""

@@ -115,7 +115,10 @@ class Engine:
         self.rejected_reasons: dict[str, str] = {}
         self._warned: set[str] = set()
         self.restored = False
-        self.sinkset = SinkSet(sinks, pcfg.max_queue_points, config.sources["retry"], spools=spools)
+        # in this process (not numbered), a batch its spool cannot store (a full disk) waits in
+        # memory; the helper (numbered) instead leaves the frame unacknowledged and restarts
+        self.sinkset = SinkSet(sinks, pcfg.max_queue_points, config.sources["retry"], spools=spools,
+                               hold_unstored=not numbered)
         self.sinkset.start(open_runs=(run_name,))
 
     # -- state across a helper restart -----------------------------------------------------
@@ -175,6 +178,9 @@ class Engine:
         else:
             self._held_since = None
         if not records:
+            if not self._numbered:
+                for worker in self.sinkset.workers:
+                    worker.store_unstored()
             return
         translation = translate_records(records, self.run_name, self.rank)
         if translation.rejected or translation.reasons:

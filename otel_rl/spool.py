@@ -227,19 +227,36 @@ class Spool:
             if self.pending_bytes + len(frame) > self.max_bytes:
                 return False
             if self._sizes[self._segment] + len(frame) > self.segment_bytes and self._sizes[self._segment]:
+                new_file = open(self._path(self._segment + 1), "ab")  # failing here changes nothing
                 self._file.close()
                 self._segment += 1
-                self._file = open(self._path(self._segment), "ab")
+                self._file = new_file
                 self._sizes[self._segment] = 0
-            self._file.write(frame)
-            self._file.flush()
-            if self.fsync:
-                os.fsync(self._file.fileno())
+            size = self._sizes[self._segment]
+            try:
+                self._file.write(frame)
+                self._file.flush()
+                if self.fsync:
+                    os.fsync(self._file.fileno())
+            except OSError:
+                self._cut_back(size)
+                raise
             self._sizes[self._segment] += len(frame)
             emission = batch.meta.get("emission")
             if isinstance(emission, int) and emission > self.last_emission:
                 self.last_emission = emission
         return True
+
+    def _cut_back(self, size: int) -> None:
+        """Undo a write that failed part-way (a full disk): the segment ends where it did, so the
+        next append does not follow a torn record."""
+        path = self._path(self._segment)
+        try:
+            self._file.close()  # the buffer cannot be written either; the file closes regardless
+        except OSError:
+            pass
+        os.truncate(path, size)
+        self._file = open(path, "ab")
 
     def read(self, cursor: tuple[int, int] | None = None) -> tuple[Batch, tuple[int, int]] | None:
         """The batch at ``cursor`` (default: the checkpoint) and the cursor after it, or None."""

@@ -199,6 +199,40 @@ def test_a_full_disk_under_the_helpers_private_spool_loses_nothing(tmp_path, sma
     assert final["tensorboard"]["dropped_points"] == 0 and final["helper_lost_records"] == 0, final
 
 
+def test_a_full_disk_under_the_spool_with_the_engine_in_process_loses_nothing(tmp_path, small_disk):
+    """``helper: false`` and ``spool_dir`` on a disk that fills up: a batch the spool cannot store
+    (its torn write cut back) waits in memory, in order, and is stored once there is room; every
+    step is then in TensorBoard exactly once."""
+    import otel_rl
+
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (2 * 2**20 - 64 * 1024))  # leave about 64 KiB
+    pipeline = otel_rl.Pipeline({"run_name": "idisk", "helper": False, "export_interval_s": 0.05,
+                                 "spool_dir": str(small_disk / "spool"),
+                                 "tensorboard": {"log_dir": str(tmp_path / "tb")}})
+    meter = pipeline.get_meter("t")
+    gauges = [meter.create_gauge(f"g{i:02d}") for i in range(20)]
+    for step in range(1500):
+        otel_rl.set_step(step)
+        for i, g in enumerate(gauges):
+            g.set(step + i / 100)
+        if step % 100 == 99:
+            pipeline.collect_now()
+    pipeline.collect_now()
+    held = pipeline.stats()["tensorboard"]["unstored_points"]
+    assert held > 0  # the disk really was full
+    assert not pipeline.force_flush(2)  # not delivered yet, and it says so
+    filler.unlink()
+    assert pipeline.force_flush(60)
+    assert pipeline.stats()["tensorboard"]["unstored_points"] == 0
+    assert pipeline.shutdown(timeout_s=60)
+    events = read_tensorboard_events(tmp_path / "tb" / "idisk")
+    for i in range(20):
+        got = exactly_once(events[f"g{i:02d}"])
+        assert got == pytest.approx({s: s + i / 100 for s in range(1500)}, rel=1e-6)
+    assert pipeline.stats()["tensorboard"]["dropped_points"] == 0
+
+
 KILL_TRAINER = """
 import json, sys, otel_rl
 backends, spool, first, count = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
