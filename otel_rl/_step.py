@@ -47,9 +47,7 @@ def check_step(step: object) -> int:
 def set_step(step: int) -> None:
     """Set the training step of the current run (see :func:`otel_rl.recording.current`): every
     point recorded from now on without its own ``step`` attribute is at this step."""
-    if type(step) is not int or not 0 <= step <= MAX_STEP:
-        step = check_step(step)
-    set_checked_step(step)
+    set_checked_step(check_step(step))
 
 
 def set_checked_step(step: int) -> None:

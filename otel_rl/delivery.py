@@ -255,7 +255,7 @@ class SinkWorker:
         if not self._unstored:
             _log.error("%s: the spool at %s cannot store a batch (%s); batches are held in memory, in "
                        "order, until it can (at most max_queue_points=%d points)", self.sink.name,
-                       self.spool.dir if self.spool is not None else "?", exc, self._max_queue_points)
+                       self.spool.dir, exc, self._max_queue_points)
         self._unstored.append(batch)
         self.stats.unstored_points += n
         return True

@@ -157,8 +157,6 @@ class Pipeline:
         self.logger_provider = samples.LoggerProvider(self.recorder)
         self.dropped_sample_rows = 0
         self._pending_steps = 0
-        self._flush_every_steps = pcfg.flush_every_steps
-        self._timed = self.timing._acc  # a dict: empty while nothing is timed
         self._closed = False
         self._shutdown_lock = threading.Lock()
         self._warned: set[str] = set()
@@ -285,10 +283,9 @@ class Pipeline:
                            time.time_ns(), None))
 
     def _on_step(self, step: int) -> None:
-        if self._timed:  # the timing's open steps (nothing timed: nothing to do)
-            self.timing.on_step(step)
+        self.timing.on_step(step)
         self._pending_steps += 1
-        if self._pending_steps >= self._flush_every_steps:
+        if self._pending_steps >= self.config.pipeline.flush_every_steps:
             self._pending_steps = 0
             self.drainer.wake()
 

@@ -217,9 +217,12 @@ class _Instrument:
     def name(self) -> str:
         return self._name
 
-    def _put(self, amount, attributes) -> None:
-        # the hot path: inlined lookups, and the record appended straight to the tape unless
-        # the recorder has work for it (deferred span timings, a tape past its wake mark)
+    def _record(self, amount: int | float, attributes: Mapping[str, Any] | None = None,
+                context: Context | None = None) -> None:
+        """One measurement on the tape: ``Gauge.set``, ``Counter.add`` and ``UpDownCounter.add``
+        are this method itself (the hot path: no call in between). The record is appended
+        straight to the tape unless the recorder has work for it (deferred span timings, a
+        tape past its wake mark)."""
         recorder = self._recorder or _context_get()
         if recorder is None or recorder.closed:
             recorder = None if self._recorder is not None else current()  # a bound run stays bound
@@ -236,36 +239,17 @@ class _Instrument:
 
 class Gauge(_Instrument, api._Gauge):  # the API exports Gauge as _Gauge (experimental in 1.45)
     __slots__ = ()
-
-    def set(self, amount: int | float, attributes: Mapping[str, Any] | None = None,
-            context: Context | None = None) -> None:
-        recorder = self._recorder or _context_get()  # _put, inlined: the most called method
-        if recorder is None or recorder.closed:
-            recorder = None if self._recorder is not None else current()  # a bound run stays bound
-            if recorder is None:
-                return
-        record = (GAUGE, self._name, amount, recorder.step, _time_ns(), dict(attributes) if attributes else None)
-        tape = recorder.tape
-        if recorder._deferred or len(tape) >= recorder._wake_at:
-            recorder.put(record)
-        else:
-            tape.append(record)
+    set = _Instrument._record
 
 
 class Counter(_Instrument, api.Counter):
     __slots__ = ()
-
-    def add(self, amount: int | float, attributes: Mapping[str, Any] | None = None,
-            context: Context | None = None) -> None:
-        self._put(amount, attributes)
+    add = _Instrument._record
 
 
 class UpDownCounter(_Instrument, api.UpDownCounter):
     __slots__ = ()
-
-    def add(self, amount: int | float, attributes: Mapping[str, Any] | None = None,
-            context: Context | None = None) -> None:
-        self._put(amount, attributes)
+    add = _Instrument._record
 
 
 class Histogram(_Instrument, api.Histogram):
@@ -274,7 +258,7 @@ class Histogram(_Instrument, api.Histogram):
     def record(self, amount: int | float, attributes: Mapping[str, Any] | None = None,
                context: Context | None = None) -> None:
         if self.bounds is None:
-            self._put(amount, attributes)
+            self._record(amount, attributes)
             return
         recorder = self._recorder or current()
         if recorder is not None and not recorder.closed:

@@ -129,34 +129,54 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_disk_that_fills_up_and_frees_loses_nothing(tmp_path, small_disk):
-    """TensorBoard's disk fills up mid-run (ENOSPC, records torn half-way): the batch is rolled
-    back and retried, the spool (on another disk) holds the rest; once space is freed every step
-    is in the event file exactly once and the file reads cleanly."""
+def _fill(disk, leave_kib: int):
+    """A file filling ``disk`` (the 2 MiB tmpfs) but about ``leave_kib`` KiB; unlink it to free it."""
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (2 * 2**20 - leave_kib * 1024))
+    return filler
+
+
+def _log_20_gauges(pipeline) -> float:
+    """20 gauges over 1500 steps, collected every 100 steps; the loop's seconds."""
     import otel_rl
 
-    filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (2 * 2**20 - 96 * 1024))  # leave about 96 KiB
-    pipeline = otel_rl.Pipeline({"run_name": "disk", "export_interval_s": 0.05, "spool_dir": str(tmp_path / "spool"),
-                                 "tensorboard": {"log_dir": str(small_disk / "tb")}})
     meter = pipeline.get_meter("t")
     gauges = [meter.create_gauge(f"g{i:02d}") for i in range(20)]
+    t0 = time.monotonic()
     for step in range(1500):
         otel_rl.set_step(step)
         for i, g in enumerate(gauges):
             g.set(step + i / 100)
         if step % 100 == 99:
             pipeline.collect_now()
+    return time.monotonic() - t0
+
+
+def _assert_20_gauges_exactly_once(run_dir) -> None:
+    """Every value of :func:`_log_20_gauges` in the run's event files, each step once."""
+    events = read_tensorboard_events(run_dir)
+    for i in range(20):
+        got = exactly_once(events[f"g{i:02d}"])
+        assert got == pytest.approx({s: s + i / 100 for s in range(1500)}, rel=1e-6)
+
+
+def test_a_disk_that_fills_up_and_frees_loses_nothing(tmp_path, small_disk):
+    """TensorBoard's disk fills up mid-run (ENOSPC, records torn half-way): the batch is rolled
+    back and retried, the spool (on another disk) holds the rest; once space is freed every step
+    is in the event file exactly once and the file reads cleanly."""
+    import otel_rl
+
+    filler = _fill(small_disk, leave_kib=96)
+    pipeline = otel_rl.Pipeline({"run_name": "disk", "export_interval_s": 0.05, "spool_dir": str(tmp_path / "spool"),
+                                 "tensorboard": {"log_dir": str(small_disk / "tb")}})
+    _log_20_gauges(pipeline)
     deadline = time.monotonic() + 30
     while pipeline.stats()["tensorboard"]["failed_attempts"] == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert pipeline.stats()["tensorboard"]["failed_attempts"] > 0  # the disk really was full
     filler.unlink()
     assert pipeline.shutdown(timeout_s=60)
-    events = read_tensorboard_events(small_disk / "tb" / "disk")
-    for i in range(20):
-        got = exactly_once(events[f"g{i:02d}"])
-        assert got == pytest.approx({s: s + i / 100 for s in range(1500)}, rel=1e-6)
+    _assert_20_gauges_exactly_once(small_disk / "tb" / "disk")
     assert pipeline.stats()["tensorboard"]["dropped_points"] == 0
 
 
@@ -168,20 +188,10 @@ def test_a_full_disk_under_the_helpers_private_spool_loses_nothing(tmp_path, sma
     import otel_rl
 
     monkeypatch.setenv("OTEL_RL_HELPER_DIR", str(small_disk))
-    filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (2 * 2**20 - 64 * 1024))  # leave about 64 KiB
+    filler = _fill(small_disk, leave_kib=64)
     pipeline = otel_rl.Pipeline({"run_name": "pdisk", "export_interval_s": 0.05,
                                  "tensorboard": {"log_dir": str(tmp_path / "tb")}})
-    meter = pipeline.get_meter("t")
-    gauges = [meter.create_gauge(f"g{i:02d}") for i in range(20)]
-    t0 = time.monotonic()
-    for step in range(1500):
-        otel_rl.set_step(step)
-        for i, g in enumerate(gauges):
-            g.set(step + i / 100)
-        if step % 100 == 99:
-            pipeline.collect_now()
-    loop_s = time.monotonic() - t0
+    loop_s = _log_20_gauges(pipeline)
     deadline = time.monotonic() + 30
     while pipeline.stats()["helper_unacknowledged_frames"] == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -191,10 +201,7 @@ def test_a_full_disk_under_the_helpers_private_spool_loses_nothing(tmp_path, sma
     time.sleep(1.0)
     filler.unlink()
     assert pipeline.shutdown(timeout_s=60)
-    events = read_tensorboard_events(tmp_path / "tb" / "pdisk")
-    for i in range(20):
-        got = exactly_once(events[f"g{i:02d}"])
-        assert got == pytest.approx({s: s + i / 100 for s in range(1500)}, rel=1e-6)
+    _assert_20_gauges_exactly_once(tmp_path / "tb" / "pdisk")
     final = pipeline.stats()
     assert final["tensorboard"]["dropped_points"] == 0 and final["helper_lost_records"] == 0, final
 
@@ -205,19 +212,11 @@ def test_a_full_disk_under_the_spool_with_the_engine_in_process_loses_nothing(tm
     step is then in TensorBoard exactly once."""
     import otel_rl
 
-    filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (2 * 2**20 - 64 * 1024))  # leave about 64 KiB
+    filler = _fill(small_disk, leave_kib=64)
     pipeline = otel_rl.Pipeline({"run_name": "idisk", "helper": False, "export_interval_s": 0.05,
                                  "spool_dir": str(small_disk / "spool"),
                                  "tensorboard": {"log_dir": str(tmp_path / "tb")}})
-    meter = pipeline.get_meter("t")
-    gauges = [meter.create_gauge(f"g{i:02d}") for i in range(20)]
-    for step in range(1500):
-        otel_rl.set_step(step)
-        for i, g in enumerate(gauges):
-            g.set(step + i / 100)
-        if step % 100 == 99:
-            pipeline.collect_now()
+    _log_20_gauges(pipeline)
     pipeline.collect_now()
     held = pipeline.stats()["tensorboard"]["unstored_points"]
     assert held > 0  # the disk really was full
@@ -226,10 +225,7 @@ def test_a_full_disk_under_the_spool_with_the_engine_in_process_loses_nothing(tm
     assert pipeline.force_flush(60)
     assert pipeline.stats()["tensorboard"]["unstored_points"] == 0
     assert pipeline.shutdown(timeout_s=60)
-    events = read_tensorboard_events(tmp_path / "tb" / "idisk")
-    for i in range(20):
-        got = exactly_once(events[f"g{i:02d}"])
-        assert got == pytest.approx({s: s + i / 100 for s in range(1500)}, rel=1e-6)
+    _assert_20_gauges_exactly_once(tmp_path / "tb" / "idisk")
     assert pipeline.stats()["tensorboard"]["dropped_points"] == 0
 
 
