@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python 3.10+ with venv):
 #   make demo   -> creates .venv, installs otel-rl, trains CartPole, writes TensorBoard under ./runs/
 #   make test   -> installs Debian's prometheus (when missing), creates .venv, installs
-#                  otel-rl[test], runs the whole test suite
+#                  otel-rl[test], runs ruff and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -31,8 +31,11 @@ system-deps:
 demo: $(VENV)/.demo
 	$(PY) examples/cartpole_pg.py
 
+# ruff first (seconds), then the suite on 4 workers: most tests wait on servers and subprocesses,
+# so 4 workers on 2 cores finish in about half the time of one (docs/architecture.md, "Tests").
 test: system-deps $(VENV)/.test
-	$(PY) -m pytest -q
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n 4
 
 # Benchmarks (not timed tests): all of bench/ side by side, results in bench/results.md.
 # BENCH_ARGS=--quick for the under-5-minutes mode.

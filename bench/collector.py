@@ -68,7 +68,7 @@ def _payload(points: int) -> tuple[object, bytes]:
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.resources import Resource
 
-    from otel_rl.exporters.base import DELTA_TEMPORALITY
+    from otel_rl.route.sdk import DELTA_TEMPORALITY
 
     reader = InMemoryMetricReader(preferred_temporality=DELTA_TEMPORALITY,
                                   cardinality_limits={c: points for c in DELTA_TEMPORALITY})
@@ -89,7 +89,7 @@ def _bodies(body: bytes, points: int, count: int, ranks: int = 1) -> list[bytes]
     each rank sending the same steps, so the collector reduces every point across the ranks."""
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 
-    from otel_rl.semconv import RANK, WORLD_SIZE
+    from otel_rl.model.semconv import RANK, WORLD_SIZE
 
     request = mpb.ExportMetricsServiceRequest()
     request.ParseFromString(body)

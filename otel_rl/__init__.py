@@ -25,21 +25,26 @@ from opentelemetry import _logs
 from opentelemetry import metrics as _metrics
 from opentelemetry import trace as _trace
 
-from otel_rl._step import STEP_ATTRIBUTE, get_step, set_step
-from otel_rl.config import Config, ConfigError, load_config
-from otel_rl.exporters.base import MissingExtraError
-from otel_rl.logger import Logger
-from otel_rl import recording as _recording
-from otel_rl import samples as _samples
-from otel_rl.pipeline import Pipeline, active_pipeline as _current_pipeline
-from otel_rl.tracing import CurrentRunTracerProvider
-from otel_rl.summary import SummaryWriter
-from otel_rl.timing import span
+from otel_rl.api import recording as _recording
+from otel_rl.api import propagation
+from otel_rl.api import samples as _samples
+from otel_rl.api.current import current_run as _current_pipeline
+from otel_rl.api.logger import Logger
+from otel_rl.api.run import Pipeline
+from otel_rl.api.step import get_step, set_step
+from otel_rl.api.summary import SummaryWriter
+from otel_rl.api.timing import span
+from otel_rl.api.tracing import CurrentRunTracerProvider
+from otel_rl.config import Config, load_config
+from otel_rl.errors import ConfigError, MissingExtraError
+from otel_rl.model.semconv import STEP_ATTRIBUTE
+from otel_rl.model.tables import DEFAULT_NAME as _DEFAULT_SAMPLES
+from otel_rl.sources import gpu
 
 __all__ = [
     "STEP_ATTRIBUTE", "Config", "ConfigError", "Logger", "MissingExtraError", "Pipeline", "SummaryWriter",
     "get_pipeline", "get_step", "init", "load_config", "log_hyperparams", "log_samples", "set_step", "shutdown",
-    "span",
+    "span", "propagation", "gpu",
 ]
 __version__ = "0.1.0"
 
@@ -56,7 +61,7 @@ def init(config: Config | dict | str | None = None, *, set_global: bool = True) 
     The OTel global meter and tracer providers (set once per process, on the first ``init``)
     record into the *current* run: the last ``init`` of this thread/context, else the last one in
     the process (the global logger provider too: a log record with an ``event_name`` is a row of
-    samples, see :mod:`otel_rl.samples`). So a notebook can ``init`` again after ``shutdown``, and a sweep can run one
+    samples, see :mod:`otel_rl.api.samples`). So a notebook can ``init`` again after ``shutdown``, and a sweep can run one
     run per thread; each run is complete and separate. ``set_global=False`` leaves the OTel
     globals alone (use ``pipeline.get_meter``/``get_tracer``).
     """
@@ -82,12 +87,12 @@ def log_hyperparams(params: dict) -> None:
     pipeline.log_hyperparams(params)
 
 
-def log_samples(rows, step: int | None = None, name: str = _samples.DEFAULT_NAME) -> None:
+def log_samples(rows, step: int | None = None, name: str = _DEFAULT_SAMPLES) -> None:
     """Record rows of samples (generations: prompt, response, reward, ...) as one table at
     ``step`` (default: the current step) in the current run: a W&B Table, a markdown table in
     TensorBoard's text plugin, a growing MLflow table, SwanLab Text; over OTLP one log record
     per row. ``rows``: a list of dicts, a dict of equal-length columns, or a DataFrame. Limits:
-    ``samples.max_rows`` per call, ``samples.max_chars`` per cell (see :mod:`otel_rl.samples`)."""
+    ``samples.max_rows`` per call, ``samples.max_chars`` per cell (see :mod:`otel_rl.api.samples`)."""
     pipeline = _current_pipeline()
     if pipeline is None:
         raise RuntimeError("otel_rl.log_samples: no run; call otel_rl.init() first")

@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 import sys
 
-from otel_rl.config import ConfigError, load_config
+from otel_rl.errors import ConfigError
+from otel_rl.config import load_config
 
 
 #: Sections only a collector config has: a file with one of them is checked as one.
@@ -16,7 +17,7 @@ _COLLECTOR_SECTIONS = {"receivers", "reduce", "auth", "tls", "limits", "spool"}
 def _check_config(args: argparse.Namespace) -> int:
     """Validate a trainer config (``otel_rl.init``) or, with ``--collector`` or when the file has a
     collector-only section, a collector config; print the resolved values."""
-    from otel_rl.config import read_mapping
+    from otel_rl.settings import read_mapping
 
     try:
         collector = args.collector or bool(_COLLECTOR_SECTIONS & set(read_mapping(args.file, "config")))
@@ -65,7 +66,7 @@ def _collector(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"error: the collector needs its extra: pip install 'otel-rl[collector]' ({exc})", file=sys.stderr)
         return 2
-    from otel_rl.spool import SpoolLockedError
+    from otel_rl.errors import SpoolLockedError
 
     try:
         collector = create(args.config).start()
@@ -93,7 +94,7 @@ def _collector(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from otel_rl.replay import replay
+    from otel_rl.runtime.replay import replay
 
     try:
         return replay(args.source, args.to, args.experiment, args.project)

@@ -20,11 +20,13 @@ import pytest
 from backends import BACKENDS, backend_config, read_counts, read_scalars
 from conftest import exactly_once, read_tensorboard_events
 from otel_rl.config import load_config
-from otel_rl.delivery import Deadline, RetryPolicy, SinkSet
-from otel_rl.exporters import registry
-from otel_rl.exporters.base import Sink
-from otel_rl.exporters.records import Batch, Point
-from otel_rl.spool import Spool
+from otel_rl.route.deadline import Deadline
+from otel_rl.route.retry import RetryPolicy
+from otel_rl.route.delivery import SinkSet
+from otel_rl.sinks import registry
+from otel_rl.sinks.base import Sink
+from otel_rl.model.records import Batch, Point
+from otel_rl.route.spool import Spool
 
 FAST_RETRY = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
 
@@ -409,7 +411,7 @@ def test_interpreter_exit_runs_shutdown(tmp_path, ending):
 
 def test_ranks_sharing_a_spool_dir_get_their_own_and_a_second_process_a_clear_error(tmp_path):
     import otel_rl
-    from otel_rl.spool import SpoolLockedError
+    from otel_rl.errors import SpoolLockedError
 
     cfg = {"run_name": "shared", "spool_dir": str(tmp_path / "spool"), "tensorboard": {"log_dir": str(tmp_path / "tb")}}
     rank0 = otel_rl.Pipeline({**cfg, "rank": 0})

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import otel_rl
 from conftest import f32_close, read_tensorboard
-from otel_rl.gpu import GpuConfig, GpuSampler, register_role
+from otel_rl.sources.gpu import GpuConfig, GpuSampler, register_role
 
 
 class NVMLError(Exception):
@@ -17,7 +17,7 @@ class NVMLError(Exception):
 
 
 class FakeNvml:
-    """Two GPUs with fixed readings; the API subset otel_rl.gpu uses, same names as pynvml."""
+    """Two GPUs with fixed readings; the API subset otel_rl.sources.gpu uses, same names as pynvml."""
 
     NVML_TEMPERATURE_GPU, NVML_CLOCK_SM, NVML_CLOCK_MEM = 0, 1, 2
 

@@ -1,4 +1,4 @@
-"""The helper process (otel_rl.helper): the engine and every backend SDK run outside the
+"""The helper process (otel_rl.runtime): the engine and every backend SDK run outside the
 training process, and the delivery guarantees hold across its death, the training process's
 death, and a helper that stops responding. Read back from the backends' own storage."""
 
@@ -121,8 +121,8 @@ def test_training_process_sigkilled_the_helper_delivers_what_was_handed_over(tmp
             logger.log_metrics({{"x": step * 2.0}}, step=step)
         p = logger.pipeline
         p.collect_now()
-        from otel_rl.delivery import Deadline
-        assert p._link.wait_acked(Deadline(60))
+        from otel_rl.route.deadline import Deadline
+        assert p._route.handed_over(Deadline(60))
         print(p.helper_pid, flush=True)
         time.sleep(600)
     """)
@@ -195,7 +195,7 @@ def test_a_frame_with_a_cyclic_value_still_goes_over():
     # frames are pickled without the memo (faster); a cyclic value cannot be, and falls back
     import pickle
 
-    from otel_rl.helper import _dumps_records
+    from otel_rl.runtime.frames import _dumps_records
 
     cyclic: list = [1.5]
     cyclic.append(cyclic)

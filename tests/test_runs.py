@@ -143,7 +143,7 @@ def _timings(tmp_path, run):
 
 
 def test_span_timing_goes_to_the_step_the_iteration_logs_at(tmp_path):
-    """The rule of otel_rl.timing, for the three loop shapes users write."""
+    """The rule of otel_rl.api.timing, for the three loop shapes users write."""
     # 1. set the step first, then the phases, then the values
     logger = Logger({"run_name": "first", "tensorboard": {"log_dir": str(tmp_path)}})
     for i in range(1, 6):

@@ -271,8 +271,8 @@ def test_limits_and_input_shapes(tmp_path, caplog):
 def test_mlflow_table_is_not_duplicated_when_a_batch_is_replayed(tmp_path, mlflow_server):
     """A batch replayed from a spool after a crash (the MLflow write done, its acknowledgement
     lost) leaves the table as it was: each call's rows once."""
-    from otel_rl.exporters.mlflow import MlflowConfig, MlflowExporter
-    from otel_rl.exporters.records import Batch, Point, Table
+    from otel_rl.sinks.mlflow import MlflowConfig, MlflowExporter
+    from otel_rl.model.records import Batch, Point, Table
 
     table = Table(("prompt", "reward"), (("p", 1.0), ("q", 2.0)))
     batch = Batch([Point("replay", "val/samples", 3, table, 1_700_000_000.25, "table")])

@@ -4,7 +4,6 @@ backend is unreachable until after a restart loses nothing."""
 from __future__ import annotations
 
 import ast
-import json
 import math
 import pickle
 import subprocess
@@ -13,8 +12,9 @@ import sys
 import pytest
 
 from backends import read_mlflow
-from otel_rl.exporters.records import Batch, HistogramValue, Point, RunParams
-from otel_rl.spool import Spool, decode_batch, encode_batch
+from otel_rl.model.records import Batch, HistogramValue, Point, RunParams
+from otel_rl.route.spool import Spool
+from otel_rl.model.codec import decode_batch, encode_batch
 
 
 def _batch(step: int, n: int = 3) -> Batch:
@@ -31,9 +31,9 @@ def test_round_trip_of_every_value_kind():
     assert math.isnan(back.points[1].value) and back.points[2].value == -math.inf
 
 
-def test_a_reopened_spool_knows_its_last_emission_and_reads_old_json_records(tmp_path):
+def test_a_reopened_spool_knows_its_last_emission_and_reads_plain_values_only(tmp_path):
     """The emission number of the last record survives a crash (what a restarted process skips),
-    and a record an earlier version wrote as JSON is still read."""
+    and a record that names a class is refused."""
     spool = Spool(tmp_path / "s", fsync=False)
     for emission in (5, 6, 7):
         assert spool.append(Batch(_batch(emission).points, meta={"emission": emission}))
@@ -42,10 +42,6 @@ def test_a_reopened_spool_knows_its_last_emission_and_reads_old_json_records(tmp
     again = Spool(tmp_path / "s")
     assert again.last_emission == 7
     again.close()
-    old = json.dumps({"p": [["r", "m", 3, 1.5, 2.0, "gauge", [["k", "v"]], 0, "", None]], "r": [],
-                      "m": {"emission": 9}}).encode()
-    back = decode_batch(old)
-    assert back.points == [Point("r", "m", 3, 1.5, 2.0, "gauge", (("k", "v"),), 0)] and back.meta == {"emission": 9}
     with pytest.raises(ValueError, match="only plain values"):
         decode_batch(pickle.dumps({"p": [(print,)], "r": []}))
 
@@ -137,12 +133,12 @@ def test_corrupt_record_is_quarantined_and_reading_goes_on(tmp_path, bad, caplog
 
 
 def test_a_spool_directory_is_locked_per_process(tmp_path):
-    from otel_rl.spool import SpoolLockedError
+    from otel_rl.errors import SpoolLockedError
 
     spool = Spool(tmp_path)
     with pytest.raises(SpoolLockedError, match="in use by pid"):
         Spool(tmp_path)
-    code = ("import sys; from otel_rl.spool import Spool, SpoolLockedError\n"
+    code = ("import sys; from otel_rl.route.spool import Spool, SpoolLockedError\n"
             "try:\n    Spool(sys.argv[1])\nexcept SpoolLockedError as e:\n    print(e); sys.exit(3)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and "own spool directory" in proc.stdout

@@ -7,9 +7,11 @@ import math
 import pytest
 from opentelemetry.metrics import Observation
 
-from otel_rl import recording
-from otel_rl._step import check_step
-from otel_rl.exporters.translate import NO_STEP, translate_records
+from otel_rl.api import recording
+from otel_rl.model.steps import check_step
+from otel_rl.model.steps import NO_STEP
+from otel_rl.model.tape import translate_records
+from otel_rl.model.tape import HISTOGRAM_BINS
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, "1", None, True, 2**63])
@@ -88,7 +90,7 @@ def test_histograms_take_negative_values_with_bins_fitted_to_the_data():
     value = point.value
     assert out.rejected == 0 and value.count == 600 and value.min == -3.0
     assert math.isclose(value.sum, math.fsum(samples))
-    assert len(value.buckets) == recording.HISTOGRAM_BINS
+    assert len(value.buckets) == HISTOGRAM_BINS
     assert sum(c for _, _, c in value.buckets) == 600
     assert value.buckets[0][0] == -3.0 and math.isclose(value.buckets[-1][1], 2.99)
     assert max(c for _, _, c in value.buckets) <= 21  # spread over the bins, not one bucket

@@ -12,7 +12,7 @@ import pytest
 
 import otel_rl
 from conftest import read_tensorboard
-from otel_rl import propagation
+from otel_rl.api import propagation
 
 
 def _pipeline(tmp_path, receiver=None, **extra):

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from otel_rl.delivery import RetryPolicy
-from otel_rl.config import ConfigError, build, env_default, positive, read_mapping, readable_file
+from otel_rl.route.retry import RetryPolicy
+from otel_rl.errors import ConfigError
+from otel_rl.settings import build, env_default, positive, read_mapping, readable_file
 
 from otel_rl_collector.reduce import OPS
 
@@ -184,7 +185,7 @@ def _receivers(data: Mapping | None) -> ReceiversConfig:
 
 def load_collector_config(source: Mapping | str | Path | None = None) -> CollectorConfig:
     """Build and validate a collector config from a dict or a YAML file path."""
-    from otel_rl.exporters import registry
+    from otel_rl.sinks import registry
 
     source = read_mapping(source, "collector config")
     backends = [n for n in registry.names() if n != "otlp"]  # forwarding OTLP onward: use the upstream collector

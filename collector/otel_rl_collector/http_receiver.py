@@ -96,7 +96,7 @@ class HttpReceiver:
     async def _app(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
-        from otel_rl_collector.service import RequestError
+        from otel_rl_collector.wire import RequestError
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         method, path = scope["method"], scope["path"]
@@ -147,7 +147,7 @@ class HttpReceiver:
         return self.collector.ingest_logs(payload, content_type)
 
     async def _read_body(self, receive, headers: dict) -> bytes | None:
-        from otel_rl_collector.service import RequestError
+        from otel_rl_collector.wire import RequestError
 
         limit = self._limits.max_request_bytes
         length = headers.get("content-length")

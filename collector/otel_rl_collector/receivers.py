@@ -59,7 +59,7 @@ class GrpcReceiver:
         self.host = config.host
 
     def _handler(self, ingest):
-        from otel_rl_collector.service import RequestError
+        from otel_rl_collector.wire import RequestError
 
         def export(request: bytes, context: grpc.ServicerContext) -> bytes:
             metadata = dict(context.invocation_metadata())

@@ -9,7 +9,7 @@ merged. A late point (its step was already emitted) is never dropped: the step i
 and emitted as a correction, counted in :attr:`Reducer.late_points`. The memory of emitted
 steps is bounded (``window``).
 
-**Counters and sums** arrive as increments (see :mod:`otel_rl.exporters.accumulate`). Ranks
+**Counters and sums** arrive as increments (see :mod:`otel_rl.route.admit`). Ranks
 increment at different steps (an episode ends when it ends), so a rank that sent nothing at a
 step is not missing, it added zero. The increments of one step are summed across ranks once
 every rank sent one, or every rank of the run has moved past that step (it sent any point at a
@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from otel_rl.exporters.records import HistogramValue, Point, merge_histograms
+from otel_rl.model.records import HistogramValue, Point, merge_histograms
 
 _RUN = operator.attrgetter("run")
 OPS = ("mean", "max", "min", "sum", "none")
@@ -223,11 +223,8 @@ class Reducer:
                 "late_points": self.late_points, "partial_groups": self.partial_groups}
 
     def restore(self, state: dict[str, Any]) -> None:
-        def lists(ranks: dict) -> dict:  # checkpoints before 0.2 held one point per rank
-            return {r: v if isinstance(v, list) else [v] for r, v in ranks.items()}
-
-        self._pending = {k: (first, lists(ranks)) for k, (first, ranks) in state["pending"].items()}
-        self._emitted = OrderedDict((k, lists(ranks)) for k, ranks in state["emitted"])
+        self._pending = dict(state["pending"])
+        self._emitted = OrderedDict(state["emitted"])
         self._emitted_at = dict(state.get("emitted_at", {}))
         self._increments = state["increments"]
         self._progress = state["progress"]

@@ -19,8 +19,9 @@ import operator
 import threading
 from typing import Any
 
-from otel_rl.exporters.accumulate import LRU, Stream
-from otel_rl.exporters.records import Batch
+from otel_rl.model.lru import LRU
+from otel_rl.route.admit import Stream
+from otel_rl.model.records import Batch
 
 from otel_rl_collector.reduce import Reducer
 

@@ -5,7 +5,7 @@ Shaped like an OTel Collector component: :func:`create` (factory from a validate
 bytes; every decision lives in :meth:`Collector.ingest_metrics`.
 
 The path is the embedded pipeline's (translate, :class:`~otel_rl_collector.router.Router`,
-:class:`~otel_rl.delivery.SinkSet`), with two additions:
+:class:`~otel_rl.route.delivery.SinkSet`), with two additions:
 
 - **Admission.** A request is admitted once: a batch already seen (``otel_rl.sender.id`` +
   ``otel_rl.batch.id``, sent by otel-rl's OTLP sink) is acknowledged and not counted again.
@@ -20,33 +20,32 @@ The path is the embedded pipeline's (translate, :class:`~otel_rl_collector.route
 from __future__ import annotations
 
 import base64
-import hmac
 import logging
 import operator
 import pickle
 import queue
 import threading
 import time
-import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 
-from otel_rl.delivery import Deadline, SinkSet
-from otel_rl.exporters import registry
-from otel_rl.exporters.otlp import BATCH_ID, SENDER_ID
-from otel_rl.exporters.records import Batch
-from otel_rl.exporters.translate import proto_attributes, rank_of, run_of, translate_logs, translate_proto
-from otel_rl.engine import open_spools
-from otel_rl.semconv import RANK, WORLD_SIZE
+from otel_rl.route.deadline import Deadline
+from otel_rl.route.delivery import SinkSet
+from otel_rl.sinks import registry
+from otel_rl.model.semconv import BATCH_ID, SENDER_ID
+from otel_rl.model.records import Batch
+from otel_rl.model.decode import proto_attributes, translate_logs, translate_proto
+from otel_rl.model.translate import rank_of, run_of
+from otel_rl.route.engine import open_spools
+from otel_rl.model.semconv import RANK, WORLD_SIZE
 
-from otel_rl_collector import wire
 from otel_rl_collector.config import CollectorConfig, load_collector_config
+from otel_rl_collector.gate import CollectorStats, Gate
+from otel_rl_collector.wire import RequestError
 from otel_rl_collector.reduce import Reducer
 from otel_rl_collector.router import Router
 
@@ -58,41 +57,16 @@ TRACE_QUEUE, TRACE_ATTEMPTS = 1_000, 4
 CHECKPOINT_RECORDS = 2_000
 
 
-class RequestError(Exception):
-    """A request the collector refuses; ``status`` is the HTTP code (mapped to gRPC codes)."""
-
-    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after_s = retry_after_s
 
 
-@dataclass
-class CollectorStats:
-    requests: int = 0
-    rejected_requests: int = 0
-    received_points: int = 0
-    rejected_points: int = 0
-    received_spans: int = 0
-    dropped_spans: int = 0
-    received_log_records: int = 0
-    rejected_log_records: int = 0
-    forwarded_spans: int = 0
-    duplicate_batches: int = 0
-    ingress_errors: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
-
-    def reject(self, reason: str) -> None:
-        self.rejected_requests += 1
-        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
 
 
 class Collector:
     def __init__(self, config: CollectorConfig) -> None:
         self.config = config
         self.stats = CollectorStats()
-        self._token = config.auth.token()
+        self.gate = Gate(config.auth.token(), config.limits, self.stats)
+        self.check_auth, self.decode_body = self.gate.check_auth, self.gate.decode_body
         self.reducer = Reducer(config.reduce.rules.items(), gauge_op=config.reduce.gauge,
                                counter_op=config.reduce.counter, timeout_s=config.reduce.timeout_s)
         self.router = Router(self.reducer)
@@ -110,7 +84,7 @@ class Collector:
         self._lock = threading.Lock()  # admission (and, without a spool, the whole router)
         self.ingress = None
         if spool.dir:
-            from otel_rl.spool import Spool
+            from otel_rl.route.spool import Spool
 
             self.ingress = Spool(Path(spool.dir) / "_ingress", spool.max_bytes, fsync=spool.fsync)
         self._receivers: list = []
@@ -272,44 +246,6 @@ class Collector:
         return not refused
 
     # -- the request path ---------------------------------------------------------------------
-    def check_auth(self, authorization: str | None) -> None:
-        if self._token is None:
-            return
-        scheme, _, token = (authorization or "").strip().partition(" ")
-        # the scheme is case-insensitive (RFC 9110); the token is compared in constant time
-        ok = hmac.compare_digest(token.strip().encode("utf-8", "surrogatepass"), self._token.encode())
-        if not (scheme.lower() == "bearer" and ok):
-            self.stats.reject("unauthenticated")
-            raise RequestError(401, "missing or wrong bearer token")
-
-    def decode_body(self, body: bytes, encoding: str | None) -> bytes:
-        limits = self.config.limits
-        if len(body) > limits.max_request_bytes:
-            self.stats.reject("too_large")
-            raise RequestError(413, f"request body {len(body)} bytes exceeds {limits.max_request_bytes}")
-        if (encoding or "identity").lower() in ("identity", ""):
-            return body
-        if encoding.lower() != "gzip":
-            self.stats.reject("bad_encoding")
-            raise RequestError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or none")
-        parts, size, rest = [], 0, body
-        try:  # bounded: a small gzip bomb must not expand into memory; every gzip member is read
-            while rest:
-                d = zlib.decompressobj(wbits=31)
-                part = d.decompress(rest, limits.max_decompressed_bytes + 1 - size)
-                size += len(part)
-                parts.append(part)
-                if size > limits.max_decompressed_bytes or d.unconsumed_tail:
-                    self.stats.reject("too_large")
-                    raise RequestError(413, f"decompressed body exceeds {limits.max_decompressed_bytes} bytes")
-                if not d.eof:
-                    raise zlib.error("truncated gzip member")
-                rest = d.unused_data
-        except zlib.error as exc:
-            self.stats.reject("bad_gzip")
-            raise RequestError(400, f"invalid gzip body: {exc}") from exc
-        return b"".join(parts)
-
     def overloaded(self) -> str | None:
         """Why new data is refused right now (None: it is not)."""
         limits = self.config.limits
@@ -358,7 +294,7 @@ class Collector:
     def _admissible(self, payload: bytes, content_type: str, message_cls):
         """A data request, counted and parsed; refused with 503 while the collector is overloaded."""
         self.stats.requests += 1
-        request = self._parse(payload, content_type, message_cls)
+        request = self.gate.parse(payload, content_type, message_cls)
         why = self.overloaded()
         if why:
             self.stats.reject("overloaded")
@@ -415,7 +351,7 @@ class Collector:
             self._emit(self.router.process(batch))
 
     def ingest_logs(self, payload: bytes, content_type: str) -> lpb.ExportLogsServiceResponse:
-        """Samples and texts as OTLP log records (see :func:`otel_rl.exporters.translate.translate_logs`):
+        """Samples and texts as OTLP log records (see :func:`otel_rl.model.decode.translate_logs`):
         the same admission, durability and sinks as metrics; not reduced across ranks."""
         request = self._admissible(payload, content_type, lpb.ExportLogsServiceRequest)
         with self._lock:
@@ -433,7 +369,7 @@ class Collector:
 
     def ingest_traces(self, payload: bytes, content_type: str) -> tpb.ExportTraceServiceResponse:
         self.stats.requests += 1
-        request = self._parse(payload, content_type, tpb.ExportTraceServiceRequest)
+        request = self.gate.parse(payload, content_type, tpb.ExportTraceServiceRequest)
         spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         self.stats.received_spans += spans
         response = tpb.ExportTraceServiceResponse()
@@ -463,16 +399,6 @@ class Collector:
                     break
             else:
                 self.stats.dropped_spans += spans
-
-    def _parse(self, payload: bytes, content_type: str, message_cls):
-        try:
-            return wire.parse(payload, content_type, message_cls)
-        except wire.UnsupportedMediaType as exc:
-            self.stats.reject("bad_content_type")
-            raise RequestError(415, str(exc)) from exc
-        except (DecodeError, ValueError, UnicodeDecodeError) as exc:
-            self.stats.reject("malformed")
-            raise RequestError(400, f"malformed OTLP payload: {str(exc)[:300]}") from exc
 
     def self_metrics(self) -> dict:
         s = self.stats

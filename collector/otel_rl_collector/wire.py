@@ -64,3 +64,13 @@ def encode(message, content_type: str | None) -> tuple[bytes, str]:
     if media_type(content_type) == JSON:
         return json.dumps(json_format.MessageToDict(message)).encode(), JSON
     return message.SerializeToString(), PROTOBUF
+
+
+class RequestError(Exception):
+    """A request the collector refuses; ``status`` is the HTTP code (mapped to gRPC codes)."""
+
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after_s = retry_after_s

@@ -270,8 +270,8 @@ def test_every_gzip_member_is_read(collector, tmp_path):
 def test_prometheus_output_is_valid_whatever_clients_send(tmp_path):
     """Hostile names and attributes (an empty name, an attribute named `run` or `le`, two keys
     that map to one label, one family with two types): `promtool check metrics` passes."""
-    from otel_rl.exporters.prometheus import PrometheusConfig, PrometheusExporter
-    from otel_rl.exporters.records import Batch, HistogramValue, Point
+    from otel_rl.sinks.prometheus import PrometheusConfig, PrometheusExporter
+    from otel_rl.model.records import Batch, HistogramValue, Point
 
     hist = HistogramValue(2, 3.0, 1.0, 2.0, ((0.0, 1.0, 1), (1.0, 2.0, 1)))
     exporter = PrometheusExporter(PrometheusConfig(enabled=True), serve=False)
@@ -388,8 +388,8 @@ def test_swanlab_interleaved_runs_keep_their_own_experiments(tmp_path):
     """Batches of two runs interleaving (a collector serving two jobs): each run resumes its own
     SwanLab experiment (2 experiment ids, not one per switch), every step once."""
     from backends import _swanlab_experiments, read_counts
-    from otel_rl.exporters.records import Batch, Point
-    from otel_rl.exporters.swanlab import SwanlabConfig, SwanlabExporter
+    from otel_rl.model.records import Batch, Point
+    from otel_rl.sinks.swanlab import SwanlabConfig, SwanlabExporter
 
     sink = SwanlabExporter(SwanlabConfig(enabled=True, mode="offline", logdir=str(tmp_path / "sl"), project="p"))
     try:
@@ -415,8 +415,8 @@ def test_tensorboard_keeps_at_most_max_open_files_and_loses_nothing(tmp_path, sp
     import psutil
 
     from conftest import exactly_once
-    from otel_rl.exporters.records import Batch, Point
-    from otel_rl.exporters.tensorboard import TensorBoardConfig, TensorBoardExporter
+    from otel_rl.model.records import Batch, Point
+    from otel_rl.sinks.tensorboard import TensorBoardConfig, TensorBoardExporter
 
     sink = TensorBoardExporter(TensorBoardConfig(log_dir=str(tmp_path / "tb"), max_open_files=5))
     if spooled:
@@ -486,8 +486,8 @@ def test_wandb_keeps_at_most_max_open_runs_and_loses_nothing(tmp_path):
     finished and resumed (same id) when it writes again; every step of every run is in the
     offline files once."""
     from backends import read_counts, read_wandb
-    from otel_rl.exporters.records import Batch, Point
-    from otel_rl.exporters.wandb import WandbConfig, WandbExporter
+    from otel_rl.model.records import Batch, Point
+    from otel_rl.sinks.wandb import WandbConfig, WandbExporter
 
     sink = WandbExporter(WandbConfig(enabled=True, mode="offline", dir=str(tmp_path / "wb"), project="t",
                                      max_open_runs=2))
@@ -566,7 +566,7 @@ def test_an_empty_run_id_is_refused_not_merged(collector):
 
 
 def test_name_memory_is_bounded():
-    from otel_rl.exporters.naming import MAX_NAMES, NameMapper
+    from otel_rl.model.naming import MAX_NAMES, NameMapper
 
     mapper = NameMapper("mlflow")
     for i in range(MAX_NAMES + 50_000):

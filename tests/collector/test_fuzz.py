@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 
-from otel_rl.exporters.accumulate import Stream
-from otel_rl.exporters.translate import translate_proto
+from otel_rl.route.admit import Stream
+from otel_rl.model.decode import translate_proto
 from otel_rl_collector import wire
 from test_receive import _request
 
@@ -63,12 +63,12 @@ def test_arbitrary_json(document):
     _decode_and_translate(json.dumps(document).encode(), wire.JSON)
 
 
-# -- the columnar reading of gauges (otel_rl.exporters.bulk) against the general path ----------
+# -- the columnar reading of gauges (otel_rl.model.bulk) against the general path ----------
 
 def _both_paths(payload: bytes):
     """(points, rejected, reasons) of ``payload`` through the columnar path (when it applies)
     and through the general one only."""
-    import otel_rl.exporters.translate as translate
+    import otel_rl.model.decode as translate
 
     results = []
     for minimum in (translate.BULK_MIN_POINTS, 10**9):
@@ -174,7 +174,7 @@ def test_mutated_gauge_requests_read_as_columns_equal_the_general_path(generated
 def test_the_columnar_path_is_taken_for_the_common_shape():
     """The equality tests above would pass with the fast path never taken: it is taken for what
     the SDK sends (one gauge per name, a step attribute per point)."""
-    import otel_rl.exporters.translate as translate
+    import otel_rl.model.decode as translate
 
     payload = _gauge_request([("run", 0, [(f"m{i}", [(s, float(s), 10**18 + s, 0, "step-only")
                                                        for s in range(200)]) for i in range(3)])])

@@ -13,7 +13,7 @@ from backends import PrometheusServer, free_port, read_mlflow
 from conftest import read_tensorboard
 from otel_rl_collector import create
 from otel_rl_collector.reduce import Reducer
-from otel_rl.exporters.records import HistogramValue, Point
+from otel_rl.model.records import HistogramValue, Point
 
 RANK_SCRIPT = """
 import sys, time, otel_rl
@@ -134,7 +134,7 @@ def _c(rank, inc, step, name="episodes"):
 def test_counter_increments_at_different_steps_add_up_across_ranks():
     """Minimal case from the issue: rank 0 adds 10 at step 1, rank 1 adds 10 at step 2. The
     run's total is 10 at step 1 and 20 at step 2 (the old reducer said 10 at step 2)."""
-    from otel_rl.exporters.accumulate import Stream
+    from otel_rl.route.admit import Stream
 
     r, stream, world = Reducer(timeout_s=60), Stream(), {"r": 2}
     out = []

@@ -1,0 +1,357 @@
+"""The OpenTelemetry metrics API, recorded as written: every measurement on a tape.
+
+Training code keeps calling the OTel API (``metrics.get_meter(...).create_gauge("charts/SPS")``,
+``.set(v)``), but the SDK's aggregation cannot keep what ML backends need (DESIGN.md, "fidelity
+traps"): it folds names to lower case, keeps one gauge value per attribute set per collect,
+stamps points with the collection time, refuses negative histogram values and merges steps past
+its cardinality limit. So otel-rl implements the API itself: each call appends one tuple
+
+    (kind, name, value, step, time_ns, attributes)
+
+to its run's :class:`Recorder` tape, a ``deque`` (an atomic append; no lock, no aggregation on
+the training thread). The pipeline drains the tape on its own thread (:func:`points_from`):
+every gauge value stays a point of its own, at its step, with the time it was recorded and the
+name as written; counter increments of one step add up; histogram samples become a
+distribution whose bins fit the data. Nothing of the wire changes: the result is ordinary OTLP
+(names keep their case there too).
+
+Several runs in one process: the global meter provider (set once, OTel allows no second) sends
+each measurement to the run *current* where it is recorded: the run of the last
+:func:`otel_rl.init` in this thread/context, else the last one started in the process
+(:func:`current`). A sweep running runs in threads keeps them apart; a notebook that calls
+``init`` again simply records into the new run.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from itertools import repeat
+from typing import Any
+
+from opentelemetry import metrics as api
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions
+
+from otel_rl.model.semconv import NONFINITE_ATTRIBUTE, STEP_ATTRIBUTE
+from otel_rl.model.tape import COUNTER
+from otel_rl.model.tape import GAUGE
+from otel_rl.model.tape import HISTOGRAM
+from otel_rl.model.tape import OBSERVED_SUM
+from otel_rl.model.tape import OBSERVED_UPDOWN
+from otel_rl.model.tape import PARAMS
+from otel_rl.model.tape import UPDOWN
+
+_log = logging.getLogger(__name__)
+
+
+_time_ns = time.time_ns
+_call = getattr(operator, "call", None)  # Python 3.11+
+_sleep = time.sleep
+
+
+class Recorder:
+    """One run's tape and current step.
+
+    ``put`` never waits on a backend: past ``wake_at`` records it asks the drain thread to run
+    now; past ``yield_at`` (a loop recording faster than the drain thread converts, e.g. a tight
+    loop with no compute) each record yields the GIL once (``time.sleep(0)``) so the drain thread
+    keeps up; past ``throttle_at`` (the drain thread is stuck on a slow spool disk) each record
+    pauses 0.5 ms, so the loop slows down instead of memory growing or values being dropped;
+    past ``max_records`` (a drain thread that cannot run at all) a record is dropped and
+    counted in :attr:`dropped`.
+    """
+
+    def __init__(self, *, wake: Callable[[], None] = lambda: None,
+                 on_step: Callable[[int], None] = lambda step: None,
+                 wake_at: int = 5_000, yield_at: int = 10_000, throttle_at: int = 50_000,
+                 max_records: int = 2_000_000) -> None:
+        self.tape: deque = deque()
+        self.step: int | None = None
+        self.closed = False
+        self.dropped = 0
+        self.observables: list[tuple[str, str, Sequence[Callable]]] = []
+        self._deferred: list = []  # (step at span end, settle) of spans not yet placed at a step
+        self._wake = wake
+        self._on_step = on_step
+        self._wake_at = wake_at
+        self._yield_at = max(yield_at, wake_at)
+        self._throttle_at = max(throttle_at, self._yield_at)
+        #: Records that paused because the tape was past ``throttle_at``.
+        self.throttled = 0
+        self._max = max_records
+
+    def put(self, record: tuple) -> None:
+        if self._deferred:
+            self._settle(record)
+        self.put_quiet(record)
+
+    def put_quiet(self, record: tuple) -> None:
+        """:meth:`put` without settling deferred span timings (the timings themselves)."""
+        tape = self.tape
+        if len(tape) >= self._wake_at:
+            if len(tape) >= self._max:
+                self.dropped += 1
+                if self.dropped == 1:
+                    _log.error("otel-rl: the recording tape is full (%d records): the drain thread "
+                               "has not run; records are dropped and counted", self._max)
+                return
+            self._wake()
+            if len(tape) >= self._yield_at:
+                if len(tape) >= self._throttle_at:
+                    self.throttled += 1
+                    _sleep(0.0005)
+                else:
+                    _sleep(0)  # hand the GIL to the drain thread
+        tape.append(record)
+
+    def set_step(self, step: int) -> None:
+        if step != self.step:
+            if self._deferred:  # the step is over: timings still waiting belong to it
+                self._settle_at(self.step)
+            self.step = step
+            self._on_step(step)
+
+    # -- span timings: which step they belong to (README, "Timing spans") --------------------
+    def defer(self, settle: Callable[[int | None], None]) -> None:
+        """A span ended: ``settle(step)`` runs with the step of the next value recorded (when it
+        is not lower than the step now), or with the step now when the step changes first."""
+        self._deferred.append((self.step, settle))
+
+    def _settle(self, record: tuple) -> None:
+        from otel_rl.model.steps import NO_STEP
+        from otel_rl.model.tape import record_step
+
+        step = record_step(record) if record[0] != PARAMS else NO_STEP
+        self._settle_at(step if step != NO_STEP else None)
+
+    def _settle_at(self, step: int | None) -> None:
+        deferred, self._deferred = self._deferred, []
+        for at_end, settle in deferred:
+            if step is None or (at_end is not None and step < at_end):
+                step_for = at_end
+            else:
+                step_for = step
+            try:
+                settle(step_for)
+            except Exception:
+                _log.exception("otel-rl: recording a span timing failed")
+
+    def settle_all(self) -> None:
+        """Settle every deferred timing at the step current when its span ended (shutdown)."""
+        deferred, self._deferred = self._deferred, []
+        for at_end, settle in deferred:
+            settle(at_end)
+
+    def drain(self, limit: int | None = None) -> list[tuple]:
+        """Take the records recorded so far (at most ``limit``), oldest first."""
+        tape = self.tape
+        n = len(tape) if limit is None else min(limit, len(tape))
+        if _call is not None:  # popleft n times without a Python frame per record
+            return list(map(_call, repeat(tape.popleft, n)))
+        popleft = tape.popleft
+        return [popleft() for _ in range(n)]
+
+    def observe(self) -> list[tuple]:
+        """Run the observable instruments' callbacks: one record per observation."""
+        out = []
+        now = _time_ns()
+        for kind, name, callbacks in list(self.observables):
+            for callback in callbacks:
+                try:
+                    observations = list(callback(CallbackOptions()))
+                except Exception:
+                    _log.exception("otel-rl: callback of observable %r failed", name)
+                    continue
+                for obs in observations:
+                    out.append((kind, name, obs.value, self.step, now, dict(obs.attributes or {})))
+        return out
+
+
+# -- which run a measurement belongs to ---------------------------------------------------
+_context: ContextVar["Recorder | None"] = ContextVar("otel_rl_recorder", default=None)
+_context_get = _context.get
+_started: list[Recorder] = []
+_lock = threading.Lock()
+
+
+def current() -> Recorder | None:
+    """The recorder of the run current here: this context's last :func:`activate`, else the
+    process's last one still open."""
+    recorder = _context.get()
+    if recorder is not None and not recorder.closed:
+        return recorder
+    return _started[-1] if _started else None
+
+
+def activate(recorder: Recorder, context_only: bool = False) -> None:
+    """Make ``recorder`` current in this context and (unless ``context_only``) the process default."""
+    _context.set(recorder)
+    if not context_only:
+        with _lock:
+            if recorder in _started:
+                _started.remove(recorder)
+            _started.append(recorder)
+
+
+def deactivate(recorder: Recorder) -> None:
+    recorder.closed = True
+    with _lock:
+        while recorder in _started:
+            _started.remove(recorder)
+
+
+# -- the API: meters and instruments ------------------------------------------------------
+class _Instrument:
+    __slots__ = ("_name", "_recorder", "_kind", "unit", "description", "bounds")
+
+    def __init__(self, kind: str, name: str, recorder: Recorder | None, unit: str, description: str,
+                 bounds: Sequence[float] | None = None) -> None:
+        self._kind, self._name, self._recorder = kind, name, recorder
+        self.unit, self.description, self.bounds = unit, description, bounds
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _record(self, amount: int | float, attributes: Mapping[str, Any] | None = None,
+                context: Context | None = None) -> None:
+        """One measurement on the tape: ``Gauge.set``, ``Counter.add`` and ``UpDownCounter.add``
+        are this method itself (the hot path: no call in between). The record is appended
+        straight to the tape unless the recorder has work for it (deferred span timings, a
+        tape past its wake mark)."""
+        recorder = self._recorder or _context_get()
+        if recorder is None or recorder.closed:
+            recorder = None if self._recorder is not None else current()  # a bound run stays bound
+            if recorder is None:
+                return
+        record = (self._kind, self._name, amount, recorder.step, _time_ns(),
+                  dict(attributes) if attributes else None)
+        tape = recorder.tape
+        if recorder._deferred or len(tape) >= recorder._wake_at:
+            recorder.put(record)
+        else:
+            tape.append(record)
+
+
+class Gauge(_Instrument, api._Gauge):  # the API exports Gauge as _Gauge (experimental in 1.45)
+    __slots__ = ()
+    set = _Instrument._record
+
+
+class Counter(_Instrument, api.Counter):
+    __slots__ = ()
+    add = _Instrument._record
+
+
+class UpDownCounter(_Instrument, api.UpDownCounter):
+    __slots__ = ()
+    add = _Instrument._record
+
+
+class Histogram(_Instrument, api.Histogram):
+    __slots__ = ()
+
+    def record(self, amount: int | float, attributes: Mapping[str, Any] | None = None,
+               context: Context | None = None) -> None:
+        if self.bounds is None:
+            self._record(amount, attributes)
+            return
+        recorder = self._recorder or current()
+        if recorder is not None and not recorder.closed:
+            recorder.put((HISTOGRAM, self._name, amount, recorder.step, _time_ns(),
+                          dict(attributes) if attributes else None, self.bounds))
+
+
+class _Observable(api.ObservableGauge, api.ObservableCounter, api.ObservableUpDownCounter):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"instrument name must be a non-empty string, got {name!r}")
+    return name
+
+
+class Meter(api.Meter):
+    """Instruments keep their name exactly as written (case included); each name and kind is
+    one instrument (creating it again returns the same one)."""
+
+    def __init__(self, name: str, version: str | None, schema_url: str | None,
+                 recorder: Recorder | None) -> None:
+        super().__init__(name, version, schema_url)
+        self._recorder = recorder
+        self._instruments: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, kind: str, cls, name: str, unit: str, description: str, bounds=None):
+        key = (kind, _check_name(name))
+        instrument = self._instruments.get(key)
+        if instrument is None:
+            with self._lock:
+                instrument = self._instruments.get(key)
+                if instrument is None:
+                    instrument = self._instruments[key] = cls(kind, name, self._recorder, unit,
+                                                              description, bounds)
+        return instrument
+
+    def create_counter(self, name, unit="", description="") -> api.Counter:
+        return self._get(COUNTER, Counter, name, unit, description)
+
+    def create_up_down_counter(self, name, unit="", description="") -> api.UpDownCounter:
+        return self._get(UPDOWN, UpDownCounter, name, unit, description)
+
+    def create_histogram(self, name, unit="", description="", *,
+                         explicit_bucket_boundaries_advisory=None) -> api.Histogram:
+        bounds = None
+        if explicit_bucket_boundaries_advisory:
+            bounds = sorted(float(b) for b in explicit_bucket_boundaries_advisory)
+        return self._get(HISTOGRAM, Histogram, name, unit, description, bounds)
+
+    def create_gauge(self, name, unit="", description="") -> api._Gauge:
+        return self._get(GAUGE, Gauge, name, unit, description)
+
+    def _observable(self, kind: str, name, callbacks) -> _Observable:
+        _check_name(name)
+        recorder = self._recorder or current()
+        if recorder is not None and callbacks:
+            recorder.observables.append((kind, name, list(callbacks)))
+        return _Observable(name)
+
+    def create_observable_counter(self, name, callbacks=None, unit="", description=""):
+        return self._observable(OBSERVED_SUM, name, callbacks)
+
+    def create_observable_up_down_counter(self, name, callbacks=None, unit="", description=""):
+        return self._observable(OBSERVED_UPDOWN, name, callbacks)
+
+    def create_observable_gauge(self, name, callbacks=None, unit="", description=""):
+        return self._observable(GAUGE, name, callbacks)
+
+
+class MeterProvider(api.MeterProvider):
+    """Meters recording into ``recorder``, or (None) into the run current where they record."""
+
+    def __init__(self, recorder: Recorder | None = None) -> None:
+        self._recorder = recorder
+        self._meters: dict[tuple, Meter] = {}
+        self._lock = threading.Lock()
+
+    def get_meter(self, name, version=None, schema_url=None, attributes=None) -> Meter:
+        key = (name, version, schema_url)
+        with self._lock:
+            meter = self._meters.get(key)
+            if meter is None:
+                meter = self._meters[key] = Meter(name, version, schema_url, self._recorder)
+        return meter
+
+
+
+
+__all__ = ["Recorder", "Meter", "MeterProvider", "current", "activate", "deactivate", "fit_histogram",
+           "STEP_ATTRIBUTE", "NONFINITE_ATTRIBUTE"]

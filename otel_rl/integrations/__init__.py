@@ -1,0 +1,1 @@
+"""Framework integrations built on the public API (the Hugging Face Trainer callback, ...)."""

@@ -1,0 +1,88 @@
+"""Batches as bytes: the spool's record encoding and the canonical fingerprint that makes
+re-sent emissions recognisable."""
+
+from __future__ import annotations
+from otel_rl.model.records import Batch
+from otel_rl.model.records import HistogramValue
+from otel_rl.model.records import POINT_FIELDS
+from otel_rl.model.records import Point
+from otel_rl.model.records import RunParams
+from otel_rl.model.records import Table
+import io
+import json
+import math
+import pickle
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """The batch as a pickle of plain values only (no classes): a point is the tuple ``(run,
+    name, step, value, time, kind, attributes, rank, temporality, increment)``, a histogram or
+    table value a dict. Read back with :func:`decode_batch`, which refuses anything else.
+
+    Pickle, not JSON: encoding and decoding 10,000 gauge points took 8 µs per point as JSON
+    (``json.dumps`` formats every float), about 1 µs as a pickle of tuples (measured here)."""
+    points = list(map(POINT_FIELDS, batch.points))
+    for i, row in enumerate(points):
+        value = row[3]
+        if type(value) is not float and type(value) is not int and type(value) is not str:
+            points[i] = (*row[:3], _plain(value), *row[4:])
+    return pickle.dumps(_document(batch, points), protocol=5)
+
+
+def _plain(value):
+    """A histogram or table value as plain values; anything else as it is."""
+    if isinstance(value, HistogramValue):
+        return {"h": [value.count, value.sum, value.min, value.max, value.buckets]}
+    if isinstance(value, Table):
+        return {"t": [value.columns, value.rows]}
+    return value
+
+
+def _document(batch: Batch, points: list) -> dict:
+    doc = {"p": points, "r": [(r.run, r.params, r.time) for r in batch.params]}
+    if batch.meta:
+        doc["m"] = batch.meta
+    return doc
+
+
+def fingerprint_bytes(batch: Batch) -> bytes:
+    """The batch as canonical JSON: equal content, equal bytes, whatever objects it shares (a
+    pickle's bytes depend on which equal strings are one object), for fingerprints and ids."""
+    points = [(*row[:3], _plain(row[3]), *row[4:]) for row in map(POINT_FIELDS, batch.points)]
+    return json.dumps(_document(batch, points), separators=(",", ":")).encode()
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Plain values only: a spool record never names a class or a function."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"spool record names {module}.{name}: only plain values are allowed")
+
+
+def decode_batch(payload: bytes) -> Batch:
+    try:
+        doc = _PlainUnpickler(io.BytesIO(payload)).load()
+    except (pickle.UnpicklingError, EOFError, IndexError, AttributeError) as exc:
+        raise ValueError(f"undecodable spool record: {exc}") from exc
+    points = []
+    append = points.append
+    for row in doc["p"]:
+        value, attrs = row[3], row[6]
+        if type(value) is dict:
+            if "t" in value:
+                columns, rows = value["t"]
+                value = Table(tuple(columns), tuple(tuple(r) for r in rows))
+            else:
+                count, total, lo, hi, buckets = value["h"]
+                value = HistogramValue(count, total, _f(lo), _f(hi), tuple(tuple(b) for b in buckets))
+            row = (*row[:3], value, *row[4:])
+        if not attrs and type(attrs) is not tuple:
+            row = (*row[:6], (), *row[7:])
+        append(Point(*row))
+    return Batch(points, [RunParams(run, params, t) for run, params, t in doc["r"]], doc.get("m", {}))
+
+
+def _f(x) -> float:
+    return math.nan if x is None else float(x)
+
+

@@ -1,0 +1,235 @@
+"""The engine: tape records -> points -> admission -> sinks.
+
+It is the part of a run that does the work (translation, admission, the backends' own
+Python), so it runs where it cannot take the training loop's GIL: in the run's helper process
+(:mod:`otel_rl.runtime.link`, the default), or in the training process itself with
+``pipeline.helper: false``. Either way it is the same code, fed the same frames::
+
+    (records, step now, release, time now)
+
+``records`` are the tape's tuples (:mod:`otel_rl.api.recording`). The step the loop is still at
+may get more values (a histogram's samples, a counter's increments), so its records are held
+back and emitted whole with a later frame (at most ``HOLD_MAX_S`` of frame time, or
+``HOLD_MAX_RECORDS``), or when a frame says ``release`` (flush, shutdown).
+
+Processing is a function of the engine's state and the frame: the hold rule uses the frame's
+time, not a clock. The helper numbers each frame; its batch carries that number as its
+``emission``; after the sinks' spools took it, :meth:`Engine.state` (running totals, held
+records, the last emission) is checkpointed. A helper restarted after a crash restores that
+state and is sent again what it had not acknowledged: sinks skip emissions their spool
+already holds (:meth:`otel_rl.route.delivery.SinkSet.submit`), so every value is delivered once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from otel_rl.errors import ConfigError
+from otel_rl.route.deadline import Deadline
+from otel_rl.route.delivery import SinkSet
+from otel_rl.sinks import registry
+from otel_rl.route.admit import Stream
+from otel_rl.sinks.base import SUCCESS, Sink, SinkContext
+from otel_rl.model.records import Batch
+from otel_rl.model.tables import print_table
+from otel_rl.model.tape import record_step, translate_records
+
+if TYPE_CHECKING:
+    from otel_rl.config import Config
+
+_log = logging.getLogger("otel_rl.pipeline")
+
+#: Records of the step still being recorded are held back at most this long (or this many).
+HOLD_MAX_S = 60.0
+HOLD_MAX_RECORDS = 200_000
+STATE_FILE = "engine.state"
+
+
+def build_sinks(config: "Config") -> list[Sink]:
+    """A sink for every enabled backend that has one."""
+    sinks = []
+    for name, backend_config in config.enabled().items():
+        spec = registry.spec(name)
+        if spec.exporter is None:
+            continue
+        exporter = registry.create(name, backend_config)
+        if not isinstance(exporter, Sink):
+            raise ConfigError(f"backend {name!r}: {type(exporter).__name__} is not an otel_rl Sink "
+                              "(otel_rl.sinks.base.Sink: write/flush/close); plugins must implement it")
+        sinks.append(exporter)
+    return sinks
+
+
+def spool_root(config: "Config") -> Path | None:
+    """Where the run's spools live: ``<spool_dir>[/rank-<n>]``, or None (in-memory queues)."""
+    pcfg = config.pipeline
+    if not pcfg.spool_dir:
+        return None
+    return Path(pcfg.spool_dir) / f"rank-{pcfg.rank}" if pcfg.rank is not None else Path(pcfg.spool_dir)
+
+
+def open_spools(root: Path | None, names: list[str], max_bytes: int, fsync: bool = True) -> dict:
+    """A durable spool per sink under ``root``, or {} (in-memory queues)."""
+    if root is None:
+        return {}
+    from otel_rl.route.spool import Spool
+
+    spools = {}
+    try:
+        for name in names:
+            spools[name] = Spool(Path(root) / name, max_bytes=max_bytes, fsync=fsync)
+    except BaseException:
+        for spool in spools.values():
+            spool.close()
+        raise
+    return spools
+
+
+class Engine:
+    """One run's translation, admission state and sink set."""
+
+    def __init__(self, config: "Config", run_name: str, rank: int, resource: dict[str, Any],
+                 root: Path | None = None, fsync: bool = True, numbered: bool = False) -> None:
+        self.config = config
+        self.run_name = run_name
+        self.rank = rank
+        pcfg = config.pipeline
+        sinks = build_sinks(config)
+        for sink in sinks:
+            sink.bind(SinkContext(dict(resource), pcfg.resume))
+        self.root = root
+        spools = open_spools(root, [s.name for s in sinks], pcfg.spool_max_bytes, fsync)
+        self._numbered = numbered
+        self._state_path = root / STATE_FILE if (root is not None and numbered) else None
+        self._stream = Stream()
+        self._held: list[tuple] = []
+        self._held_since: float | None = None
+        #: The number of the last frame processed (its batch's ``emission``).
+        self.emission = max((s.last_emission for s in spools.values()), default=0)
+        self.rejected_points = 0
+        #: Points admitted (translated and queued on the sinks).
+        self.admitted_points = 0
+        self.rejected_reasons: dict[str, str] = {}
+        self._warned: set[str] = set()
+        self.restored = False
+        # in this process (not numbered), a batch its spool cannot store (a full disk) waits in
+        # memory; the helper (numbered) instead leaves the frame unacknowledged and restarts
+        self.sinkset = SinkSet(sinks, pcfg.max_queue_points, config.sources["retry"], spools=spools,
+                               hold_unstored=not numbered)
+        self.sinkset.start(open_runs=(run_name,))
+
+    # -- state across a helper restart -----------------------------------------------------
+    def restore(self, session: str) -> None:
+        """Load the checkpointed state. Of an earlier trainer process (another ``session``), only
+        its held records (handed over, not yet emitted) and the emission number carry over; its
+        running totals start again, as a restarted process's counters do."""
+        if self._state_path is None or not self._state_path.exists():
+            return
+        try:
+            state = pickle.loads(self._state_path.read_bytes())
+        except Exception as exc:  # unreadable: the spools' emission numbers still prevent duplicates
+            _log.error("otel-rl: unreadable engine state %s (%s); continuing without it", self._state_path, exc)
+            return
+        self._held = list(state.get("held", []))
+        self._held_since = state.get("held_since")
+        if state.get("session") == session:
+            # the same trainer: go on from the checkpoint exactly. Frames after it are processed
+            # again from this state and give the same emissions; sinks skip those they hold.
+            self.emission = int(state.get("emission", 0))
+            self._stream = state["stream"]
+            self.restored = True
+        else:
+            self.emission = max(self.emission, int(state.get("emission", 0)))
+
+    def checkpoint(self, session: str) -> None:
+        """Write the state (atomically: a crash leaves the old one or the new one)."""
+        if self._state_path is None:
+            return
+        doc = {"session": session, "emission": self.emission, "held": self._held,
+               "held_since": self._held_since, "stream": self._stream}
+        tmp = self._state_path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, self._state_path)
+
+    # -- the path ----------------------------------------------------------------------------
+    def process(self, records: list[tuple], step: int | None, release: bool, now: float,
+                emission: int | None = None) -> None:
+        """Admit one frame of records (see the module doc) and queue the result on every sink."""
+        if emission is not None:
+            self.emission = emission
+        if self._held:
+            records = self._held + records
+            self._held = []
+        if step is not None and not release and records:
+            held, rest = [], []
+            for r in records:
+                (held if record_step(r) == step else rest).append(r)
+            since = self._held_since if self._held_since is not None else now
+            if held and len(held) < HOLD_MAX_RECORDS and now - since < HOLD_MAX_S:
+                self._held = held
+                self._held_since = since
+                records = rest
+            else:
+                self._held_since = None
+        else:
+            self._held_since = None
+        if not records:
+            if not self._numbered:
+                for worker in self.sinkset.workers:
+                    worker.store_unstored()
+            return
+        translation = translate_records(records, self.run_name, self.rank)
+        if translation.rejected or translation.reasons:
+            self._report(translation)
+        batch = translation.batch
+        batch = self._stream.admit(Batch(batch.points, batch.params,
+                                         {"emission": emission} if emission is not None else {}))
+        print_rows = self.config.sources["samples"].print_rows
+        if print_rows:
+            for p in batch.points:
+                if p.kind == "table":
+                    print_table(p.run, p.name, p.step, p.value, print_rows)
+        if batch:
+            self.admitted_points += len(batch.points)
+            self.sinkset.submit(batch)
+
+    def _report(self, translation) -> None:
+        self.rejected_points += translation.rejected
+        for kind, reason in translation.reasons.items():
+            if kind not in self._warned and len(self._warned) < 10_000:
+                self._warned.add(kind)
+                self.rejected_reasons.setdefault(kind, reason)
+                _log.warning("otel-rl: %s (reported once; counted in stats()['rejected_points'])", reason)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    # -- the rest ------------------------------------------------------------------------------
+    @property
+    def sinks(self) -> list[Sink]:
+        return [w.sink for w in self.sinkset.workers]
+
+    def describe(self) -> list[str]:
+        """Where the data goes, one line per sink."""
+        lines = []
+        for sink in self.sinks:
+            where = sink.location(self.run_name)
+            lines.append(f"{sink.name}: {where}" if where is not None else sink.describe(self.run_name))
+        return lines
+
+    def flush(self, deadline: Deadline) -> bool:
+        return self.sinkset.flush(deadline)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.sinkset.stats()
+        out["rejected_points"] = self.rejected_points
+        return out
+
+    def shutdown(self, deadline: Deadline, status: str = SUCCESS) -> bool:
+        return self.sinkset.shutdown(deadline, status)

@@ -1,0 +1,335 @@
+"""A durable, append-only spool (WAL) of translated batches, one per sink.
+
+Layout: ``<dir>/seg-00000001.log``, ... plus ``checkpoint.json``. Each record is framed as
+``<u32 length><u32 crc32><payload>``; the payload is the batch as a pickle of plain values
+(:func:`encode_batch`). Appends are
+flushed (and fsynced when ``fsync``) before :meth:`Spool.append` returns, so a caller can
+acknowledge data once it is in the spool. :meth:`Spool.ack` checkpoints the sink's progress
+atomically (write, fsync, rename); after a restart, reading resumes at the checkpoint, so an
+acknowledged batch is neither lost nor delivered twice by the spool (at most the one batch in
+flight at a crash is offered again; sinks make that idempotent per (run, metric, step)).
+
+A torn record at the end of the last segment (a crash mid-write) is detected by its length and
+checksum, logged and cut off. A corrupt record elsewhere is *quarantined*: the bytes from it
+to the end of its segment move to ``quarantine/`` (reported, never blocking a start or the
+reader). Fully consumed segments are deleted. ``max_bytes`` bounds the spool: :meth:`append`
+returns False when the batch does not fit, and the caller applies its policy (the collector
+answers 503 so the sender retries; the in-process pipeline drops the batch and counts it:
+training is never blocked).
+
+A spool directory belongs to one process at a time (an exclusive ``flock`` on ``lock``): a
+second process gets :class:`SpoolLockedError`. The checkpoint also carries the consumer's
+state (:meth:`ack`), so a sink's own progress and the spool's agree after a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+from otel_rl.model.records import Batch
+from otel_rl.errors import SpoolLockedError
+from otel_rl.model.codec import decode_batch
+from otel_rl.model.codec import encode_batch
+
+_log = logging.getLogger(__name__)
+_FRAME = struct.Struct("<II")
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+_last_encoded: tuple = (None, b"")
+
+
+
+
+
+
+class Spool:
+    """One sink's spool. Thread-safe: one appender and one reader may run concurrently."""
+
+    def __init__(self, directory: str | Path, max_bytes: int = 1 << 30, segment_bytes: int = 16 << 20,
+                 fsync: bool = True) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_dir(self.dir)
+        self.id = _spool_id(self.dir)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._sizes: dict[int, int] = {}
+        for path in sorted(self.dir.glob("seg-*.log")):
+            self._sizes[int(path.stem[4:])] = path.stat().st_size
+        self.cursor, self.state = self._load_checkpoint()
+        #: The highest ``emission`` (batch meta) appended or acknowledged; -1 when none.
+        self.last_emission = int((self.state or {}).get("emission", -1))
+        if self._sizes:
+            self._repair_tail(max(self._sizes))
+        self._segment = max(self._sizes, default=self.cursor[0])
+        self._file = open(self._path(self._segment), "ab")
+        self._sizes.setdefault(self._segment, self._file.tell())
+        self.quarantined_records = 0
+        self._skips: dict[tuple[int, int], int] = {}  # corrupt stretches: start -> where reading goes on
+
+    def _path(self, segment: int) -> Path:
+        return self.dir / f"seg-{segment:08d}.log"
+
+    def _load_checkpoint(self) -> tuple[tuple[int, int], dict | None]:
+        path = self.dir / "checkpoint.json"
+        try:
+            doc = json.loads(path.read_text())
+            return (int(doc["segment"]), int(doc["offset"])), doc.get("state")
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            moved = self._quarantine_file(path)
+            _log.error("spool %s: unreadable checkpoint (%s), moved to %s; reading from the oldest segment",
+                       self.dir, exc, moved)
+        return (min(self._sizes, default=1), 0), None
+
+    def _repair_tail(self, segment: int) -> None:
+        """Cut a torn last record (a crash mid-write); note the last record's emission number."""
+        path, good, last, corrupt = self._path(segment), 0, None, False
+        with open(path, "rb") as f:
+            data = f.read()
+        while good + _FRAME.size <= len(data):
+            length, crc = _FRAME.unpack_from(data, good)
+            end = good + _FRAME.size + length
+            if end > len(data):
+                break  # torn: the last write did not complete
+            if zlib.crc32(data[good + _FRAME.size:end]) != crc:
+                _log.error("spool %s: corrupt record at %s:%d; it will be quarantined when read",
+                           self.dir, path.name, good)
+                corrupt = True
+                break
+            last, good = data[good + _FRAME.size:end], end
+        if last is not None and (segment, good) > tuple(self.cursor):
+            try:
+                self.last_emission = max(self.last_emission, int(decode_batch(last).meta.get("emission", -1)))
+            except (ValueError, AttributeError, TypeError, KeyError):
+                _log.error("spool %s: the last record of %s is undecodable; its emission number is unknown",
+                           self.dir, path.name)
+        if good != len(data) and not corrupt:
+            _log.warning("spool %s: cut a torn record at the end of %s (%d bytes)", self.dir, path.name,
+                         len(data) - good)
+            with open(path, "r+b") as f:
+                f.truncate(good)
+            self._sizes[segment] = good
+
+    @property
+    def pending_bytes(self) -> int:
+        seg, off = self.cursor
+        return sum(size for s, size in self._sizes.items() if s >= seg) - off
+
+    def append(self, batch: Batch) -> bool:
+        """Durably append ``batch``; False (nothing written) when the spool is full."""
+        frame = _encoded(batch)
+        with self._lock:
+            if self.pending_bytes + len(frame) > self.max_bytes:
+                return False
+            if self._sizes[self._segment] + len(frame) > self.segment_bytes and self._sizes[self._segment]:
+                new_file = open(self._path(self._segment + 1), "ab")  # failing here changes nothing
+                self._file.close()
+                self._segment += 1
+                self._file = new_file
+                self._sizes[self._segment] = 0
+            size = self._sizes[self._segment]
+            try:
+                self._file.write(frame)
+                self._file.flush()
+                if self.fsync:
+                    os.fsync(self._file.fileno())
+            except OSError:
+                self._cut_back(size)
+                raise
+            self._sizes[self._segment] += len(frame)
+            emission = batch.meta.get("emission")
+            if isinstance(emission, int) and emission > self.last_emission:
+                self.last_emission = emission
+        return True
+
+    def _cut_back(self, size: int) -> None:
+        """Undo a write that failed part-way (a full disk): the segment ends where it did, so the
+        next append does not follow a torn record."""
+        path = self._path(self._segment)
+        try:
+            self._file.close()  # the buffer cannot be written either; the file closes regardless
+        except OSError:
+            pass
+        os.truncate(path, size)
+        self._file = open(path, "ab")
+
+    def read(self, cursor: tuple[int, int] | None = None) -> tuple[Batch, tuple[int, int]] | None:
+        """The batch at ``cursor`` (default: the checkpoint) and the cursor after it, or None."""
+        seg, off = cursor or self.cursor
+        while True:
+            with self._lock:
+                size = self._sizes.get(seg)
+                later = any(s > seg for s in self._sizes)
+            if size is None or off >= size:
+                if not later:
+                    return None
+                seg, off = seg + 1, 0
+                continue
+            skip = self._skips.get((seg, off))
+            if skip is not None:  # a corrupt stretch already quarantined
+                off = skip
+                continue
+            with open(self._path(seg), "rb") as f:
+                f.seek(off)
+                header = f.read(_FRAME.size)
+                length, crc = _FRAME.unpack(header) if len(header) == _FRAME.size else (0, -1)
+                payload = f.read(min(length, size - off))
+            batch = None
+            if zlib.crc32(payload) == crc and len(payload) == length:
+                try:
+                    batch = decode_batch(payload)
+                except (ValueError, KeyError, TypeError) as exc:
+                    _log.error("spool %s: undecodable record at %d:%d: %s", self.dir, seg, off, exc)
+            if batch is None:
+                self._skips[(seg, off)] = resume = self._quarantine_range(seg, off, size)
+                off = resume
+                continue
+            return batch, (seg, off + _FRAME.size + length)
+
+    def _quarantine_range(self, seg: int, off: int, size: int) -> int:
+        """Copy a corrupt stretch, from ``off`` to the next valid record (or the end of the
+        segment), to ``quarantine/``; return where reading goes on."""
+        with open(self._path(seg), "rb") as f:
+            f.seek(off)
+            data = f.read(size - off)
+        resume = len(data)
+        for i in range(1, len(data) - _FRAME.size + 1):  # resynchronize on the next valid frame
+            length, crc = _FRAME.unpack_from(data, i)
+            end = i + _FRAME.size + length
+            if end <= len(data) and zlib.crc32(data[i + _FRAME.size:end]) == crc:
+                resume = i
+                break
+        qdir = self.dir / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        target = qdir / f"seg-{seg:08d}-{off}.corrupt"
+        target.write_bytes(data[:resume])
+        self.quarantined_records += 1
+        _log.error("spool %s: corrupt record at %d:%d; %d bytes moved to %s, reading goes on at %d:%d",
+                   self.dir, seg, off, resume, target, seg, off + resume)
+        return off + resume
+
+    def _quarantine_file(self, path: Path) -> Path:
+        qdir = self.dir / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        target = qdir / f"{path.name}.{int(time.time())}"
+        os.replace(path, target)
+        return target
+
+    def quarantine(self, batch: Batch, reason: str) -> Path:
+        """Keep a batch a sink refused for good (``otel-rl replay`` can resend it)."""
+        qdir = self.dir / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        target = qdir / f"refused-{time.time_ns()}.json"
+        doc = {"reason": reason, "batch": base64.b64encode(encode_batch(batch)).decode()}
+        target.write_text(json.dumps(doc))
+        return target
+
+    def ack(self, cursor: tuple[int, int], state: dict | None = None) -> None:
+        """Checkpoint: everything before ``cursor`` was delivered, and the consumer's ``state``
+        (JSON-able) goes with it atomically. Deletes consumed segments."""
+        tmp = self.dir / "checkpoint.json.tmp"
+        doc = {"segment": cursor[0], "offset": cursor[1]}
+        if state is not None:
+            doc["state"] = state
+            emission = state.get("emission")
+            if isinstance(emission, int) and emission > self.last_emission:
+                self.last_emission = emission
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, self.dir / "checkpoint.json")
+        with self._lock:
+            self.cursor = cursor
+            if state is not None:
+                self.state = state
+            for seg in [s for s in self._sizes if s < cursor[0]]:
+                del self._sizes[seg]
+                self._path(seg).unlink(missing_ok=True)
+
+    def __iter__(self):
+        """Every unacknowledged batch, in order (for replay tools); does not ack."""
+        cursor = self.cursor
+        while (item := self.read(cursor)) is not None:
+            batch, cursor = item
+            yield batch
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.close()
+            if self._lock_file is not None:
+                self._lock_file.close()  # releases the flock
+                self._lock_file = None
+
+
+def _lock_dir(directory: Path):
+    f = open(directory / "lock", "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise SpoolLockedError(
+            f"spool directory {str(directory)!r} is in use by {holder}; each process needs its own "
+            "spool directory (ranks get rank-<n>/ automatically when RANK is set)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+
+def _spool_id(directory: Path) -> str:
+    path = directory / "id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = uuid.uuid4().hex[:16]
+        tmp = directory / "id.tmp"
+        tmp.write_text(value)
+        os.replace(tmp, path)
+        return value
+
+
+def _encoded(batch: Batch) -> bytes:
+    """``batch`` framed for a spool, encoded once when several spools take it in turn (a sink
+    set hands the same batch to every sink's spool)."""
+    global _last_encoded
+    last = _last_encoded
+    if last[0] is batch:
+        return last[1]
+    payload = encode_batch(batch)
+    frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+    _last_encoded = (batch, frame)
+    return frame

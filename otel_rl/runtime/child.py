@@ -1,0 +1,179 @@
+"""The helper process's main loop (:func:`main`): reads frames, runs the engine, acknowledges
+what is stored, answers flush/stats/shutdown requests, and forwards its log records to the
+training process (:mod:`otel_rl.runtime.link` describes the link as a whole)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from otel_rl.runtime.frames import ACK, DISK_EXIT, FLUSH, HELLO, LOG, READY, RECORDS, REPLY, SHUTDOWN, STATS
+from otel_rl.runtime.frames import _frame, _write_all, read_frame
+
+_log = logging.getLogger("otel_rl.helper")
+
+
+# =========================================================================================
+# the helper's side
+# =========================================================================================
+class _Forward(logging.Handler):
+    """Send log records to the training process; to stderr when it is gone."""
+
+    def __init__(self, out) -> None:
+        super().__init__(logging.INFO)
+        self._out = out
+        self._fallback = logging.StreamHandler(sys.stderr)
+        self._fallback.setFormatter(logging.Formatter("otel-rl helper %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.exc_info:
+                msg += "\n" + logging.Formatter().formatException(record.exc_info)
+            if not self._out.send(LOG, 0, {"name": record.name, "level": record.levelno, "msg": msg}):
+                self._fallback.emit(record)
+        except Exception:
+            self._fallback.emit(record)
+
+
+class _Out:
+    """The helper's writing end, shared by the main loop and its log handler."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.broken = False
+
+    def send(self, kind: int, number: int, body: Any) -> bool:
+        data = _frame(kind, number, pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL))
+        with self.lock:
+            if self.broken:
+                return False
+            try:
+                _write_all(self.fd, data)
+                return True
+            except OSError:
+                self.broken = True
+                return False
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    in_fd, out_fd = int(argv[1]), int(argv[2])
+    out = _Out(out_fd)
+    root_logger = logging.getLogger()
+    root_logger.handlers[:] = [_Forward(out)]
+    root_logger.setLevel(logging.INFO)
+    frame = read_frame(in_fd)
+    if frame is None or frame[0] != HELLO:
+        return 2
+    hello = pickle.loads(frame[2])
+    nice = hello["config"].pipeline.helper_nice
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError as exc:
+            _log.warning("otel-rl helper: os.nice(%d) failed (%s); running at the training process's priority",
+                         nice, exc)
+    from otel_rl.route.deadline import Deadline
+    from otel_rl.route.engine import Engine
+    from otel_rl.sinks.base import KILLED
+
+    try:
+        engine = Engine(hello["config"], hello["run_name"], hello["rank"], hello["resource"],
+                        root=Path(hello["root"]), fsync=hello["fsync"], numbered=True)
+        engine.restore(hello["session"])
+        if engine.held and not engine.restored:  # an earlier process's handed-over records
+            engine.process([], None, True, time.monotonic(), emission=engine.emission + 1)
+            engine.checkpoint(hello["session"])
+    except BaseException as exc:  # noqa: BLE001 - reported to the training process, which raises it
+        out.send(READY, 0, {"error": (type(exc).__module__, type(exc).__qualname__, str(exc))})
+        return 1
+    sinks = [{"name": sink.name, "port": sink.port, "describe": line}
+             for sink, line in zip(engine.sinks, engine.describe())]
+    out.send(READY, 0, {"emission": engine.emission, "sinks": sinks, "pid": os.getpid()})
+
+    session = hello["session"]
+    cpu_start = time.process_time()
+    points = 0
+    status, timeout_s = KILLED, hello["shutdown_timeout_s"]
+    while True:
+        frame = read_frame(in_fd)
+        if frame is None:  # the training process is gone: deliver what it handed over
+            _log.warning("otel-rl helper: the training process ended without shutting the run down; "
+                         "delivering what it handed over (status %s)", status)
+            engine.process([], None, True, time.monotonic(), emission=engine.emission + 1)
+            engine.checkpoint(session)
+            break
+        kind, number, payload = frame
+        if kind == RECORDS:
+            if number > engine.emission:
+                records, step, release, now = pickle.loads(payload)
+                points += len(records)
+                try:
+                    engine.process(records, step, release, now, emission=number)
+                    engine.checkpoint(session)
+                except OSError as exc:
+                    # a spool or the checkpoint could not be written (a full disk): the frame is
+                    # not acknowledged, and a restarted helper resumes from the last checkpoint
+                    # (the torn tail is cut, spooled emissions are skipped); the training
+                    # process keeps the frames meanwhile
+                    _log.error("otel-rl helper: frame %d could not be stored under %s (%s); the training "
+                               "process keeps it and the helper restarts", number, hello.get("root"), exc)
+                    return DISK_EXIT
+            out.send(ACK, number, None)
+        elif kind == FLUSH:
+            body = pickle.loads(payload)
+            out.send(REPLY, number, engine.flush(Deadline(body["timeout_s"])))
+        elif kind == STATS:
+            out.send(REPLY, number, _stats(engine, cpu_start, points))
+        elif kind == SHUTDOWN:
+            body = pickle.loads(payload)
+            status, timeout_s = body["status"], body["timeout_s"]
+            engine.process([], None, True, time.monotonic(), emission=engine.emission + 1)
+            engine.checkpoint(session)
+            ok = engine.shutdown(Deadline(timeout_s), status)
+            done = _finish(hello, ok)
+            out.send(REPLY, number, {"delivered": ok, "stats": _stats(engine, cpu_start, points)})
+            return 0 if done else 1
+    ok = engine.shutdown(Deadline(timeout_s), status)
+    _finish(hello, ok)
+    return 0
+
+
+def _stats(engine, cpu_start: float, records: int) -> dict[str, Any]:
+    stats = engine.stats()
+    stats.update(helper_cpu_s=time.process_time() - cpu_start, helper_points=engine.admitted_points,
+                 helper_rss_bytes=_rss_bytes(), helper_held_records=engine.held, describe=engine.describe())
+    return stats
+
+
+def _finish(hello: dict, delivered: bool) -> bool:
+    """Remove a private spool that holds nothing more; else say where the rest is."""
+    if not hello.get("private"):
+        return delivered
+    if delivered:
+        shutil.rmtree(hello["root"], ignore_errors=True)
+        return True
+    _log.error("otel-rl: not everything was delivered; what is left is kept in %s (send it with "
+               "`otel-rl replay %s`)", hello["root"], hello["root"])
+    return False
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

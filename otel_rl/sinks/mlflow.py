@@ -1,0 +1,278 @@
+"""MLflow sink: batched ``log_batch`` to a tracking server or the embedded sqlite store.
+
+- Never one request per metric: each export becomes ``log_batch`` requests of at most
+  1,000 metrics and 100 params (the server's limits; mlflow#5269 for per-call cost).
+- Names are mapped into MLflow's set (``^[/\\w.\\- :]*$``, <= 250 chars, not path-like)
+  by :mod:`otel_rl.model.naming`; collisions are reported once.
+- Retries live in the shared delivery layer (exponential backoff on connection errors,
+  5xx and 429). MLflow's own client retries are turned down to match, unless you set
+  ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` yourself: its
+  defaults retry one request for minutes (measured: 246 s against a stopped server).
+- The run is created on the first write, on the delivery thread, so a server that is
+  down at start never delays training: data queues and is retried.
+- A 4xx refusal is permanent: the chunk is dropped, counted and logged with the reason.
+- Params are immutable in MLflow: a changed value is logged once as a warning, not sent.
+- Histograms become ``<key>/count|sum|mean|min|max`` scalars. ``inf`` is stored by MLflow
+  as +-1.797e308; NaN is kept.
+- Credentials: MLflow's own ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``/``_TOKEN`` env vars.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from dataclasses import dataclass
+
+from otel_rl.settings import env_default, positive
+from otel_rl.errors import PermanentError, TransientError
+from otel_rl.sinks.base import require
+from otel_rl.model.naming import NameMapper
+from otel_rl.model.records import Batch, scalar_items
+from otel_rl.sinks.base import Sink
+
+_log = logging.getLogger(__name__)
+
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_VALUE = 6000
+#: The writer that created a run (a spool id, or a random id per process).
+INSTANCE_TAG = "otel_rl.instance"
+RUN_TAG = "otel_rl.run_id"
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """``mlflow:`` section. ``tracking_uri`` (env ``MLFLOW_TRACKING_URI``) defaults to the
+    embedded store ``sqlite:///mlflow.db``; ``experiment`` (env ``MLFLOW_EXPERIMENT_NAME``)."""
+
+    enabled: bool = False
+    tracking_uri: str = env_default("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    experiment: str = env_default("MLFLOW_EXPERIMENT_NAME", "otel-rl")
+    timeout_s: float = 10.0
+
+    def validate(self, path: str) -> None:
+        positive(f"{path}.timeout_s", self.timeout_s)
+
+
+class MlflowExporter(Sink):
+    """One MLflow run per otel-rl run (found again by the ``otel_rl.run_id`` tag)."""
+
+    name = "mlflow"
+
+    def __init__(self, config: MlflowConfig | None = None) -> None:
+        self._mlflow = require("mlflow", "mlflow")
+        super().__init__()
+        self.config = config or MlflowConfig()
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tables are read back
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(self.config.timeout_s))))
+        from mlflow.tracking import MlflowClient
+
+        uri = self.config.tracking_uri or ""
+        if uri.startswith("sqlite:///") and uri[len("sqlite:///"):] not in ("", ":memory:"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)  # sqlite needs its folder
+        self._client = MlflowClient(tracking_uri=self.config.tracking_uri)
+        self._names = NameMapper("mlflow")
+        self._run_ids: dict[str, str] = {}
+        self._params: dict[tuple[str, str], str] = {}
+        # (batch being retried, chunks of it already sent): a retry resumes, never re-sends.
+        self._resume: tuple[Batch | None, int] = (None, 0)
+        self._cached_chunks: tuple[Batch | None, list] = (None, [])
+        self._tables: set[tuple[str, str]] = set()  # (run id, table path) already tagged as a table
+
+    def location(self, run: str) -> str:
+        return f"{self.config.tracking_uri} (experiment {self.config.experiment!r}, run {run!r})"
+
+    def run_id(self, run: str) -> str:
+        """The MLflow run id for otel-rl run ``run`` (created on first use)."""
+        run_id = self._run_ids.get(run)
+        if run_id is None:
+            run_id = self._run_ids[run] = self._call(self._find_or_create, run)
+        return run_id
+
+    def _find_or_create(self, run: str) -> str:
+        """This writer's own run (tagged with its instance: a process restarted on its spool finds
+        it again); else, with ``resume``, the latest run of that id; else a new run."""
+        client = self._client
+        exp_id = self._experiment_id()
+        tag = f"tags.`{RUN_TAG}` = '{_quote(run)}'"
+        found = client.search_runs([exp_id], filter_string=f"{tag} and tags.`{INSTANCE_TAG}` = '{self.instance}'",
+                                   max_results=1)
+        if not found and self.resume:
+            found = client.search_runs([exp_id], filter_string=tag, max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+        if found:
+            return found[0].info.run_id
+        return client.create_run(exp_id, run_name=run, tags={RUN_TAG: run, INSTANCE_TAG: self.instance}).info.run_id
+
+    def _experiment_id(self) -> str:
+        """The experiment's id, creating it if missing. Writers starting together (collector
+        replicas, ranks) race to create it: the loser's ``RESOURCE_ALREADY_EXISTS`` is not a
+        refusal of the data, so it reads the winner's experiment instead."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client
+        exp = client.get_experiment_by_name(self.config.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(self.config.experiment)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        exp = client.get_experiment_by_name(self.config.experiment)
+        if exp is None:  # created and deleted in between: not a verdict on the data, try again later
+            raise TransientError(f"experiment {self.config.experiment!r} was created by another writer, "
+                                 "then could not be read")
+        return exp.experiment_id
+
+    def _call(self, fn, *args, **kwargs):
+        """Run an MLflow call, classifying its failure for the delivery layer."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as exc:
+            status = exc.get_http_status_code()
+            if 400 <= status < 500 and status != 429:
+                raise PermanentError(f"{exc.error_code}: {exc.message[:500]}") from exc
+            raise TransientError(f"{exc.error_code}: {exc.message[:500]}") from exc
+
+    def write(self, batch: Batch) -> None:
+        previous, done = self._resume
+        start = done if previous is batch else 0
+        chunks = self._chunks(batch)
+        for i in range(start, len(chunks)):
+            run, metrics, params = chunks[i]
+            self._resume = (batch, i)
+            if isinstance(metrics, str):  # a text: (run, artifact path, text)
+                self._call(self._client.log_text, self.run_id(run), params, metrics)
+                continue
+            if isinstance(metrics, tuple):  # samples: (run, (artifact path, points), None)
+                self._call(self._append_table, self.run_id(run), *metrics)
+                continue
+            self._call(self._client.log_batch, self.run_id(run), metrics=metrics, params=params,
+                       synchronous=True)
+        self._resume = (None, 0)
+
+    def _chunks(self, batch: Batch) -> list[tuple[str, list, list]]:
+        """The batch as log_batch requests; the same list again for a retried batch."""
+        if self._cached_chunks[0] is batch:
+            return self._cached_chunks[1]
+        from mlflow.entities import Metric, Param
+
+        per_run: dict[str, tuple[list, list]] = {}
+        for params in batch.params:
+            kept = per_run.setdefault(params.run, ([], []))[1]
+            kept.extend(Param(k, v) for k, v in self._new_params(params.run, params.params))
+        seen: set = set()
+        texts = []
+        tables: dict[tuple[str, str], list] = {}
+        for p in batch.points:
+            if p.kind == "text":
+                texts.append((p.run, f"text/{self._names.key(p.name)}/step-{p.step}.md", p.value))
+                continue
+            if p.kind == "table":
+                tables.setdefault((p.run, f"tables/{self._names.key(p.name)}.json"), []).append(p)
+                continue
+            metrics = per_run.setdefault(p.run, ([], []))[0]
+            ts = round(p.time * 1000)
+            for suffix, value in scalar_items(p.value):
+                key = self._names.key(p.name, p.attributes, suffix)
+                # MLflow stores a metric once per (key, timestamp, step, value): an equal value
+                # logged again at the same step in the same millisecond gets the next millisecond
+                t = ts
+                while (p.run, key, t, p.step, value) in seen:
+                    t += 1
+                seen.add((p.run, key, t, p.step, value))
+                metrics.append(Metric(key, value, t, p.step))
+        chunks = []
+        for run, (metrics, params) in per_run.items():
+            for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+                chunks.append((run, metrics[i:i + MAX_METRICS_PER_BATCH], []))
+            for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+                chunks.append((run, [], params[i:i + MAX_PARAMS_PER_BATCH]))
+        chunks.extend((run, path, text) for run, path, text in texts)
+        chunks.extend((run, (path, points), None) for (run, path), points in tables.items())
+        self._cached_chunks = (batch, chunks)
+        return chunks
+
+    def _append_table(self, run_id: str, path: str, points: list) -> None:
+        """Samples as one growing MLflow table per name (``mlflow.load_table(path)``; the UI shows
+        it as a table): the columns ``step`` and ``logged_at`` first, then the samples' own. A
+        table already holding a call's rows (same step and time: a batch replayed after a crash)
+        does not get them again."""
+        import datetime
+        import json
+        import posixpath
+        import tempfile
+
+        client = self._client
+        columns, data = ["step", "logged_at"], []
+        folder = posixpath.dirname(path)
+        if path in [f.path for f in client.list_artifacts(run_id, folder)]:
+            with tempfile.TemporaryDirectory() as tmp:
+                with open(client.download_artifacts(run_id, path, tmp)) as f:
+                    doc = json.load(f)
+            columns, data = list(doc["columns"]), [list(r) for r in doc["data"]]
+        held = {(row[0], row[1]) for row in data}
+        added = False
+        for p in points:
+            stamp = datetime.datetime.fromtimestamp(p.time, datetime.timezone.utc).isoformat(timespec="microseconds")
+            if (p.step, stamp) in held:
+                continue
+            # a sample column named like ours keeps its values under "sample.<name>"
+            names = [c if c not in ("step", "logged_at") else f"sample.{c}" for c in p.value.columns]
+            for name in names:
+                if name not in columns:
+                    columns.append(name)
+                    for row in data:
+                        row.append(None)
+            index = [columns.index(n) for n in names]
+            for values in p.value.rows:
+                row = [None] * len(columns)
+                row[0], row[1] = p.step, stamp
+                for i, value in zip(index, values):
+                    row[i] = value
+                data.append(row)
+            added = True
+        if not added:
+            return
+        client.log_text(run_id, json.dumps({"columns": columns, "data": data}, default=str), path)
+        if (run_id, path) not in self._tables:
+            tag = "mlflow.loggedArtifacts"
+            logged = json.loads(client.get_run(run_id).data.tags.get(tag, "[]"))
+            entry = {"path": path, "type": "table"}
+            if entry not in logged:
+                client.set_tag(run_id, tag, json.dumps(logged + [entry]))
+            self._tables.add((run_id, path))
+
+    def _new_params(self, run: str, params: dict) -> list[tuple[str, str]]:
+        out = []
+        for key, value in params.items():
+            name = self._names.key(key)
+            text = str(value)[:MAX_PARAM_VALUE]
+            previous = self._params.get((run, name))
+            if previous is None:
+                self._params[(run, name)] = text
+                out.append((name, text))
+            elif previous != text:
+                self.warn_once(f"param:{run}:{name}", "mlflow: param %r of run %r changed "
+                                           "from %r to %r; MLflow params are immutable, keeping the first",
+                                           name, run, previous, text)
+        return out
+
+    def close(self, status: str = "success") -> None:
+        for run_id in self._run_ids.values():
+            try:
+                self._client.set_terminated(run_id, status={"success": "FINISHED", "killed": "KILLED"}.get(
+                    status, "FAILED"))
+            except Exception as exc:  # the server may be gone at exit; data is already sent
+                _log.warning("mlflow: could not mark run %s finished: %s", run_id, exc)
+        self._run_ids.clear()
+
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")

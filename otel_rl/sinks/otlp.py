@@ -1,0 +1,397 @@
+"""OTLP sink: admitted records back onto the wire, to a collector (ours or upstream).
+
+It is a sink like any other, so it shares the delivery layer: the same queue, retry policy and
+spool. A collector that is down for minutes loses nothing from a trainer with ``spool_dir``,
+and training never waits for it.
+
+- **Wire shape**: gauges as OTLP gauges with the ``step`` attribute; counters and sums as DELTA
+  sums carrying the increment (the collector reduces the ranks' increments and keeps the running
+  total); histograms as DELTA explicit-bucket histograms; hyperparameters as the
+  ``otel_rl.hparams`` gauge; texts and samples (``log_samples``) as OTLP log records on
+  ``/v1/logs`` (gRPC ``LogsService``): see :func:`encode_logs_request`. The resource carries the
+  run, rank and world size.
+- **Exactly once over the hop**: every request's resources carry ``otel_rl.sender.id`` and
+  ``otel_rl.batch.id`` (a content hash of the batch plus the chunk number), so a batch resent
+  after a timeout or replayed from the spool after a crash is recognized and acknowledged by
+  the collector without being counted twice.
+- **Errors**: 429/502/503/504 and gRPC UNAVAILABLE/RESOURCE_EXHAUSTED/DEADLINE_EXCEEDED are
+  transient (``Retry-After`` honored); other 4xx and gRPC codes are permanent.
+
+The standard env vars are honored: ``OTEL_EXPORTER_OTLP_[METRICS_|LOGS_]ENDPOINT``, ``..._HEADERS``,
+``..._PROTOCOL``, ``..._COMPRESSION``, ``..._CERTIFICATE``; setting an endpoint turns the sink on.
+Spans go through the upstream ``OTLPSpanExporter`` (:func:`OtlpSpanExporter`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any, Literal, Optional
+
+from otel_rl.errors import ConfigError
+from otel_rl.settings import env_default
+from otel_rl.errors import PermanentError, TransientError
+from otel_rl.sinks.base import SinkContext, Sink, require
+from otel_rl.model.records import Batch, HistogramValue, Point
+from otel_rl.model.semconv import HPARAMS_METRIC, RANK, RUN_ID, STEP_ATTRIBUTE
+from otel_rl.model.semconv import BATCH_ID
+from otel_rl.model.semconv import INDEX_ATTRIBUTE
+from otel_rl.model.semconv import KIND_ATTRIBUTE
+from otel_rl.model.semconv import ROWS_ATTRIBUTE
+from otel_rl.model.semconv import SENDER_ID
+
+#: Points per request: well under the collector's default 8 MiB body limit.
+MAX_POINTS_PER_REQUEST = 5_000
+_TRANSIENT_HTTP = (429, 502, 503, 504)
+_TRANSIENT_GRPC = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED")
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_METRICS_{name}") or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}")
+
+
+def _endpoint_set() -> bool:
+    return bool(_env("ENDPOINT"))
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    """``otlp:`` section: metrics and spans. ``endpoint`` is the base URL (as
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``): over HTTP ``/v1/metrics`` and ``/v1/traces`` are
+    appended; None means the env vars, then ``http://localhost:4318`` (HTTP) or
+    ``localhost:4317`` (gRPC)."""
+
+    enabled: bool = env_default("OTEL_RL_OTLP_ENABLED", None, bool)
+    endpoint: Optional[str] = None
+    protocol: Literal["grpc", "http/protobuf"] = env_default(
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.enabled is None:
+            object.__setattr__(self, "enabled", _endpoint_set())
+
+    def validate(self, path: str) -> None:
+        if self.protocol not in ("grpc", "http/protobuf"):
+            raise ConfigError(f"{path}.protocol: {self.protocol!r} is not allowed; "
+                              "allowed: 'grpc', 'http/protobuf'")
+
+
+def parse_headers(raw: str | None) -> dict[str, str]:
+    """``OTEL_EXPORTER_OTLP_HEADERS``: ``k1=v1,k2=v2``, values URL-encoded."""
+    headers = {}
+    for item in (raw or "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            headers[urllib.parse.unquote(key.strip()).lower()] = urllib.parse.unquote(value.strip())
+    return headers
+
+
+# -- records -> OTLP protobuf ---------------------------------------------------------------------
+def _any(value: Any, out) -> None:
+    if value is None:
+        return  # an empty AnyValue
+    if isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    else:
+        out.string_value = str(value)
+
+
+def _attrs(target, items) -> None:
+    for key, value in items:
+        kv = target.add()
+        kv.key = key
+        _any(value, kv.value)
+
+
+def explicit_from(value: HistogramValue) -> tuple[list[float], list[int]]:
+    """``(explicit_bounds, bucket_counts)`` covering ``value.buckets`` (gaps count 0)."""
+    edges = sorted({e for left, right, _ in value.buckets for e in (left, right) if math.isfinite(e)})
+    index = {e: i for i, e in enumerate(edges)}
+    counts = [0] * (len(edges) + 1)
+    for _, right, count in value.buckets:
+        counts[index[right] if math.isfinite(right) else len(edges)] += count
+    return edges, counts
+
+
+def encode_request(points: list[Point], params, resource: dict[str, Any], batch_id: str, sender: str):
+    """One ``ExportMetricsServiceRequest`` for points and params of one (run, rank)."""
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+
+    request = mpb.ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    _attrs(rm.resource.attributes, [*resource.items(), (SENDER_ID, sender), (BATCH_ID, batch_id)])
+    sm = rm.scope_metrics.add()
+    sm.scope.name = "otel_rl"
+    metrics: dict[tuple[str, str], Any] = {}
+    for p in points:
+        metric = metrics.get((p.name, p.kind))
+        if metric is None:
+            metric = metrics[(p.name, p.kind)] = sm.metrics.add()
+            metric.name = p.name
+            if p.kind in ("counter", "sum"):
+                metric.sum.aggregation_temporality = 1  # DELTA
+                metric.sum.is_monotonic = p.kind == "counter"
+            elif p.kind == "histogram":
+                metric.histogram.aggregation_temporality = 1
+        t = int(p.time * 1e9)
+        if p.kind == "histogram":
+            dp = metric.histogram.data_points.add()
+            bounds, counts = explicit_from(p.value)
+            dp.explicit_bounds.extend(bounds)
+            dp.bucket_counts.extend(counts)
+            dp.count, dp.sum = p.value.count, p.value.sum
+            if not math.isnan(p.value.min):
+                dp.min = p.value.min
+            if not math.isnan(p.value.max):
+                dp.max = p.value.max
+        else:
+            dp = (metric.sum if p.kind in ("counter", "sum") else metric.gauge).data_points.add()
+            dp.as_double = p.increment if p.increment is not None else p.value
+        dp.start_time_unix_nano = dp.time_unix_nano = t
+        _attrs(dp.attributes, [(STEP_ATTRIBUTE, p.step), *p.attributes])
+    for rp in params:
+        metric = sm.metrics.add()
+        metric.name = HPARAMS_METRIC
+        dp = metric.gauge.data_points.add()
+        dp.as_double = 1.0
+        dp.time_unix_nano = int(rp.time * 1e9)
+        _attrs(dp.attributes, rp.params.items())
+    return request
+
+
+
+
+def encode_logs_request(points: list[Point], resource: dict[str, Any], batch_id: str, sender: str):
+    """One ``ExportLogsServiceRequest`` for texts and tables of one (run, rank): a text is one
+    log record (body: the text); a table one record per row (body: a map of its columns), each
+    with the table's name as ``event_name``, the ``step``, and its index among the table's rows."""
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
+
+    request = lpb.ExportLogsServiceRequest()
+    rl = request.resource_logs.add()
+    _attrs(rl.resource.attributes, [*resource.items(), (SENDER_ID, sender), (BATCH_ID, batch_id)])
+    sl = rl.scope_logs.add()
+    sl.scope.name = "otel_rl"
+    for p in points:
+        t = int(p.time * 1e9)
+        if p.kind == "text":
+            record = sl.log_records.add()
+            record.time_unix_nano = record.observed_time_unix_nano = t
+            record.event_name = p.name
+            record.body.string_value = p.value
+            _attrs(record.attributes, [(STEP_ATTRIBUTE, p.step), (KIND_ATTRIBUTE, "text"), *p.attributes])
+            continue
+        table = p.value
+        for index, row in enumerate(table.rows):
+            record = sl.log_records.add()
+            record.time_unix_nano = record.observed_time_unix_nano = t
+            record.event_name = p.name
+            body = record.body.kvlist_value.values
+            for column, value in zip(table.columns, row):
+                kv = body.add()
+                kv.key = column
+                _any(value, kv.value)
+            _attrs(record.attributes, [(STEP_ATTRIBUTE, p.step), (KIND_ATTRIBUTE, "table"),
+                                       (INDEX_ATTRIBUTE, index), (ROWS_ATTRIBUTE, len(table.rows)), *p.attributes])
+    return request
+
+
+class OtlpSink(Sink):
+    """Sends admitted records to an OTLP endpoint (HTTP/protobuf or gRPC)."""
+
+    name = "otlp"
+
+    def __init__(self, config: OtlpConfig | None = None) -> None:
+        require("opentelemetry.proto.collector.metrics.v1.metrics_service_pb2", "otlp")
+        super().__init__()
+        self.config = config or OtlpConfig()
+        self._resource: dict[str, Any] = {}
+        self._sender = uuid.uuid4().hex[:16]
+        self._headers = parse_headers(_env("HEADERS"))
+        self._gzip = (_env("COMPRESSION") or "").lower() == "gzip"
+        self._url = self._endpoint()
+        self._logs_url = self._endpoint("logs")
+        self._channel = None
+        self.rejected_points = 0
+        self.rejected_log_records = 0
+
+    def _endpoint(self, signal: str = "metrics") -> str:
+        """The URL for ``signal`` (``metrics``; ``logs``: texts and samples)."""
+        cfg = self.config
+        grpc = cfg.protocol == "grpc"
+        if cfg.endpoint:
+            base = cfg.endpoint.rstrip("/")
+            return base if grpc else f"{base}/v1/{signal}"
+        full = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+        if full:
+            return full
+        metrics = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "")
+        if signal == "logs" and metrics.rstrip("/").endswith("/v1/metrics") and not grpc:
+            return metrics.rstrip("/")[:-len("metrics")] + "logs"  # next to the metrics endpoint
+        base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if base:
+            return base.rstrip("/") if grpc else f"{base.rstrip('/')}/v1/{signal}"
+        return "localhost:4317" if grpc else f"http://localhost:4318/v1/{signal}"
+
+    def describe(self, run: str) -> str:
+        return f"otlp: {self._url} ({self.config.protocol})"
+
+    def bind(self, context: SinkContext) -> None:
+        """The sending process's resource (service name, world size, ...) goes on every request."""
+        super().bind(context)
+        self._resource = {k: v for k, v in context.resource.items() if k not in (RUN_ID, RANK)}
+
+    def bind_spool(self, spool_id: str, state: dict | None) -> None:
+        self._sender = spool_id  # stable across restarts: a replayed batch keeps its identity
+
+    def write(self, batch: Batch) -> None:
+        from otel_rl.model.codec import fingerprint_bytes
+
+        digest = hashlib.blake2b(fingerprint_bytes(Batch(batch.points, batch.params)), digest_size=12).hexdigest()
+        chunk = 0
+        groups = {}
+        logged = [p for p in batch.points if p.kind in ("text", "table")]
+        metrics_points = [p for p in batch.points if p.kind not in ("text", "table")] if logged else batch.points
+        for (run, rank), points in groupby(sorted(metrics_points, key=lambda p: (p.run, p.rank, p.step)),
+                                           key=lambda p: (p.run, p.rank)):
+            groups.setdefault((run, rank), []).extend(points)
+        for rp in batch.params:
+            groups.setdefault((rp.run, -1), [])
+        params_sent: set[str] = set()
+        for (run, rank), points in groups.items():
+            params = [] if run in params_sent else [rp for rp in batch.params if rp.run == run]
+            params_sent.add(run)
+            resource = {**self._resource, RUN_ID: run}
+            if rank >= 0:
+                resource[RANK] = rank
+            for start in range(0, max(1, len(points)), MAX_POINTS_PER_REQUEST):
+                part = points[start:start + MAX_POINTS_PER_REQUEST]
+                request = encode_request(part, params if start == 0 else [], resource, f"{digest}-{chunk}",
+                                         self._sender)
+                chunk += 1
+                self._send(request.SerializeToString())
+        # texts and samples as OTLP log records; one table never spans two requests
+        for (run, rank), points in groupby(sorted(logged, key=lambda p: (p.run, p.rank, p.step)),
+                                           key=lambda p: (p.run, p.rank)):
+            resource = {**self._resource, RUN_ID: run}
+            if rank >= 0:
+                resource[RANK] = rank
+            part: list[Point] = []
+            rows = 0
+            for p in [*points, None]:
+                size = len(p.value.rows) if p is not None and p.kind == "table" else 1
+                if part and (p is None or rows + size > MAX_POINTS_PER_REQUEST):
+                    request = encode_logs_request(part, resource, f"{digest}-L{chunk}", self._sender)
+                    chunk += 1
+                    self._send(request.SerializeToString(), "logs")
+                    part, rows = [], 0
+                if p is not None:
+                    part.append(p)
+                    rows += size
+
+    def _send(self, body: bytes, signal: str = "metrics") -> None:
+        if self.config.protocol == "grpc":
+            self._send_grpc(body, signal)
+        else:
+            self._send_http(body, signal)
+
+    def _send_http(self, body: bytes, signal: str = "metrics") -> None:
+        headers = {"Content-Type": "application/x-protobuf", **self._headers}
+        if self._gzip:
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        url = self._url if signal == "metrics" else self._logs_url
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        context = None
+        if url.startswith("https"):
+            context = ssl.create_default_context(cafile=_env("CERTIFICATE"))
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout_s, context=context) as response:
+                self._check_partial(response.read(), signal)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300]
+            if exc.code in _TRANSIENT_HTTP:
+                retry = exc.headers.get("Retry-After")
+                raise TransientError(f"HTTP {exc.code} from {url}: {detail!r}",
+                                     float(retry) if retry and retry.isdigit() else None) from None
+            raise PermanentError(f"HTTP {exc.code} from {url}: {detail!r}") from None
+
+    def _send_grpc(self, body: bytes, signal: str = "metrics") -> None:
+        grpc = require("grpc", "otlp")
+        if self._channel is None:
+            target = self._url.split("://", 1)[-1]
+            if self._url.startswith("https://"):
+                cafile = _env("CERTIFICATE")
+                roots = open(cafile, "rb").read() if cafile else None
+                self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(roots))
+            else:
+                self._channel = grpc.insecure_channel(target)
+            self._exports = {
+                name: self._channel.unary_unary(f"/opentelemetry.proto.collector.{name}.v1.{service}/Export",
+                                                request_serializer=None, response_deserializer=None)
+                for name, service in (("metrics", "MetricsService"), ("logs", "LogsService"))}
+        metadata = list(self._headers.items())
+        try:
+            response = self._exports[signal](body, timeout=self.config.timeout_s, metadata=metadata,
+                                             compression=grpc.Compression.Gzip if self._gzip else None)
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() else "UNKNOWN"
+            message = f"gRPC {code} from {self._url}: {exc.details()}"
+            if code in _TRANSIENT_GRPC:
+                raise TransientError(message) from None
+            raise PermanentError(message) from None
+        self._check_partial(response, signal)
+
+    def _check_partial(self, payload: bytes, signal: str = "metrics") -> None:
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+
+        response = mpb.ExportMetricsServiceResponse() if signal == "metrics" else lpb.ExportLogsServiceResponse()
+        try:
+            response.ParseFromString(payload)
+        except Exception:  # an answer we cannot read is still an acknowledgement
+            return
+        if signal == "metrics":
+            rejected = response.partial_success.rejected_data_points
+            self.rejected_points += rejected
+        else:
+            rejected = response.partial_success.rejected_log_records
+            self.rejected_log_records += rejected
+        if rejected:
+            self.warn_once(f"partial:{response.partial_success.error_message[:80]}",
+                           "otlp: the receiver rejected %d points: %s", rejected,
+                           response.partial_success.error_message)
+
+    def close(self, status: str = "success") -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+
+def _module(config: OtlpConfig, signal: str):
+    transport = "grpc" if config.protocol == "grpc" else "http"
+    return require(f"opentelemetry.exporter.otlp.proto.{transport}.{signal}_exporter", "otlp")
+
+
+def OtlpSpanExporter(config: OtlpConfig | None = None):
+    """The upstream ``OTLPSpanExporter`` for ``config.protocol``."""
+    config = config or OtlpConfig()
+    kwargs: dict = {"timeout": config.timeout_s}
+    if config.endpoint:
+        base = config.endpoint.rstrip("/")
+        kwargs["endpoint"] = base if config.protocol == "grpc" else base + "/v1/traces"
+    return _module(config, "trace").OTLPSpanExporter(**kwargs)
