@@ -45,8 +45,9 @@ def _cpu(proc: psutil.Process) -> float:
 def make_logger(name: str, tmp: Path, mlflow_url: str | None):
     """(log(step, values), finish(), count_delivered() or None) for logger ``name``."""
     if name.startswith("otel-rl"):
-        import otel_rl
         from backends import backend_config, read_scalars
+
+        import otel_rl
 
         names = ["tensorboard"] if "tensorboard" in name else ["tensorboard", "wandb", "swanlab", "mlflow"]
         cfg = {n: backend_config(n, tmp, mlflow_url) for n in names}

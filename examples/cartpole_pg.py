@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 VIEWERS = {
     "tensorboard": lambda c: f"tensorboard --logdir {c.log_dir}",
     "mlflow": lambda c: f"mlflow ui --backend-store-uri {c.tracking_uri}",
-    "wandb": lambda c: f"wandb sync {c.dir}/wandb/latest-run   (uploads the offline run; or: wandb leet {c.dir}/wandb/latest-run)",
+    "wandb": lambda c: (f"wandb sync {c.dir}/wandb/latest-run   (uploads the offline run; or: "
+                        f"wandb leet {c.dir}/wandb/latest-run)"),
     "swanlab": lambda c: (f"swanlab sync {c.logdir}/run-*   (uploads the offline run; to browse locally run "
                           f"with swanlab mode: local, then: swanlab watch {c.logdir})"),
 }

@@ -25,8 +25,8 @@ from opentelemetry import _logs
 from opentelemetry import metrics as _metrics
 from opentelemetry import trace as _trace
 
-from otel_rl.api import recording as _recording
 from otel_rl.api import propagation
+from otel_rl.api import recording as _recording
 from otel_rl.api import samples as _samples
 from otel_rl.api.current import current_run as _current_pipeline
 from otel_rl.api.logger import Logger
@@ -61,8 +61,8 @@ def init(config: Config | dict | str | None = None, *, set_global: bool = True) 
     The OTel global meter and tracer providers (set once per process, on the first ``init``)
     record into the *current* run: the last ``init`` of this thread/context, else the last one in
     the process (the global logger provider too: a log record with an ``event_name`` is a row of
-    samples, see :mod:`otel_rl.api.samples`). So a notebook can ``init`` again after ``shutdown``, and a sweep can run one
-    run per thread; each run is complete and separate. ``set_global=False`` leaves the OTel
+    samples, see :mod:`otel_rl.api.samples`). So a notebook can ``init`` again after ``shutdown``,
+    and a sweep can run one run per thread; each run is complete and separate. ``set_global=False`` leaves the OTel
     globals alone (use ``pipeline.get_meter``/``get_tracer``).
     """
     global _active, _global_set

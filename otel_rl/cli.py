@@ -6,9 +6,8 @@ import argparse
 import dataclasses
 import sys
 
-from otel_rl.errors import ConfigError
 from otel_rl.config import load_config
-
+from otel_rl.errors import ConfigError
 
 #: Sections only a collector config has: a file with one of them is checked as one.
 _COLLECTOR_SECTIONS = {"receivers", "reduce", "auth", "tls", "limits", "spool"}
@@ -36,7 +35,8 @@ def _check_config(args: argparse.Namespace) -> int:
                     for name, backend in value.items():
                         print(f"{name}: {dataclasses.asdict(backend)}")
                 else:
-                    print(f"{field.name}: {value if not dataclasses.is_dataclass(value) else dataclasses.asdict(value)}")
+                    shown = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                    print(f"{field.name}: {shown}")
             return 0
         cfg = load_config(args.file)
     except ConfigError as exc:
@@ -53,10 +53,9 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _collector(args: argparse.Namespace) -> int:
     import logging
+    import os
     import signal
     import threading
-
-    import os
 
     level = os.environ.get("OTEL_RL_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),

@@ -2,15 +2,16 @@
 validated when built (STYLE.md #4). A leaf module: every component's config uses it."""
 
 from __future__ import annotations
-from typing import Any
-from otel_rl.errors import ConfigError
-from typing import Literal
-from collections.abc import Mapping
-from pathlib import Path
+
 import dataclasses
 import os
 import time
 import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from otel_rl.errors import ConfigError
 
 
 def _cast(var: str, raw: str, kind: type) -> Any:
@@ -110,7 +111,7 @@ def default_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S") + f"-{os.getpid()}"
 
 
-def read_mapping(source: "Mapping[str, Any] | str | Path | None", what: str) -> dict:
+def read_mapping(source: Mapping[str, Any] | str | Path | None, what: str) -> dict:
     """``source`` as a dict: a mapping as is, a path read as YAML; errors name ``what``."""
     if isinstance(source, (str, Path)):
         import yaml

@@ -62,7 +62,7 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 90.0) -> "MlflowServer":
+    def start(self, timeout_s: float = 90.0) -> MlflowServer:
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         mlflow_bin = str(Path(sys.executable).parent / "mlflow")
         self.proc = subprocess.Popen(
@@ -92,7 +92,7 @@ class PrometheusServer:
             f"      - targets: {json.dumps(targets)}\n")
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 60.0) -> "PrometheusServer":
+    def start(self, timeout_s: float = 60.0) -> PrometheusServer:
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed (apt-get install prometheus; .ci/run does)")
@@ -359,7 +359,7 @@ class TensorBoardServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 120.0) -> "TensorBoardServer":
+    def start(self, timeout_s: float = 120.0) -> TensorBoardServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1",
              "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=open(self.logdir.parent / "tb-server.log", "ab"))

@@ -6,9 +6,9 @@ import pytest
 
 import otel_rl
 from otel_rl import ConfigError, load_config
+from otel_rl.api.run import resolve_resource
 from otel_rl.errors import MissingExtraError
 from otel_rl.sinks.base import require
-from otel_rl.api.run import resolve_resource
 
 
 def test_defaults_enable_tensorboard_only(monkeypatch):
@@ -111,7 +111,6 @@ def test_the_readme_configuration_block_is_a_valid_config():
     import re
 
     import yaml
-
     from conftest import ROOT
 
     readme = (ROOT / "README.md").read_text()
@@ -125,7 +124,6 @@ def test_the_default_backend_comes_with_the_base_install():
     """`pip install otel-rl` then `otel_rl.init()` must work: TensorBoard (on by default) is a
     base dependency, not an extra."""
     import tomllib
-
     from conftest import ROOT
 
     from otel_rl.config import load_config

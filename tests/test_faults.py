@@ -16,17 +16,17 @@ import threading
 import time
 
 import pytest
-
 from backends import BACKENDS, backend_config, read_counts, read_scalars
 from conftest import exactly_once, read_tensorboard_events
+
 from otel_rl.config import load_config
+from otel_rl.model.records import Batch, Point
 from otel_rl.route.deadline import Deadline
-from otel_rl.route.retry import RetryPolicy
 from otel_rl.route.delivery import SinkSet
+from otel_rl.route.retry import RetryPolicy
+from otel_rl.route.spool import Spool
 from otel_rl.sinks import registry
 from otel_rl.sinks.base import Sink
-from otel_rl.model.records import Batch, Point
-from otel_rl.route.spool import Spool
 
 FAST_RETRY = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
 
@@ -263,7 +263,7 @@ def _kill_repeatedly(backends: dict, spool, kills: int, seed: int) -> set[int]:
         assert proc.stdout.readline().strip() == "ready"
         kill_at = time.monotonic() + rng.uniform(0.0, 1.5)
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
         reader.start()
         while time.monotonic() < kill_at and proc.poll() is None:
             time.sleep(0.01)

@@ -16,13 +16,11 @@ import json
 import math
 import subprocess
 import sys
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-import urllib.request
-
 import pytest
-
 from backends import TensorBoardServer, _swanlab_experiments, free_port, read_mlflow, read_params, read_wandb
 from conftest import ROOT
 

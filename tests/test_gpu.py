@@ -7,8 +7,9 @@ import logging
 import socket
 from types import SimpleNamespace
 
-import otel_rl
 from conftest import f32_close, read_tensorboard
+
+import otel_rl
 from otel_rl.sources.gpu import GpuConfig, GpuSampler, register_role
 
 

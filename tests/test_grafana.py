@@ -27,10 +27,11 @@ def _queries() -> list[tuple[str, str]]:
 
 
 def test_every_dashboard_query_returns_data(tmp_path):
+    from test_gpu import FakeNvml
+
     import otel_rl
     from otel_rl import Pipeline
     from otel_rl.sources.gpu import GpuConfig, GpuSampler, register_role
-    from test_gpu import FakeNvml
 
     queries = _queries()
     assert len(queries) >= 10

@@ -16,10 +16,10 @@ import time
 
 import psutil
 import pytest
-
-import otel_rl
 from backends import read_wandb
 from conftest import ROOT, exactly_once, read_tensorboard, read_tensorboard_events
+
+import otel_rl
 
 
 def _wait_gone(pid: int, timeout_s: float) -> bool:

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from backends import read_mlflow, read_swanlab, read_wandb
 from conftest import read_tensorboard
+
 from otel_rl import ConfigError, Logger
 from otel_rl.config import load_config
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import psutil
+from conftest import read_tensorboard
 
 import otel_rl
-from conftest import read_tensorboard
 from otel_rl import Logger, Pipeline
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import f32_close, read_hparams, read_tensorboard
 
 import otel_rl
-from conftest import f32_close, read_hparams, read_tensorboard
 from otel_rl import Logger, Pipeline
 
 

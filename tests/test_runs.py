@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from backends import read_mlflow, read_wandb
+from conftest import exactly_once, read_tensorboard, read_tensorboard_events
 from opentelemetry import metrics
 
 import otel_rl
-from backends import read_mlflow, read_wandb
-from conftest import exactly_once, read_tensorboard, read_tensorboard_events
 from otel_rl import Logger, Pipeline
 
 
@@ -121,8 +121,9 @@ def test_a_crashed_run_is_marked_failed_in_every_backend_with_a_status(tmp_path,
     assert proc.returncode == 1 and "training crashed" in proc.stderr
     found = read_mlflow(mlflow_server.url, experiment, "crashed")
     assert found["status"] == "FAILED" and found["scalars"]["loss"] == {0: 0.0, 1: 1.0, 2: 2.0}
-    from backends import _wandb_records
     import glob
+
+    from backends import _wandb_records
 
     (run_dir,) = glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*"))
     exits = [r["exit"] for r in _wandb_records(run_dir) if r["type"] == "exit"]

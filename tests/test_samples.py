@@ -13,9 +13,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from backends import (PrometheusServer, TensorBoardServer, _swanlab_experiments, _wandb_records, backend_config,
-                      read_scalars)
+from backends import (
+    PrometheusServer,
+    TensorBoardServer,
+    _swanlab_experiments,
+    _wandb_records,
+    backend_config,
+    read_scalars,
+)
 from conftest import read_tensorboard_tables
 
 ROWS = [{"prompt": "2+2=?", "response": "4", "reward": 1.0},
@@ -92,8 +97,9 @@ def _expect_rows(rows: list[dict]) -> list[tuple]:
 
 
 def test_samples_and_system_metrics_reach_every_backend(tmp_path, mlflow_server, capfd):
-    import otel_rl
     from opentelemetry import _logs
+
+    import otel_rl
 
     config = {"run_name": "grpo", "export_interval_s": 0.2,
               "samples": {"print_rows": 1}, "system_metrics": {"enabled": True, "interval_s": 0.1},
@@ -271,8 +277,8 @@ def test_limits_and_input_shapes(tmp_path, caplog):
 def test_mlflow_table_is_not_duplicated_when_a_batch_is_replayed(tmp_path, mlflow_server):
     """A batch replayed from a spool after a crash (the MLflow write done, its acknowledgement
     lost) leaves the table as it was: each call's rows once."""
-    from otel_rl.sinks.mlflow import MlflowConfig, MlflowExporter
     from otel_rl.model.records import Batch, Point, Table
+    from otel_rl.sinks.mlflow import MlflowConfig, MlflowExporter
 
     table = Table(("prompt", "reward"), (("p", 1.0), ("q", 2.0)))
     batch = Batch([Point("replay", "val/samples", 3, table, 1_700_000_000.25, "table")])
@@ -291,9 +297,9 @@ def test_mlflow_table_is_not_duplicated_when_a_batch_is_replayed(tmp_path, mlflo
 def test_nemo_rl_num_val_samples_to_print(tmp_path, capfd, monkeypatch):
     """NeMo-RL's config as it is: ``num_val_samples_to_print`` rows of each table are printed."""
     import yaml
+    from conftest import ROOT
 
     import otel_rl
-    from conftest import ROOT
 
     cfg = yaml.safe_load((ROOT / "tests" / "configs" / "nemo_rl_grpo_math_1B.yaml").read_text())
     cfg["logger"].update(num_val_samples_to_print=2, tensorboard_enabled=True, monitor_gpus=False,

@@ -10,11 +10,11 @@ import subprocess
 import sys
 
 import pytest
-
 from backends import read_mlflow
+
+from otel_rl.model.codec import decode_batch, encode_batch
 from otel_rl.model.records import Batch, HistogramValue, Point, RunParams
 from otel_rl.route.spool import Spool
-from otel_rl.model.codec import decode_batch, encode_batch
 
 
 def _batch(step: int, n: int = 3) -> Batch:

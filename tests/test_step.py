@@ -8,10 +8,8 @@ import pytest
 from opentelemetry.metrics import Observation
 
 from otel_rl.api import recording
-from otel_rl.model.steps import check_step
-from otel_rl.model.steps import NO_STEP
-from otel_rl.model.tape import translate_records
-from otel_rl.model.tape import HISTOGRAM_BINS
+from otel_rl.model.steps import NO_STEP, check_step
+from otel_rl.model.tape import HISTOGRAM_BINS, translate_records
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, "1", None, True, 2**63])

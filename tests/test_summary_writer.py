@@ -14,7 +14,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
-
 from backends import _swanlab_experiments, read_mlflow, read_wandb
 from conftest import ROOT
 
@@ -102,6 +101,7 @@ def test_cleanrl_script_same_tensorboard_data_as_tensorboardx_and_every_backend(
 
 def test_summary_writer_api_shapes(tmp_path):
     from conftest import read_tensorboard
+
     from otel_rl import SummaryWriter
 
     with SummaryWriter(str(tmp_path / "run")) as writer:

@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
+from conftest import read_tensorboard
 
 import otel_rl
-from conftest import read_tensorboard
 from otel_rl.api import propagation
 
 

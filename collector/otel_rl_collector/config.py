@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from otel_rl.route.retry import RetryPolicy
 from otel_rl.errors import ConfigError
+from otel_rl.route.retry import RetryPolicy
 from otel_rl.settings import build, env_default, positive, read_mapping, readable_file
-
 from otel_rl_collector.reduce import OPS
 
 Op = Literal["mean", "max", "min", "sum", "none"]

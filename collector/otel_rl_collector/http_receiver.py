@@ -74,7 +74,7 @@ class HttpReceiver:
         except Exception:
             _log.exception("collector: the HTTP receiver stopped")
 
-    def start(self) -> "HttpReceiver":
+    def start(self) -> HttpReceiver:
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:

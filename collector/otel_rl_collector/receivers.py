@@ -9,7 +9,7 @@
 | body over the size limit | 413 | RESOURCE_EXHAUSTED |
 | wrong content type / encoding | 415 | INVALID_ARGUMENT |
 | a body that stalls | 408 | (grpcio's deadlines) |
-| overloaded (a sink queue is full, too many connections or waiting requests) | 503 + ``Retry-After`` | UNAVAILABLE (retryable) |
+| overloaded (a full sink queue, too many connections or waits) | 503 + ``Retry-After`` | UNAVAILABLE (retryable) |
 
 HTTP error bodies are ``google.rpc.Status`` in the request's encoding. ``GET /health`` (503
 while a sink's worker reports an error) and ``GET /metrics`` (self-metrics, see
@@ -74,7 +74,7 @@ class GrpcReceiver:
 
         return export
 
-    def start(self) -> "GrpcReceiver":
+    def start(self) -> GrpcReceiver:
         self._server.start()
         return self
 

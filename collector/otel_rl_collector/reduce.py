@@ -3,8 +3,8 @@
 **Gauges and histograms.** A point from rank r of a run with world size N waits until all N
 ranks have sent the same (metric, attributes, step), or ``timeout_s`` passed since the first
 one arrived; then the reduced value is emitted once. Every value counts: a name a rank logged
-several times at one step adds each value (``mean`` is the mean of all of them). Ops: ``mean``, ``max``, ``min``, ``sum``,
-or ``none`` (every rank kept as its own series with a ``rank`` attribute). Histograms are
+several times at one step adds each value (``mean`` is the mean of all of them). Ops: ``mean``,
+``max``, ``min``, ``sum``, or ``none`` (every rank kept as its own series with a ``rank`` attribute). Histograms are
 merged. A late point (its step was already emitted) is never dropped: the step is reduced again
 and emitted as a correction, counted in :attr:`Reducer.late_points`. The memory of emitted
 steps is bounded (``window``).

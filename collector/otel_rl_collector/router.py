@@ -20,9 +20,8 @@ import threading
 from typing import Any
 
 from otel_rl.model.lru import LRU
-from otel_rl.route.admit import Stream
 from otel_rl.model.records import Batch
-
+from otel_rl.route.admit import Stream
 from otel_rl_collector.reduce import Reducer
 
 _RUN, _RUN_STEP = operator.attrgetter("run"), operator.attrgetter("run", "step")

@@ -22,9 +22,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
+from otel_rl.model.decode import translate_sdk
 from otel_rl.route.admit import Stream
 from otel_rl.sinks.prometheus import PrometheusConfig, PrometheusExporter
-from otel_rl.model.decode import translate_sdk
 
 _COLLECTOR_COUNTERS = ("requests", "received_points", "rejected_points", "duplicate_batches", "ingress_errors",
                        "received_spans", "forwarded_spans", "dropped_spans", "received_log_records",

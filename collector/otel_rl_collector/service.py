@@ -33,21 +33,19 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 
+from otel_rl.model.decode import proto_attributes, translate_logs, translate_proto
+from otel_rl.model.records import Batch
+from otel_rl.model.semconv import BATCH_ID, RANK, SENDER_ID, WORLD_SIZE
+from otel_rl.model.translate import rank_of, run_of
 from otel_rl.route.deadline import Deadline
 from otel_rl.route.delivery import SinkSet
-from otel_rl.sinks import registry
-from otel_rl.model.semconv import BATCH_ID, SENDER_ID
-from otel_rl.model.records import Batch
-from otel_rl.model.decode import proto_attributes, translate_logs, translate_proto
-from otel_rl.model.translate import rank_of, run_of
 from otel_rl.route.engine import open_spools
-from otel_rl.model.semconv import RANK, WORLD_SIZE
-
+from otel_rl.sinks import registry
 from otel_rl_collector.config import CollectorConfig, load_collector_config
 from otel_rl_collector.gate import CollectorStats, Gate
-from otel_rl_collector.wire import RequestError
 from otel_rl_collector.reduce import Reducer
 from otel_rl_collector.router import Router
+from otel_rl_collector.wire import RequestError
 
 _log = logging.getLogger(__name__)
 _RUN_RANK = operator.attrgetter("run", "rank")
@@ -102,7 +100,7 @@ class Collector:
         return self.sinkset.workers
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> "Collector":
+    def start(self) -> Collector:
         from otel_rl_collector.http_receiver import HttpReceiver
         from otel_rl_collector.receivers import GrpcReceiver
 
@@ -256,7 +254,8 @@ class Collector:
                 return f"sink {w.sink.name}'s spool is full"
             if not w.durable and w.stats.queued_points >= limits.max_queue_points * limits.overload_fraction:
                 return f"sink {w.sink.name}'s queue is full"
-        if self.ingress is not None and self.ingress.pending_bytes >= self.config.spool.max_bytes * limits.overload_fraction:
+        ingress_full = self.config.spool.max_bytes * limits.overload_fraction
+        if self.ingress is not None and self.ingress.pending_bytes >= ingress_full:
             return "the ingress spool is full"
         return None
 

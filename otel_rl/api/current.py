@@ -10,7 +10,7 @@ from typing import Any
 
 from otel_rl.api import recording
 
-_runs: "weakref.WeakKeyDictionary[recording.Recorder, Any]" = weakref.WeakKeyDictionary()
+_runs: weakref.WeakKeyDictionary[recording.Recorder, Any] = weakref.WeakKeyDictionary()
 
 
 def register(recorder: recording.Recorder, run: Any) -> None:

@@ -28,9 +28,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from otel_rl.api.run import Pipeline
 from otel_rl.config import Config
 from otel_rl.model.steps import check_step
-from otel_rl.api.run import Pipeline
 
 _log = logging.getLogger(__name__)
 

@@ -39,13 +39,7 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions
 
 from otel_rl.model.semconv import NONFINITE_ATTRIBUTE, STEP_ATTRIBUTE
-from otel_rl.model.tape import COUNTER
-from otel_rl.model.tape import GAUGE
-from otel_rl.model.tape import HISTOGRAM
-from otel_rl.model.tape import OBSERVED_SUM
-from otel_rl.model.tape import OBSERVED_UPDOWN
-from otel_rl.model.tape import PARAMS
-from otel_rl.model.tape import UPDOWN
+from otel_rl.model.tape import COUNTER, GAUGE, HISTOGRAM, OBSERVED_SUM, OBSERVED_UPDOWN, PARAMS, UPDOWN
 
 _log = logging.getLogger(__name__)
 
@@ -174,7 +168,7 @@ class Recorder:
 
 
 # -- which run a measurement belongs to ---------------------------------------------------
-_context: ContextVar["Recorder | None"] = ContextVar("otel_rl_recorder", default=None)
+_context: ContextVar[Recorder | None] = ContextVar("otel_rl_recorder", default=None)
 _context_get = _context.get
 _started: list[Recorder] = []
 _lock = threading.Lock()
@@ -353,5 +347,5 @@ class MeterProvider(api.MeterProvider):
 
 
 
-__all__ = ["Recorder", "Meter", "MeterProvider", "current", "activate", "deactivate", "fit_histogram",
+__all__ = ["Recorder", "Meter", "MeterProvider", "current", "activate", "deactivate",
            "STEP_ATTRIBUTE", "NONFINITE_ATTRIBUTE"]

@@ -28,20 +28,20 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_rl.api import current, recording, samples
 from otel_rl.api import step as _step
+from otel_rl.api.timing import PhaseTimer
 from otel_rl.config import Config, load_config
-from otel_rl.settings import default_run_name
-from otel_rl.route.deadline import Deadline
-from otel_rl.sinks import registry
-from otel_rl.sinks.base import FAILED, KILLED, SUCCESS
-from otel_rl.runtime.route import Route, start_route
 from otel_rl.model.semconv import RANK, RUN_ID, WORLD_SIZE
 from otel_rl.model.steps import check_step
 from otel_rl.model.tables import DEFAULT_NAME, to_table
 from otel_rl.model.tape import ROWS
-from otel_rl.api.timing import PhaseTimer
+from otel_rl.route.deadline import Deadline
+from otel_rl.runtime.route import Route, start_route
+from otel_rl.settings import default_run_name
+from otel_rl.sinks import registry
+from otel_rl.sinks.base import FAILED, KILLED, SUCCESS
 
 _log = logging.getLogger(__name__)
-_live: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()  # shut down at interpreter exit
+_live: weakref.WeakSet[Pipeline] = weakref.WeakSet()  # shut down at interpreter exit
 _crashed: list[BaseException] = []  # an exception no one caught: the run's status is "failed"
 
 
@@ -58,7 +58,7 @@ class Drainer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="otel-rl-drain", daemon=True)
 
-    def start(self) -> "Drainer":
+    def start(self) -> Drainer:
         self._thread.start()
         return self
 

@@ -31,9 +31,8 @@ from typing import Any
 
 from opentelemetry import _logs as logs_api
 
+from otel_rl.model.tables import SamplesConfig, row_of
 from otel_rl.model.tape import LOG_ROW
-from otel_rl.model.tables import SamplesConfig
-from otel_rl.model.tables import row_of
 
 _log = logging.getLogger(__name__)
 

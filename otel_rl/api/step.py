@@ -7,9 +7,8 @@ share a process (a sweep in threads, a notebook) do not move each other's steps.
 """
 
 from __future__ import annotations
+
 from otel_rl.model.steps import check_step
-
-
 
 _unbound_step: int | None = None  # set_step before any run started: the next run starts there
 _current = None  # otel_rl.api.recording.current, bound on first use (recording imports this module)

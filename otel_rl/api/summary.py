@@ -30,10 +30,10 @@ import time
 from datetime import datetime
 from typing import Any
 
+from otel_rl.api.run import Pipeline
 from otel_rl.config import Config
 from otel_rl.model.steps import check_step
 from otel_rl.settings import read_mapping
-from otel_rl.api.run import Pipeline
 
 _log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class SummaryWriter:
                  max_queue: int = 10, flush_secs: int = 120, filename_suffix: str = "", *,
                  config: dict | str | None = None, **kwargs: Any) -> None:
         if log_dir is None:  # torch's default: runs/<time>_<host><comment>
-            log_dir = os.path.join("runs", datetime.now().strftime("%b%d_%H-%M-%S") + "_" + socket.gethostname() + comment)
+            stamp = datetime.now().strftime("%b%d_%H-%M-%S")
+            log_dir = os.path.join("runs", stamp + "_" + socket.gethostname() + comment)
         self.log_dir = str(log_dir)
         if purge_step is not None:
             _log.warning("SummaryWriter: purge_step is ignored: otel-rl never discards logged values")
@@ -120,7 +121,8 @@ class SummaryWriter:
         step = self._step(global_step)
         self._put(("hs", tag, _array(values), step, self._time_ns(walltime), None), step)
 
-    def add_text(self, tag: str, text_string: str, global_step: int | None = None, walltime: float | None = None) -> None:
+    def add_text(self, tag: str, text_string: str, global_step: int | None = None,
+                 walltime: float | None = None) -> None:
         step = self._step(global_step)
         self._put(("t", tag, str(text_string), step, self._time_ns(walltime), None), step)
 
@@ -150,7 +152,7 @@ class SummaryWriter:
             self._closed = True
             self.pipeline.shutdown()
 
-    def __enter__(self) -> "SummaryWriter":
+    def __enter__(self) -> SummaryWriter:
         return self
 
     def __exit__(self, kind, value, tb) -> None:

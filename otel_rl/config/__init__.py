@@ -19,27 +19,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
+
 from otel_rl.errors import ConfigError
-from otel_rl.settings import build
-from otel_rl.settings import env_default
-from otel_rl.settings import positive
-from otel_rl.settings import read_mapping
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+from otel_rl.settings import build, env_default, positive, read_mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,15 +102,15 @@ class Config:
 
 
 
-def load_config(source: "Config | Mapping[str, Any] | str | Path | None" = None) -> Config:
+def load_config(source: Config | Mapping[str, Any] | str | Path | None = None) -> Config:
     """Build a :class:`Config` from a dict, a YAML file path, or nothing (all defaults).
 
     Top-level keys are the pipeline fields plus one section per backend name.
     """
+    from otel_rl.model.tables import SamplesConfig
     from otel_rl.route.retry import RetryPolicy
     from otel_rl.sinks import registry
     from otel_rl.sources.gpu import GpuConfig
-    from otel_rl.model.tables import SamplesConfig
     from otel_rl.sources.system import SystemMetricsConfig
 
     # sections that are not backends

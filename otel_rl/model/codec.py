@@ -2,16 +2,13 @@
 re-sent emissions recognisable."""
 
 from __future__ import annotations
-from otel_rl.model.records import Batch
-from otel_rl.model.records import HistogramValue
-from otel_rl.model.records import POINT_FIELDS
-from otel_rl.model.records import Point
-from otel_rl.model.records import RunParams
-from otel_rl.model.records import Table
+
 import io
 import json
 import math
 import pickle
+
+from otel_rl.model.records import POINT_FIELDS, Batch, HistogramValue, Point, RunParams, Table
 
 
 def encode_batch(batch: Batch) -> bytes:

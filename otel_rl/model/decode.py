@@ -1,27 +1,28 @@
 """OTLP (protobuf) and OTel SDK metric data and OTLP logs -> points, without state."""
 
 from __future__ import annotations
-from typing import Any
-from otel_rl.model.records import Batch
-from otel_rl.model.translate import CUMULATIVE
-from otel_rl.model.translate import DELTA
-from otel_rl.model.semconv import HPARAMS_METRIC
-from otel_rl.model.steps import NO_STEP
-from otel_rl.model.records import Point
-from otel_rl.model.semconv import STEP_ATTRIBUTE
-from otel_rl.model.translate import Translation
-from otel_rl.model.translate import attribute_step
-from otel_rl.model.translate import empty_run
-from otel_rl.model.translate import explicit_buckets
-from otel_rl.model.translate import exponential_buckets
-from otel_rl.model.translate import finish
-from otel_rl.model.bulk import gauge_points
-from otel_rl.model.translate import histogram
-import math
-from otel_rl.model.translate import number
-from otel_rl.model.translate import rank_of
-from otel_rl.model.translate import run_of
 
+import math
+from typing import Any
+
+from otel_rl.model.bulk import gauge_points
+from otel_rl.model.records import Batch, Point
+from otel_rl.model.semconv import HPARAMS_METRIC, STEP_ATTRIBUTE
+from otel_rl.model.steps import NO_STEP
+from otel_rl.model.translate import (
+    CUMULATIVE,
+    DELTA,
+    Translation,
+    attribute_step,
+    empty_run,
+    explicit_buckets,
+    exponential_buckets,
+    finish,
+    histogram,
+    number,
+    rank_of,
+    run_of,
+)
 
 #: A resource with at least this many points is first tried as columns (:mod:`.bulk`).
 BULK_MIN_POINTS = 16
@@ -125,10 +126,10 @@ def translate_logs(request, max_chars: int = 10_000) -> Translation:
         for sl in rl.scope_logs:
             table: list | None = None  # [name, step, time, rows]
 
-            def flush() -> None:
-                if table is not None:
-                    points.append(Point(run, table[0], table[1], table_from_rows(table[3]), table[2], "table",
-                                        (), rank))
+            def flush() -> None:  # noqa: B023 - called within the iteration that defines it
+                if table is not None:  # noqa: B023
+                    points.append(Point(run, table[0], table[1], table_from_rows(table[3]), table[2],  # noqa: B023
+                                        "table", (), rank))  # noqa: B023
 
             for record in sl.log_records:
                 name = record.event_name

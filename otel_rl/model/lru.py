@@ -1,9 +1,9 @@
 """A bounded mapping that forgets its least recently used keys."""
 
 from __future__ import annotations
-from collections.abc import Iterable
-from collections import OrderedDict
 
+from collections import OrderedDict
+from collections.abc import Iterable
 
 #: Bound on each per-series table (least recently used entries go first).
 MAX_TRACKED = 100_000

@@ -54,7 +54,7 @@ class HistogramValue:
         return out
 
 
-def merge_histograms(values: "list[HistogramValue]") -> HistogramValue:
+def merge_histograms(values: list[HistogramValue]) -> HistogramValue:
     """One distribution from several. With one bucket layout, counts add up per bucket; with
     different layouts (bins fitted to each sender's data) the counts are re-binned into equal
     bins from the overall min to max, each source bucket counted in the bin of its midpoint:
@@ -69,7 +69,7 @@ def merge_histograms(values: "list[HistogramValue]") -> HistogramValue:
         for h in values:
             for left, right, c in h.buckets:
                 buckets[(left, right)] = buckets.get((left, right), 0) + c
-        return HistogramValue(count, total, lo, hi, tuple((l, r, c) for (l, r), c in sorted(buckets.items())))
+        return HistogramValue(count, total, lo, hi, tuple((lo_, hi_, c) for (lo_, hi_), c in sorted(buckets.items())))
     if lo == hi:
         return HistogramValue(count, total, lo, hi, ((lo, hi, count),))
     k = 30
@@ -83,7 +83,7 @@ def merge_histograms(values: "list[HistogramValue]") -> HistogramValue:
         (lo + i * width, hi if i == k - 1 else lo + (i + 1) * width, c) for i, c in enumerate(counts)))
 
 
-def scalar_items(value: "float | HistogramValue") -> list[tuple[str, float]]:
+def scalar_items(value: float | HistogramValue) -> list[tuple[str, float]]:
     """The scalar view of a value: ``[("", v)]``, or for a histogram
     ``[("count", .), ("sum", .), ("mean", .), ("min", .), ("max", .)]`` without unrecorded min/max."""
     if not isinstance(value, HistogramValue):
@@ -147,7 +147,7 @@ class Point:
     temporality: str = ""
     increment: Optional[float] = None
 
-    def replace(self, **changes: Any) -> "Point":
+    def replace(self, **changes: Any) -> Point:
         row = list(POINT_FIELDS(self))
         for key, value in changes.items():
             row[_POINT_INDEX[key]] = value

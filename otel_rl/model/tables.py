@@ -1,11 +1,12 @@
 """Sample tables: rows as plain data, with the limits of ``log_samples``."""
 
 from __future__ import annotations
-from typing import Any
-from collections.abc import Mapping
-from otel_rl.model.records import Table
-import dataclasses
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from otel_rl.model.records import Table
 
 DEFAULT_NAME = "samples"
 

@@ -22,14 +22,13 @@ from __future__ import annotations
 import logging
 import math
 import operator
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from otel_rl.model.records import Batch, HistogramValue, Point, RunParams
 from otel_rl.model.semconv import HPARAMS_METRIC, NONFINITE_ATTRIBUTE, OVERFLOW_ATTRIBUTE, RANK, RUN_ID, STEP_ATTRIBUTE
-from otel_rl.model.steps import NO_STEP
-from otel_rl.model.steps import as_step
+from otel_rl.model.steps import NO_STEP, as_step
 
 _log = logging.getLogger(__name__)
 

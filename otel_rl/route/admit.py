@@ -23,10 +23,9 @@ import operator
 from collections.abc import Iterable
 from typing import Any
 
+from otel_rl.model.lru import LRU, MAX_TRACKED
 from otel_rl.model.records import Batch, HistogramValue, Point
 from otel_rl.model.steps import NO_STEP
-from otel_rl.model.lru import LRU
-from otel_rl.model.lru import MAX_TRACKED
 
 _RUN, _STEP, _TEMPORALITY = (operator.attrgetter(a) for a in ("run", "step", "temporality"))
 _AS_IS = frozenset({"", "delta"})

@@ -27,14 +27,12 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from otel_rl.sinks.base import SUCCESS, Sink
 from otel_rl.errors import TransientError
-from otel_rl.route.retry import Verdict, classify
 from otel_rl.model.records import Batch
 from otel_rl.route.deadline import Deadline
-from otel_rl.route.retry import RetryPolicy
-from otel_rl.route.queues import MemoryQueue
-from otel_rl.route.queues import SpoolQueue
+from otel_rl.route.queues import MemoryQueue, SpoolQueue
+from otel_rl.route.retry import RetryPolicy, Verdict, classify
+from otel_rl.sinks.base import SUCCESS, Sink
 
 _log = logging.getLogger(__name__)
 
@@ -106,7 +104,7 @@ class SinkWorker:
             if self.stats.queued_points:
                 _log.info("%s: replaying %d spooled points from %s", sink.name, self.stats.queued_points, spool.dir)
 
-    def start(self, open_runs: tuple[str, ...] = ()) -> "SinkWorker":
+    def start(self, open_runs: tuple[str, ...] = ()) -> SinkWorker:
         """Start the worker thread; it first opens ``open_runs`` in the backend (``Sink.open``)."""
         self._open_runs = tuple(open_runs)
         self._thread.start()
@@ -344,7 +342,8 @@ class SinkWorker:
                     return reason
                 self.failing = reason
                 wait = self.policy.wait_s(attempt, getattr(exc, "retry_after_s", None))
-                if self.policy.max_elapsed_s is not None and time.monotonic() - started + wait > self.policy.max_elapsed_s:
+                limit = self.policy.max_elapsed_s
+                if limit is not None and time.monotonic() - started + wait > limit:
                     return f"{reason} (gave up after {attempt} attempts)"
                 _log.warning("%s: write of %d records failed (%s); retry %d in %.1f s", self.sink.name,
                              len(batch), reason, attempt, wait)
@@ -373,7 +372,7 @@ class SinkSet:
         self.workers = [SinkWorker(s, max_queue_points, policy, spool=spools.get(s.name), hold_unstored=hold_unstored)
                         for s in sinks]
 
-    def start(self, open_runs: tuple[str, ...] = ()) -> "SinkSet":
+    def start(self, open_runs: tuple[str, ...] = ()) -> SinkSet:
         """Start every worker; each first opens ``open_runs`` in its backend."""
         for worker in self.workers:
             worker.start(open_runs)

@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from otel_rl.errors import ConfigError
-from otel_rl.route.deadline import Deadline
-from otel_rl.route.delivery import SinkSet
-from otel_rl.sinks import registry
-from otel_rl.route.admit import Stream
-from otel_rl.sinks.base import SUCCESS, Sink, SinkContext
 from otel_rl.model.records import Batch
 from otel_rl.model.tables import print_table
 from otel_rl.model.tape import record_step, translate_records
+from otel_rl.route.admit import Stream
+from otel_rl.route.deadline import Deadline
+from otel_rl.route.delivery import SinkSet
+from otel_rl.sinks import registry
+from otel_rl.sinks.base import SUCCESS, Sink, SinkContext
 
 if TYPE_CHECKING:
     from otel_rl.config import Config
@@ -49,7 +49,7 @@ HOLD_MAX_RECORDS = 200_000
 STATE_FILE = "engine.state"
 
 
-def build_sinks(config: "Config") -> list[Sink]:
+def build_sinks(config: Config) -> list[Sink]:
     """A sink for every enabled backend that has one."""
     sinks = []
     for name, backend_config in config.enabled().items():
@@ -64,7 +64,7 @@ def build_sinks(config: "Config") -> list[Sink]:
     return sinks
 
 
-def spool_root(config: "Config") -> Path | None:
+def spool_root(config: Config) -> Path | None:
     """Where the run's spools live: ``<spool_dir>[/rank-<n>]``, or None (in-memory queues)."""
     pcfg = config.pipeline
     if not pcfg.spool_dir:
@@ -92,7 +92,7 @@ def open_spools(root: Path | None, names: list[str], max_bytes: int, fsync: bool
 class Engine:
     """One run's translation, admission state and sink set."""
 
-    def __init__(self, config: "Config", run_name: str, rank: int, resource: dict[str, Any],
+    def __init__(self, config: Config, run_name: str, rank: int, resource: dict[str, Any],
                  root: Path | None = None, fsync: bool = True, numbered: bool = False) -> None:
         self.config = config
         self.run_name = run_name

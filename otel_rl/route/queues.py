@@ -1,8 +1,10 @@
 """What waits between admission and a sink: in memory, or durable in a spool."""
 
 from __future__ import annotations
-from otel_rl.model.records import Batch
+
 from collections import deque
+
+from otel_rl.model.records import Batch
 
 
 class MemoryQueue:

@@ -1,12 +1,13 @@
 """When to try a failed write again: the retry policy and the verdict on an exception."""
 
 from __future__ import annotations
-from typing import Optional
-from otel_rl.errors import PermanentError
-from otel_rl.errors import TransientError
-from dataclasses import dataclass
+
 import enum
 import random
+from dataclasses import dataclass
+from typing import Optional
+
+from otel_rl.errors import PermanentError, TransientError
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,9 @@ import uuid
 import zlib
 from pathlib import Path
 
-from otel_rl.model.records import Batch
 from otel_rl.errors import SpoolLockedError
-from otel_rl.model.codec import decode_batch
-from otel_rl.model.codec import encode_batch
+from otel_rl.model.codec import decode_batch, encode_batch
+from otel_rl.model.records import Batch
 
 _log = logging.getLogger(__name__)
 _FRAME = struct.Struct("<II")

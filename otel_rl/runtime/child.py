@@ -15,8 +15,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from otel_rl.runtime.frames import ACK, DISK_EXIT, FLUSH, HELLO, LOG, READY, RECORDS, REPLY, SHUTDOWN, STATS
-from otel_rl.runtime.frames import _frame, _write_all, read_frame
+from otel_rl.runtime.frames import (
+    ACK,
+    DISK_EXIT,
+    FLUSH,
+    HELLO,
+    LOG,
+    READY,
+    RECORDS,
+    REPLY,
+    SHUTDOWN,
+    STATS,
+    _frame,
+    _write_all,
+    read_frame,
+)
 
 _log = logging.getLogger("otel_rl.helper")
 

@@ -9,11 +9,10 @@ pickle. Frame types: :data:`HELLO`, :data:`RECORDS`, :data:`FLUSH`, :data:`STATS
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pickle
 import struct
-import logging
-
 
 _HEAD = struct.Struct("<IBQ")
 

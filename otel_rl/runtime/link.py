@@ -23,23 +23,26 @@ import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any
-from otel_rl.runtime.frames import ACK
-from otel_rl.runtime.frames import HELLO
-from otel_rl.runtime.frames import HelperError
-from otel_rl.runtime.frames import LOG
-from otel_rl.runtime.frames import PIPE_BYTES
-from otel_rl.runtime.frames import READY
-from otel_rl.runtime.frames import RECORDS
-from otel_rl.runtime.frames import REPLY
-from otel_rl.runtime.frames import SHUTDOWN
-from otel_rl.runtime.frames import _HEAD
-from otel_rl.runtime.frames import _dumps_records
-from otel_rl.runtime.frames import _frame
-from otel_rl.runtime.frames import _grow_pipe
-from otel_rl.runtime.frames import _rebuild_error
-from otel_rl.runtime.frames import _relog
-from otel_rl.runtime.frames import _write_all
-from otel_rl.runtime.frames import read_frame
+
+from otel_rl.runtime.frames import (
+    _HEAD,
+    ACK,
+    HELLO,
+    LOG,
+    PIPE_BYTES,
+    READY,
+    RECORDS,
+    REPLY,
+    SHUTDOWN,
+    HelperError,
+    _dumps_records,
+    _frame,
+    _grow_pipe,
+    _rebuild_error,
+    _relog,
+    _write_all,
+    read_frame,
+)
 
 _log = logging.getLogger("otel_rl.helper")
 
@@ -382,7 +385,7 @@ class HelperLink:
         self._dead = True
 
 
-_links: "weakref.WeakSet[HelperLink]" = weakref.WeakSet()
+_links: weakref.WeakSet[HelperLink] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:

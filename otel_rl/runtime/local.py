@@ -16,7 +16,7 @@ class LocalRoute:
     frame_records = None
     backlogged = False
 
-    def __init__(self, config: "Config", run_name: str, rank: int, resource: dict[str, Any]) -> None:
+    def __init__(self, config: Config, run_name: str, rank: int, resource: dict[str, Any]) -> None:
         self.engine = Engine(config, run_name, rank, resource, root=spool_root(config))
 
     @property

@@ -55,7 +55,7 @@ class RemoteRoute:
         self._closed = False
 
     @classmethod
-    def start(cls, config: "Config", run_name: str, rank: int, resource: dict[str, Any]) -> "RemoteRoute":
+    def start(cls, config: Config, run_name: str, rank: int, resource: dict[str, Any]) -> RemoteRoute:
         """Start the helper and wait until its sinks are built; raises what building them raised."""
         pcfg = config.pipeline
         root = spool_root(config)

@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from otel_rl.errors import ConfigError
 from otel_rl.config import load_config
-from otel_rl.sinks import registry
+from otel_rl.errors import ConfigError
 from otel_rl.route.retry import Verdict, classify
+from otel_rl.sinks import registry
 
 TARGETS = ("tensorboard", "mlflow", "wandb", "swanlab")
 
@@ -70,8 +70,8 @@ def _otlp_jsonl(path: Path):
     from google.protobuf import json_format
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 
-    from otel_rl.route.admit import Stream
     from otel_rl.model.decode import translate_proto
+    from otel_rl.route.admit import Stream
 
     stream = Stream()
     with open(path, encoding="utf-8") as f:

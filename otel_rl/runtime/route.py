@@ -54,7 +54,7 @@ class Route(Protocol):
         everything was delivered."""
 
 
-def start_route(config: "Config", run_name: str, rank: int, resource: dict[str, Any]) -> Route:
+def start_route(config: Config, run_name: str, rank: int, resource: dict[str, Any]) -> Route:
     """The helper process when ``helper`` is set and a metric sink is enabled, else this one."""
     if config.pipeline.helper and any(registry.spec(name).exporter is not None for name in config.enabled()):
         from otel_rl.runtime.remote import RemoteRoute

@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
+from otel_rl.errors import MissingExtraError, SinkClosedError
 from otel_rl.model.records import Batch
-from otel_rl.errors import MissingExtraError
-from otel_rl.errors import SinkClosedError
 
 _log = logging.getLogger(__name__)
 
@@ -112,7 +110,7 @@ class Sink(ABC):
         where the data goes."""
         return None
 
-    def open(self, run: str) -> None:
+    def open(self, run: str) -> None:  # noqa: B027 - optional: most backends open at the first write
         """Start the backend's run ``run`` now, at the training's start (so its start time and
         runtime are the training's), instead of at the first write. Default: nothing to do."""
 
@@ -175,7 +173,7 @@ class Sink(ABC):
         batch is passed again as the same object, so a sink that writes in chunks can resume
         where it stopped."""
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - optional: a sink that writes through has nothing to flush
         """Make everything written so far durable/visible."""
 
     @abstractmethod

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
-from otel_rl.settings import env_default, positive
 from otel_rl.errors import PermanentError, TransientError
-from otel_rl.sinks.base import require
 from otel_rl.model.naming import NameMapper
 from otel_rl.model.records import Batch, scalar_items
-from otel_rl.sinks.base import Sink
+from otel_rl.settings import env_default, positive
+from otel_rl.sinks.base import Sink, require
 
 _log = logging.getLogger(__name__)
 

@@ -37,17 +37,21 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Literal, Optional
 
-from otel_rl.errors import ConfigError
-from otel_rl.settings import env_default
-from otel_rl.errors import PermanentError, TransientError
-from otel_rl.sinks.base import SinkContext, Sink, require
+from otel_rl.errors import ConfigError, PermanentError, TransientError
 from otel_rl.model.records import Batch, HistogramValue, Point
-from otel_rl.model.semconv import HPARAMS_METRIC, RANK, RUN_ID, STEP_ATTRIBUTE
-from otel_rl.model.semconv import BATCH_ID
-from otel_rl.model.semconv import INDEX_ATTRIBUTE
-from otel_rl.model.semconv import KIND_ATTRIBUTE
-from otel_rl.model.semconv import ROWS_ATTRIBUTE
-from otel_rl.model.semconv import SENDER_ID
+from otel_rl.model.semconv import (
+    BATCH_ID,
+    HPARAMS_METRIC,
+    INDEX_ATTRIBUTE,
+    KIND_ATTRIBUTE,
+    RANK,
+    ROWS_ATTRIBUTE,
+    RUN_ID,
+    SENDER_ID,
+    STEP_ATTRIBUTE,
+)
+from otel_rl.settings import env_default
+from otel_rl.sinks.base import Sink, SinkContext, require
 
 #: Points per request: well under the collector's default 8 MiB body limit.
 MAX_POINTS_PER_REQUEST = 5_000

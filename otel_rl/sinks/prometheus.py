@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import operator
 import math
+import operator
 import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from otel_rl.model.records import Batch, HistogramValue, Point
 from otel_rl.settings import env_default, positive
 from otel_rl.sinks.base import Sink
-from otel_rl.model.records import Batch, HistogramValue, Point
 
 _log = logging.getLogger(__name__)
 

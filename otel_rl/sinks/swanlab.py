@@ -29,13 +29,11 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from otel_rl.errors import ConfigError
-from otel_rl.settings import env_default, readable_file
-from otel_rl.errors import PermanentError
-from otel_rl.sinks.base import require
+from otel_rl.errors import ConfigError, PermanentError
 from otel_rl.model.naming import NameMapper
 from otel_rl.model.records import Batch, scalar_items
-from otel_rl.sinks.base import Sink
+from otel_rl.settings import env_default, readable_file
+from otel_rl.sinks.base import Sink, require
 
 _log = logging.getLogger(__name__)
 

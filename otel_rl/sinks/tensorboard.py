@@ -23,19 +23,27 @@ holds them all).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from otel_rl.settings import env_default, positive
 from otel_rl.errors import PermanentError
-from otel_rl.sinks.base import require
 from otel_rl.model.naming import NameMapper, path_component
 from otel_rl.model.records import Batch, HistogramValue, Point, RunParams
-from otel_rl.sinks.base import Sink
-from otel_rl.sinks.tb_events import F32, SHARED_FILES, EventFile, event_bytes, f32, other_scalar, scalar_prefix, summary_field
+from otel_rl.settings import env_default, positive
+from otel_rl.sinks.base import Sink, require
+from otel_rl.sinks.tb_events import (
+    F32,
+    SHARED_FILES,
+    EventFile,
+    event_bytes,
+    f32,
+    other_scalar,
+    scalar_prefix,
+    summary_field,
+)
 
 _log = logging.getLogger(__name__)
 

@@ -49,8 +49,8 @@ _owner: Any = None  # the SystemMetrics instance that holds the process-wide ins
 @dataclasses.dataclass(frozen=True)
 class SystemMetricsConfig:
     """``system_metrics`` section: ``enabled`` (env ``OTEL_RL_SYSTEM_METRICS``; default true, and
-    on only when the instrumentation is installed), ``interval_s`` between reads, ``metrics`` (the instrumentation's config; None:
-    :data:`DEFAULT_METRICS`)."""
+    on only when the instrumentation is installed), ``interval_s`` between reads, ``metrics`` (the
+    instrumentation's config; None: :data:`DEFAULT_METRICS`)."""
 
     enabled: bool = env_default("OTEL_RL_SYSTEM_METRICS", True, bool)
     interval_s: float = 10.0

@@ -17,12 +17,13 @@ import urllib.error
 import urllib.request
 
 import pytest
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
-
 from backends import PrometheusServer, free_port, stop_process
 from conftest import exactly_once, read_tensorboard_events
-from otel_rl_collector import create
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 from trainers import finish, start_collector, start_trainers
+
+from otel_rl_collector import create
+
 
 def true_totals(world: int, steps: int) -> dict[int, float]:
     """The run's episode count at every step: every rank's increments up to that step."""
@@ -142,8 +143,8 @@ def _post(port, request: mpb.ExportMetricsServiceRequest):
 
 
 def _counter_request(run: str, step: int, value: float, batch_id: str | None = None, rank: int | None = None):
-    from otel_rl.sinks.otlp import encode_request
     from otel_rl.model.records import Point
+    from otel_rl.sinks.otlp import encode_request
 
     point = Point(run, "tokens", step, value, time.time(), "counter", increment=value)
     resource = {"otel_rl.run.id": run, **({"otel_rl.rank": rank} if rank is not None else {})}
@@ -183,8 +184,8 @@ def test_hostile_run_ids_and_steps_never_block_the_good_run(tmp_path):
     """Run ids with a NUL byte, 300 bytes, or `../` and a step of 1e300: each gets a clear answer
     or is quarantined, nothing escapes the log dir, the good run arrives whole, and a restart
     on the same spool starts healthy (no 503 loop)."""
-    from otel_rl.sinks.otlp import encode_request
     from otel_rl.model.records import Point
+    from otel_rl.sinks.otlp import encode_request
 
     cfg = {"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
            "spool": {"dir": str(tmp_path / "spool")}, "tensorboard": {"log_dir": str(tmp_path / "tb")}}
@@ -265,8 +266,8 @@ def test_a_full_sink_spool_answers_503_and_everything_acknowledged_arrives(tmp_p
     """TensorBoard unwritable while requests keep coming: the sink spool fills, the collector
     answers 503 (never 200 for data it cannot keep), and every step it acknowledged arrives once
     the sink recovers. The issue measured 40 acknowledged requests with 36 steps lost."""
-    from otel_rl.sinks.otlp import encode_request
     from otel_rl.model.records import Point
+    from otel_rl.sinks.otlp import encode_request
 
     blocker = tmp_path / "tb"
     blocker.write_text("not a directory")

@@ -16,10 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
-
 from backends import free_port, make_certificates
 from conftest import read_tensorboard, read_tensorboard_events
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+
 from otel_rl_collector import create
 
 TOKEN = "s3cret"
@@ -270,8 +270,8 @@ def test_every_gzip_member_is_read(collector, tmp_path):
 def test_prometheus_output_is_valid_whatever_clients_send(tmp_path):
     """Hostile names and attributes (an empty name, an attribute named `run` or `le`, two keys
     that map to one label, one family with two types): `promtool check metrics` passes."""
-    from otel_rl.sinks.prometheus import PrometheusConfig, PrometheusExporter
     from otel_rl.model.records import Batch, HistogramValue, Point
+    from otel_rl.sinks.prometheus import PrometheusConfig, PrometheusExporter
 
     hist = HistogramValue(2, 3.0, 1.0, 2.0, ((0.0, 1.0, 1), (1.0, 2.0, 1)))
     exporter = PrometheusExporter(PrometheusConfig(enabled=True), serve=False)
@@ -388,6 +388,7 @@ def test_swanlab_interleaved_runs_keep_their_own_experiments(tmp_path):
     """Batches of two runs interleaving (a collector serving two jobs): each run resumes its own
     SwanLab experiment (2 experiment ids, not one per switch), every step once."""
     from backends import _swanlab_experiments, read_counts
+
     from otel_rl.model.records import Batch, Point
     from otel_rl.sinks.swanlab import SwanlabConfig, SwanlabExporter
 
@@ -413,8 +414,8 @@ def test_tensorboard_keeps_at_most_max_open_files_and_loses_nothing(tmp_path, sp
     reopened (appended to), the descriptors stay bounded, and every step of every run is there
     exactly once, with the run's end status."""
     import psutil
-
     from conftest import exactly_once
+
     from otel_rl.model.records import Batch, Point
     from otel_rl.sinks.tensorboard import TensorBoardConfig, TensorBoardExporter
 
@@ -486,6 +487,7 @@ def test_wandb_keeps_at_most_max_open_runs_and_loses_nothing(tmp_path):
     finished and resumed (same id) when it writes again; every step of every run is in the
     offline files once."""
     from backends import read_counts, read_wandb
+
     from otel_rl.model.records import Batch, Point
     from otel_rl.sinks.wandb import WandbConfig, WandbExporter
 

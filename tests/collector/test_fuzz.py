@@ -10,11 +10,11 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
-
-from otel_rl.route.admit import Stream
-from otel_rl.model.decode import translate_proto
-from otel_rl_collector import wire
 from test_receive import _request
+
+from otel_rl.model.decode import translate_proto
+from otel_rl.route.admit import Stream
+from otel_rl_collector import wire
 
 BUDGET = settings(max_examples=400, deadline=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow])

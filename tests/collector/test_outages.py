@@ -12,8 +12,9 @@ import urllib.request
 
 from backends import MlflowServer, free_port, read_mlflow
 from conftest import read_tensorboard
-from otel_rl_collector import create
 from trainers import finish, start_collector, start_trainers
+
+from otel_rl_collector import create
 
 
 def _self_metrics(port):

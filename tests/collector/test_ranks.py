@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-
 from backends import PrometheusServer, free_port, read_mlflow
 from conftest import read_tensorboard
+
+from otel_rl.model.records import HistogramValue, Point
 from otel_rl_collector import create
 from otel_rl_collector.reduce import Reducer
-from otel_rl.model.records import HistogramValue, Point
 
 RANK_SCRIPT = """
 import sys, time, otel_rl

@@ -12,10 +12,10 @@ import urllib.request
 
 import grpc
 import pytest
+from conftest import ROOT, read_tensorboard
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 
 import otel_rl
-from conftest import ROOT, read_tensorboard
 from otel_rl_collector import create
 
 EXAMPLES = ROOT.parent / "shared" / "otlp-examples"
@@ -138,7 +138,7 @@ def test_fuzzed_payloads_never_crash_the_server(collector):
     url = f"http://127.0.0.1:{collector.http_port}/v1/metrics"
     good = _request("fuzz", 0, 1.0)
     statuses = set()
-    for i in range(200):
+    for _ in range(200):
         body = bytearray(good)
         for _ in range(rng.randint(1, 8)):  # flip random bytes of a valid request
             body[rng.randrange(len(body))] = rng.randrange(256)

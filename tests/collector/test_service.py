@@ -12,11 +12,11 @@ import urllib.request
 
 import grpc
 import pytest
-
 from backends import free_port
 from conftest import read_tensorboard
-from otel_rl_collector import create
 from test_receive import _post, _request
+
+from otel_rl_collector import create
 
 
 def test_overload_answers_503_with_retry_after_and_grpc_unavailable(tmp_path):
@@ -105,8 +105,9 @@ def test_config_errors_name_the_field():
 
 
 def test_spans_are_forwarded_to_mlflow_traces(tmp_path, mlflow_server):
-    import otel_rl
     from mlflow.tracking import MlflowClient
+
+    import otel_rl
 
     c = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}}, "tensorboard": {"enabled": False},
                 "mlflow_traces": {"enabled": True, "tracking_uri": mlflow_server.url,
@@ -158,8 +159,8 @@ def test_cli_collector_bad_config_is_a_clear_error(tmp_path):
 
 def test_example_configs_are_valid():
     import yaml
-
     from conftest import ROOT
+
     from otel_rl_collector import load_collector_config
 
     cfg = load_collector_config(ROOT / "collector" / "collector.example.yaml")

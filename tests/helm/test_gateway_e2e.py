@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from backends import PrometheusServer, free_port, make_certificates, read_mlflow, stop_process
 from conftest import ROOT, exactly_once, read_tensorboard_events, read_tensorboard_tables
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
-from opentelemetry.sdk.resources import Resource
-
 from backends import (
     BACKENDS,
     MlflowServer,
@@ -19,12 +15,15 @@ from backends import (
     read_swanlab,
     read_wandb,
 )
-from otel_rl.route.sdk import SinkExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
+from opentelemetry.sdk.resources import Resource
+
 from otel_rl import Logger
-from otel_rl.errors import ConfigError
 from otel_rl.config import load_config
+from otel_rl.errors import ConfigError
+from otel_rl.route.sdk import DELTA_TEMPORALITY, SinkExporter
 from otel_rl.sinks import registry
-from otel_rl.route.sdk import DELTA_TEMPORALITY
 from otel_rl.sinks.mlflow import MlflowConfig, MlflowExporter
 from otel_rl.sinks.swanlab import SwanlabConfig, SwanlabExporter
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from backends import BACKENDS, backend_config, read_params, read_scalars, read_wandb
+from conftest import f32_close
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
 from opentelemetry.sdk.resources import Resource
 
-from backends import BACKENDS, backend_config, read_params, read_scalars, read_wandb
-from conftest import f32_close
 from otel_rl.config import load_config
-from otel_rl.sinks import registry
 from otel_rl.route.sdk import DELTA_TEMPORALITY, SinkExporter
+from otel_rl.sinks import registry
 
 
 @pytest.fixture(params=BACKENDS)

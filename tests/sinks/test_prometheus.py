@@ -6,9 +6,9 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
+from backends import PrometheusServer
 
 import otel_rl
-from backends import PrometheusServer
 from otel_rl import Pipeline
 from otel_rl.sinks.prometheus import PrometheusConfig, PrometheusExporter, label_name, metric_name
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import f32_close, read_hparams, read_tensorboard
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
 from opentelemetry.sdk.resources import Resource
 
-from conftest import f32_close, read_hparams, read_tensorboard
-from otel_rl.route.sdk import SinkExporter
-from otel_rl.route.sdk import DELTA_TEMPORALITY
+from otel_rl.route.sdk import DELTA_TEMPORALITY, SinkExporter
 from otel_rl.sinks.tensorboard import TensorBoardConfig, TensorBoardExporter
 
 

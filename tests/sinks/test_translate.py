@@ -10,11 +10,11 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMet
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
-from otel_rl.route.sdk import DELTA_TEMPORALITY
-from otel_rl.model.records import HistogramValue
-from otel_rl.route.admit import Stream
-from otel_rl.model.translate import exponential_buckets
 from otel_rl.model.decode import translate_sdk
+from otel_rl.model.records import HistogramValue
+from otel_rl.model.translate import exponential_buckets
+from otel_rl.route.admit import Stream
+from otel_rl.route.sdk import DELTA_TEMPORALITY
 
 
 def _sdk(temporality="delta", views=(), limit=None):
