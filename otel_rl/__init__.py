@@ -104,10 +104,11 @@ def get_pipeline() -> Pipeline | None:
     return _current_pipeline() or _active
 
 
-def shutdown(timeout_s: float = 30.0, status: str | None = None) -> bool:
-    """Flush and close the current run's pipeline, returning within ``timeout_s``
-    (+ a little) whatever the backends do; ``status`` (``success``, ``failed``, ``killed``;
-    default: ``failed`` after an uncaught exception) is the run's final state in the backends.
+def shutdown(timeout_s: float | None = None, status: str | None = None) -> bool:
+    """Flush and close the current run's pipeline, returning within ``timeout_s`` (default: the
+    run's ``shutdown_timeout_s``) (+ a little) whatever the backends do; ``status``
+    (``success``, ``failed``, ``killed``; default: ``failed`` after an uncaught exception) is the
+    run's final state in the backends.
     Runs at interpreter exit for every pipeline not shut down. True when everything was delivered."""
     global _active
     pipeline = _current_pipeline() or _active

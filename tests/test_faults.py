@@ -359,6 +359,29 @@ def test_shutdown_returns_within_its_deadline_whatever_the_backends_do(tmp_path,
     assert exactly_once(read_tensorboard_events(tmp_path / "tb" / "hung")["x"]) == {s: float(s) for s in range(200)}
 
 
+def test_shutdown_without_an_argument_keeps_the_configured_deadline(tmp_path):
+    """``otel_rl.shutdown()`` with no argument returns within the run's ``shutdown_timeout_s``
+    (here 2 s, with an OTLP collector that never answers), not within a default of its own."""
+    import otel_rl
+
+    hung = HungServer()
+    try:
+        otel_rl.init({"run_name": "cfg", "shutdown_timeout_s": 2.0, "tensorboard": {"log_dir": str(tmp_path / "tb")},
+                      "otlp": {"enabled": True, "endpoint": f"http://127.0.0.1:{hung.port}", "timeout_s": 120}},
+                     set_global=False)
+        otel_rl.set_step(0)
+        otel_rl.get_pipeline().get_meter("t").create_gauge("x").set(1.0)
+        time.sleep(0.5)  # the OTLP sink is now stuck in a call
+        started = time.monotonic()
+        delivered = otel_rl.shutdown()
+        took = time.monotonic() - started
+    finally:
+        hung.close()
+    assert took <= 3.0, took
+    assert delivered is False
+    assert exactly_once(read_tensorboard_events(tmp_path / "tb" / "cfg")["x"]) == {0: 1.0}
+
+
 def test_logger_calls_after_finish_warn_once_and_are_counted(tmp_path, caplog):
     import otel_rl
 

@@ -270,7 +270,7 @@ class Pipeline:
         out["dropped_sample_rows"] = self.dropped_sample_rows
         return out
 
-    def shutdown(self, timeout_s: float = 30.0, status: str | None = None) -> bool:
+    def shutdown(self, timeout_s: float | None = None, status: str | None = None) -> bool:
         """Emit the last step's timing, drain, deliver and close every sink with the run's
         ``status`` (default: ``failed`` after an uncaught exception, else ``success``); returns
         within ``timeout_s`` (+ a little) whatever the sinks do; True when everything was
@@ -279,7 +279,7 @@ class Pipeline:
             if self._closed:
                 return True
             self._closed = True
-        deadline = Deadline(timeout_s)
+        deadline = Deadline(self.config.pipeline.shutdown_timeout_s if timeout_s is None else timeout_s)
         if status is None:
             status = SUCCESS if not _crashed else KILLED if isinstance(_crashed[-1], KeyboardInterrupt) else FAILED
         self.timing.emit()
