@@ -113,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     coll = sub.add_parser("collector", help="run the collector (OTLP in; ML backends and Prometheus out)")
     coll.add_argument("--config", help="collector YAML (default: all defaults)")
     coll.set_defaults(func=_collector)
-    rep = sub.add_parser("replay", help="send a spool directory or an OTel Collector file-exporter JSONL file "
-                                        "to a backend")
-    rep.add_argument("source", help="<spool_dir>/<sink> directory, or a .jsonl file of OTLP/JSON requests")
-    rep.add_argument("--to", required=True,
-                     help="tensorboard:DIR | mlflow:URI | wandb[:online] | swanlab[:cloud]")
+    rep = sub.add_parser("replay", help="send a spool (what a backend was down for or refused) or an OTel "
+                                        "Collector file-exporter JSONL file to a backend")
+    rep.add_argument("source", help="a run's spool folder (every sink under it), one <spool_dir>/<sink> "
+                                    "directory, or a .jsonl file of OTLP/JSON requests")
+    rep.add_argument("--to", help="tensorboard:DIR | mlflow:URI | wandb[:online] | swanlab[:cloud] | otlp:URL "
+                                  "(default: where each spool was written for)")
     rep.add_argument("--experiment", help="MLflow experiment (default: otel-rl)")
     rep.add_argument("--project", help="W&B / SwanLab project (default: otel-rl)")
     rep.set_defaults(func=_replay)

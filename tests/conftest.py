@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the helper's private spools (kept where a run did not deliver everything) go to a folder of the
+# test session's, not to the home directory of whoever runs the tests
+os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="otel-rl-tests-state-"))
 
 
 def read_tensorboard(run_dir: Path) -> dict:

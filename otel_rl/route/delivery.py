@@ -97,6 +97,8 @@ class SinkWorker:
         self.broken: str | None = None
         #: Why the backend refuses writes right now (being retried), None when it does not.
         self.failing: str | None = None
+        #: Why the first batch refused for good was refused (None: nothing was).
+        self.refusal: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"otel-rl-sink-{sink.name}", daemon=True)
         if spool is not None:
             sink.bind_spool(spool.id, (spool.state or {}).get("sink"))
@@ -353,6 +355,7 @@ class SinkWorker:
 
     def _quarantine(self, batch: Batch, reason: str) -> None:
         self.stats.quarantined_points += len(batch)
+        self.refusal = self.refusal or reason
         where = "not written"
         if self.spool is not None:
             try:

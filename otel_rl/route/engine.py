@@ -47,6 +47,8 @@ _log = logging.getLogger("otel_rl.pipeline")
 HOLD_MAX_S = 60.0
 HOLD_MAX_RECORDS = 200_000
 STATE_FILE = "engine.state"
+#: The file in a sink's spool directory that names its ``otel-rl replay --to`` target.
+REPLAY_TARGET = "replay-target"
 
 
 def build_sinks(config: Config) -> list[Sink]:
@@ -103,6 +105,10 @@ class Engine:
             sink.bind(SinkContext(dict(resource), pcfg.resume))
         self.root = root
         spools = open_spools(root, [s.name for s in sinks], pcfg.spool_max_bytes, fsync)
+        for sink in sinks:  # what `otel-rl replay <root>` sends each spool to
+            target = sink.replay_target()
+            if sink.name in spools and target:
+                (spools[sink.name].dir / REPLAY_TARGET).write_text(target + "\n")
         self._numbered = numbered
         self._state_path = root / STATE_FILE if (root is not None and numbered) else None
         self._stream = Stream()
@@ -232,4 +238,19 @@ class Engine:
         return out
 
     def shutdown(self, deadline: Deadline, status: str = SUCCESS) -> bool:
-        return self.sinkset.shutdown(deadline, status)
+        """Deliver and close every sink; False when anything was not delivered, a batch a sink
+        refused for good included (it is kept, and the log says how to send it once fixed)."""
+        delivered = self.sinkset.shutdown(deadline, status)
+        refused = [w for w in self.sinkset.workers if w.stats.quarantined_points]
+        for worker in refused:
+            _log.error("otel-rl: %s refused %d points for good (%s); %s", worker.sink.name,
+                       worker.stats.quarantined_points, worker.refusal, self._resend_hint(worker))
+        return delivered and not refused
+
+    def _resend_hint(self, worker) -> str:
+        if worker.spool is None:
+            return "they were not kept (no spool: set spool_dir to keep what a backend refuses)"
+        where = worker.spool.dir / "quarantine"
+        target = worker.sink.replay_target()
+        to = f" --to {target}" if target else " --to TARGET"
+        return f"they are kept in {where}; once fixed, send them with: otel-rl replay {worker.spool.dir}{to}"

@@ -177,8 +177,8 @@ def _finish(hello: dict, delivered: bool) -> bool:
     if delivered:
         shutil.rmtree(hello["root"], ignore_errors=True)
         return True
-    _log.error("otel-rl: not everything was delivered; what is left is kept in %s (send it with "
-               "`otel-rl replay %s`)", hello["root"], hello["root"])
+    _log.error("otel-rl: not everything was delivered; what is left is kept in %s (once the cause is "
+               "fixed, send it with `otel-rl replay %s`)", hello["root"], hello["root"])
     return False
 
 

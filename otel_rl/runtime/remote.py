@@ -35,11 +35,17 @@ class RemoteSink:
         return f"RemoteSink({self.name!r})"
 
 
-def private_spool() -> str:
-    """A spool directory of the helper's own, for a run without ``spool_dir``."""
-    base = os.environ.get("OTEL_RL_HELPER_DIR") or tempfile.gettempdir()
-    os.makedirs(base, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"otel-rl-{os.getpid()}-", dir=base)
+def private_spool(run_name: str = "run") -> str:
+    """A spool directory of the helper's own, for a run without ``spool_dir``: under
+    ``OTEL_RL_HELPER_DIR``, else ``$XDG_STATE_HOME/otel-rl/spool`` (``~/.local/state/otel-rl/spool``),
+    a folder that outlives a reboot, so what a backend refused or never took can be replayed. It
+    is removed when the run ends with everything delivered."""
+    base = os.environ.get("OTEL_RL_HELPER_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"),
+        "otel-rl", "spool")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_name)[:64].lstrip(".") or "run"
+    return tempfile.mkdtemp(prefix=f"{safe}-{os.getpid()}-", dir=base)
 
 
 def new_session() -> str:
@@ -61,7 +67,7 @@ class RemoteRoute:
         root = spool_root(config)
         private = root is None
         if private:
-            root = Path(private_spool())
+            root = Path(private_spool(run_name))
         hello = {"config": config, "run_name": run_name, "rank": rank, "resource": resource,
                  "root": str(root), "private": private, "fsync": not private, "session": new_session(),
                  "shutdown_timeout_s": pcfg.shutdown_timeout_s}

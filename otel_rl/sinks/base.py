@@ -110,6 +110,11 @@ class Sink(ABC):
         where the data goes."""
         return None
 
+    def replay_target(self) -> str | None:
+        """This sink as an ``otel-rl replay --to`` target (no secrets in it), or None when replay
+        cannot write to it."""
+        return None
+
     def open(self, run: str) -> None:  # noqa: B027 - optional: most backends open at the first write
         """Start the backend's run ``run`` now, at the training's start (so its start time and
         runtime are the training's), instead of at the first write. Default: nothing to do."""

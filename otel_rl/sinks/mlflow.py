@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,12 @@ class MlflowExporter(Sink):
         self._resume: tuple[Batch | None, int] = (None, 0)
         self._cached_chunks: tuple[Batch | None, list] = (None, [])
         self._tables: set[tuple[str, str]] = set()  # (run id, table path) already tagged as a table
+
+    def replay_target(self) -> str:
+        parts = urllib.parse.urlsplit(self.config.tracking_uri)
+        if parts.password or parts.username:  # never write credentials into a spool
+            parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+        return f"mlflow:{urllib.parse.urlunsplit(parts)}"
 
     def location(self, run: str) -> str:
         return f"{self.config.tracking_uri} (experiment {self.config.experiment!r}, run {run!r})"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import math
 import os
 import ssl
@@ -255,6 +256,10 @@ class OtlpSink(Sink):
     def describe(self, run: str) -> str:
         return f"otlp: {self._url} ({self.config.protocol})"
 
+    def replay_target(self) -> str:
+        base = self._url[: -len("/v1/metrics")] if self._url.endswith("/v1/metrics") else self._url
+        return f"otlp:{base}"
+
     def bind(self, context: SinkContext) -> None:
         """The sending process's resource (service name, world size, ...) goes on every request."""
         super().bind(context)
@@ -328,12 +333,12 @@ class OtlpSink(Sink):
             with urllib.request.urlopen(request, timeout=self.config.timeout_s, context=context) as response:
                 self._check_partial(response.read(), signal)
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300]
+            detail = status_message(exc.read(64 * 1024), exc.headers.get("Content-Type", ""))
             if exc.code in _TRANSIENT_HTTP:
                 retry = exc.headers.get("Retry-After")
-                raise TransientError(f"HTTP {exc.code} from {url}: {detail!r}",
+                raise TransientError(f"HTTP {exc.code} from {url}: {detail}",
                                      float(retry) if retry and retry.isdigit() else None) from None
-            raise PermanentError(f"HTTP {exc.code} from {url}: {detail!r}") from None
+            raise PermanentError(f"HTTP {exc.code} from {url}: {detail}") from None
 
     def _send_grpc(self, body: bytes, signal: str = "metrics") -> None:
         grpc = require("grpc", "otlp")
@@ -399,3 +404,24 @@ def OtlpSpanExporter(config: OtlpConfig | None = None):
         base = config.endpoint.rstrip("/")
         kwargs["endpoint"] = base if config.protocol == "grpc" else base + "/v1/traces"
     return _module(config, "trace").OTLPSpanExporter(**kwargs)
+
+
+def status_message(body: bytes, content_type: str = "") -> str:
+    """An OTLP/HTTP error body as text: the ``message`` of its ``google.rpc.Status`` (protobuf
+    or JSON, as the spec has servers answer), else the body itself, cut to 300 characters."""
+    message = None
+    if "json" in content_type:
+        try:
+            message = json.loads(body).get("message")
+        except (ValueError, AttributeError):
+            message = None
+    elif body:
+        try:
+            from google.rpc import status_pb2
+
+            message = status_pb2.Status.FromString(body).message or None
+        except Exception:  # noqa: BLE001 - not a Status: show the bytes as text below
+            message = None
+    if message is None:
+        message = body.decode("utf-8", "replace")
+    return message.strip()[:300] or "(no message)"

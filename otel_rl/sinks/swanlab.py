@@ -78,6 +78,9 @@ class SwanlabExporter(Sink):
         self.duplicates = 0
         self.averaged_values = 0
 
+    def replay_target(self) -> str:
+        return f"swanlab:{self.config.mode}"
+
     def location(self, run: str) -> str:
         return f"{self.config.logdir} ({self.config.mode}, experiment {run!r})"
 

@@ -119,6 +119,9 @@ class TensorBoardExporter(Sink):
         #: Event files closed to stay within ``max_open_files`` (reopened on demand).
         self.closed_files = 0
 
+    def replay_target(self) -> str:
+        return f"tensorboard:{Path(self.config.log_dir).resolve()}"
+
     def location(self, run: str) -> Path:
         """``<log_dir>/<run>``; a run id that is not a plain name (``../x``, ``/abs``, control
         characters, over 128 characters) becomes a safe one with a hash suffix, never a path.

@@ -158,6 +158,9 @@ class WandbExporter(Sink):
         self._resume: tuple[Any, int] = (None, 0)
         self._folders: dict[str, str] = {}
 
+    def replay_target(self) -> str:
+        return f"wandb:{self.config.mode}"
+
     def location(self, run: str) -> str:
         # the run folder (``wandb sync`` takes it), not its files/ sub-folder; kept after close
         folder = self._folders.get(run)
