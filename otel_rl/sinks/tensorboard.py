@@ -44,6 +44,7 @@ from otel_rl.sinks.tb_events import (
     scalar_prefix,
     summary_field,
 )
+from otel_rl.sinks.tb_rundirs import RUN_DIR_LOCKS
 
 _log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class TensorBoardExporter(Sink):
         self._before: dict | None = None
         self._checkpointed: dict[str, list] = {}  # run -> [file name, size] at the last checkpoint
         self._dirs: dict[str, str] = {}  # run -> its directory name under log_dir
+        self._claimed: set[Path] = set()  # run directories this sink holds (tb_rundirs)
         from otel_rl.model.lru import LRU
 
         self._last = LRU(200_000)  # (run, generation, tag) -> highest step written
@@ -125,29 +127,52 @@ class TensorBoardExporter(Sink):
     def location(self, run: str) -> Path:
         """``<log_dir>/<run>``; a run id that is not a plain name (``../x``, ``/abs``, control
         characters, over 128 characters) becomes a safe one with a hash suffix, never a path.
-        A directory that already holds another process's event files belongs to an earlier
+        A directory another live process writes (it holds the directory's lock,
+        :mod:`.tb_rundirs`), or that holds an earlier process's event files, belongs to another
         run of the same name: this run gets ``<run>-2`` (``-3``, ...), or with ``resume`` the
-        latest of them."""
+        latest earlier one that no live process holds."""
         chosen = self._dirs.get(run)
         if chosen is None:
-            base = path_component(run)
-            chosen, latest = base, None
-            n = 1
-            while self._taken(self.log_dir / chosen):
-                latest = chosen
-                n += 1
-                chosen = f"{base}-{n}"
-            if self.resume and latest is not None:  # continue the latest run of that name
-                chosen = latest
-            elif chosen != base:
-                _log.warning("tensorboard: %s already holds run %r from an earlier process; this run "
-                             "writes to %s (set resume: true to continue it)", self.log_dir / base, run,
-                             self.log_dir / chosen)
-            root = self.log_dir.resolve()
-            if (root / chosen).resolve().parent != root:  # belt and braces: never outside log_dir
-                raise PermanentError(f"tensorboard: run {run!r} would resolve outside {root}")
+            chosen = self._choose(run)
             self._dirs[run] = chosen
+            self._claimed.add(self.log_dir / chosen)
+        elif self.log_dir / chosen not in self._claimed:  # restored from a checkpoint: hold it again
+            if not RUN_DIR_LOCKS.claim(self.log_dir / chosen):
+                _log.warning("tensorboard: %s is held by process %s, which still writes it; this process "
+                             "writes it too", self.log_dir / chosen, RUN_DIR_LOCKS.holder(self.log_dir / chosen))
+            else:
+                self._claimed.add(self.log_dir / chosen)
         return self.log_dir / chosen
+
+    def _choose(self, run: str) -> str:
+        """A directory for ``run`` that this process now holds (see :meth:`location`)."""
+        base = path_component(run)
+        root = self.log_dir.resolve()
+        if (root / base).resolve().parent != root:  # belt and braces: never outside log_dir
+            raise PermanentError(f"tensorboard: run {run!r} would resolve outside {root}")
+        latest, busy, n = None, [], 1
+        while True:
+            chosen = base if n == 1 else f"{base}-{n}"
+            directory = self.log_dir / chosen
+            if self.resume and latest is not None and not directory.exists() \
+                    and RUN_DIR_LOCKS.claim(self.log_dir / latest):
+                return latest  # continue the latest earlier run of that name
+            if not RUN_DIR_LOCKS.claim(directory):
+                busy.append(f"{directory} (process {RUN_DIR_LOCKS.holder(directory)})")
+            elif self._taken(directory):
+                RUN_DIR_LOCKS.release(directory)
+                latest = chosen
+            else:
+                break
+            n += 1
+        if busy:
+            _log.warning("tensorboard: run %r is being written by another live process at %s; this "
+                         "process writes to %s", run, ", ".join(busy), self.log_dir / chosen)
+        elif chosen != base:
+            _log.warning("tensorboard: %s already holds run %r from an earlier process; this run "
+                         "writes to %s (set resume: true to continue it)", self.log_dir / base, run,
+                         self.log_dir / chosen)
+        return chosen
 
     def _taken(self, directory: Path) -> bool:
         """Whether ``directory`` holds event files of another writer (not this process, not this
@@ -393,6 +418,9 @@ class TensorBoardExporter(Sink):
                 f.close()
         self._runs.clear()
         self._evicted.clear()
+        for directory in self._claimed:
+            RUN_DIR_LOCKS.release(directory)
+        self._claimed.clear()
 
 
 #: At most this many late sub-runs per run (steps going backwards over and over, e.g. a loop
