@@ -43,7 +43,7 @@ def test_nemo_rl_sft_config_logs_to_the_backends_it_enables(tmp_path, monkeypatc
     logger.log_plot(object(), 5, "timeline")  # not carried: warned, no exception
     logger.finish()
     # the backends write under NeMo-RL's log_dir, as NeMo-RL's loggers do
-    tb_runs = list((tmp_path / "logs" / "tensorboard").iterdir())
+    tb_runs = [p for p in (tmp_path / "logs" / "tensorboard").iterdir() if p.is_dir()]
     assert len(tb_runs) == 1
     tb = read_tensorboard(tb_runs[0])
     assert tb["scalars"]["train/loss"] == pytest.approx({s: 1.0 / s for s in range(1, 6)})

@@ -76,7 +76,7 @@ def test_a_reused_run_name_starts_a_new_run_unless_resume(tmp_path, mlflow_serve
     run([1.0, 2.0], resume=False)
     run([5.0], resume=False)  # the same name again: a new run everywhere
     run([7.0, 8.0, 9.0], resume=True)  # continues the latest one
-    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["same", "same-2"]
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir() if p.is_dir()) == ["same", "same-2"]
     assert exactly_once(read_tensorboard_events(tmp_path / "tb" / "same")["lr"]) == {0: 1.0, 1: 2.0}
     assert read_tensorboard_events(tmp_path / "tb" / "same-2")["lr"] == [(0, 5.0), (0, 7.0), (1, 8.0), (2, 9.0)]
 
@@ -259,7 +259,7 @@ def test_two_processes_with_one_run_name_get_a_run_directory_each(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-3000:]
-    assert sorted(p.name for p in tb.iterdir()) == ["same", "same-2"]
+    assert sorted(p.name for p in tb.iterdir() if p.is_dir()) == ["same", "same-2"]
     seen = set()
     for run in ("same", "same-2"):
         values = exactly_once(read_tensorboard_events(tb / run)["loss"])

@@ -102,8 +102,8 @@ class HttpReceiver:
         method, path = scope["method"], scope["path"]
         content_type = headers.get("content-type")
         try:
-            if method == "GET" and path == "/health":
-                ok, details = self.collector.health()
+            if method == "GET" and path in ("/health", "/ready"):
+                ok, details = self.collector.health() if path == "/health" else self.collector.ready()
                 await _send(send, 200 if ok else 503, json.dumps(details).encode(), "application/json")
             elif method == "GET" and path == "/metrics":
                 if self.collector.config.auth.metrics:

@@ -132,6 +132,8 @@ class Collector:
         """Stop receiving, emit every pending step, deliver what is queued and close the sinks,
         all within ``timeout_s`` (what is left stays in the spools). True when all was delivered."""
         deadline = Deadline(timeout_s)
+        queued = sum(w.stats.queued_points for w in self.workers)
+        _log.info("collector: shutting down; delivering %d queued points within %.0f s", queued, timeout_s)
         for receiver in self._receivers:
             receiver.stop()
         self._receivers.clear()
@@ -152,7 +154,24 @@ class Collector:
         if self.ingress is not None:
             self._thread.join(1.0)
             self.ingress.close()
+        self._report_left(delivered)
         return delivered
+
+    def _report_left(self, delivered: bool) -> None:
+        """One line on what the shutdown left: nothing, or where each sink's rest is."""
+        if delivered:
+            _log.info("collector: stopped; everything acknowledged was delivered")
+            return
+        for w in self.workers:
+            left = w.stats.queued_points
+            if not left:
+                continue
+            if w.durable:
+                _log.warning("collector: stopped; %s: %d acknowledged points kept in its spool %s, sent at "
+                             "the next start", w.sink.name, left, w.spool.dir)
+            else:
+                _log.error("collector: stopped; %s: %d acknowledged points NOT delivered (no spool: set "
+                           "spool.dir to keep them across a restart)", w.sink.name, left)
 
     def _expire_loop(self) -> None:
         """Without a spool: expire waiting groups on a timer."""
@@ -258,6 +277,15 @@ class Collector:
         if self.ingress is not None and self.ingress.pending_bytes >= ingress_full:
             return "the ingress spool is full"
         return None
+
+    def ready(self) -> tuple[bool, dict]:
+        """(ready, details) for ``/ready``: not ready while a sink cannot write (retrying or
+        broken) or the router is down, so a load balancer sends new data elsewhere."""
+        ok, details = self.health()
+        failing = details["failing_sinks"]
+        ready = ok and not failing
+        details["status"] = "ready" if ready else "not ready"
+        return ready, details
 
     def health(self) -> tuple[bool, dict]:
         """(healthy, details) for ``/health``: unhealthy while a sink or the ingress is broken."""

@@ -138,8 +138,8 @@ class TensorBoardExporter(Sink):
             self._claimed.add(self.log_dir / chosen)
         elif self.log_dir / chosen not in self._claimed:  # restored from a checkpoint: hold it again
             if not RUN_DIR_LOCKS.claim(self.log_dir / chosen):
-                _log.warning("tensorboard: %s is held by process %s, which still writes it; this process "
-                             "writes it too", self.log_dir / chosen, RUN_DIR_LOCKS.holder(self.log_dir / chosen))
+                _log.warning("tensorboard: %s is held by another live process, which still writes it; this "
+                             "process writes it too", self.log_dir / chosen)
             else:
                 self._claimed.add(self.log_dir / chosen)
         return self.log_dir / chosen
@@ -158,7 +158,7 @@ class TensorBoardExporter(Sink):
                     and RUN_DIR_LOCKS.claim(self.log_dir / latest):
                 return latest  # continue the latest earlier run of that name
             if not RUN_DIR_LOCKS.claim(directory):
-                busy.append(f"{directory} (process {RUN_DIR_LOCKS.holder(directory)})")
+                busy.append(str(directory))
             elif self._taken(directory):
                 RUN_DIR_LOCKS.release(directory)
                 latest = chosen

@@ -67,3 +67,76 @@ def test_a_refused_batch_is_kept_reported_and_sent_by_the_command_the_log_gives(
     finally:
         collector.shutdown()
     assert exactly_once(read_tensorboard_events(tmp_path / "tb" / "tok")["loss"]) == {s: float(s) for s in range(20)}
+
+
+def test_a_failing_sink_makes_the_collector_not_ready_and_its_acknowledged_points_wait_in_the_spool(tmp_path):
+    """TensorBoard's log dir is unwritable: /ready says 503 (the chart's readiness probe) while
+    /health stays 200; SIGTERM says where the acknowledged points are; the next start with the
+    directory writable delivers every one of them once."""
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    from backends import free_port
+    from trainers import start_collector
+
+    port = free_port()
+    blocker = tmp_path / "tb"
+    blocker.write_text("not a directory")
+    config = tmp_path / "collector.yaml"
+    config.write_text(f"receivers:\n  http: {{port: {port}}}\n  grpc: {{enabled: false}}\n"
+                      f"spool: {{dir: {tmp_path / 'spool'}}}\nreduce: {{timeout_s: 0.2}}\n"
+                      f"retry: {{initial_backoff_s: 0.1, max_backoff_s: 0.5}}\n"
+                      f"tensorboard: {{log_dir: {blocker}}}\nprometheus: {{enabled: false}}\n")
+
+    def get(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    collector = start_collector(config, stderr=True)
+    try:
+        for step in range(30):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/metrics", method="POST",
+                                             data=_gauge_request("ro", step, float(step)).SerializeToString(),
+                                             headers={"Content-Type": "application/x-protobuf"})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                assert r.status == 200  # acknowledged
+        deadline = time.monotonic() + 30
+        while get("/ready") != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert get("/ready") == 503 and get("/health") == 200
+        collector.send_signal(signal.SIGTERM)
+        _, err = collector.communicate(timeout=90)
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+    assert "acknowledged points kept in its spool" in err and "NOT delivered" not in err, err[-3000:]
+    blocker.unlink()
+    collector = start_collector(config, stderr=True)
+    deadline = time.monotonic() + 60
+    while get("/ready") != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    collector.send_signal(signal.SIGTERM)
+    _, err = collector.communicate(timeout=90)
+    assert "everything acknowledged was delivered" in err, err[-3000:]
+    assert exactly_once(read_tensorboard_events(blocker / "ro")["loss"]) == {s: float(s) for s in range(30)}
+
+
+def _gauge_request(run: str, step: int, value: float):
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+
+    request = mpb.ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    attr = rm.resource.attributes.add()
+    attr.key, attr.value.string_value = "otel_rl.run.id", run
+    metric = rm.scope_metrics.add().metrics.add()
+    metric.name = "loss"
+    dp = metric.gauge.data_points.add()
+    dp.as_double, dp.time_unix_nano = value, 1_700_000_000_000_000_000 + step
+    step_attr = dp.attributes.add()
+    step_attr.key, step_attr.value.int_value = "step", step
+    return request

@@ -48,8 +48,11 @@ def finish(procs, timeout=600) -> list[dict]:
     return out
 
 
-def start_collector(config_path):
+def start_collector(config_path, stderr: bool = False):
+    """The collector CLI on ``config_path``, once it says it is ready (``stderr``: keep its log to
+    read with ``communicate()``)."""
     proc = subprocess.Popen([sys.executable, "-m", "otel_rl.cli", "collector", "--config", str(config_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE if stderr else subprocess.DEVNULL,
+                            text=True)
     assert "ready" in proc.stdout.readline()
     return proc

@@ -60,6 +60,7 @@ def test_default_objects_ports_probes_and_security():
         "otlp-grpc": 4317, "otlp-http": 4318, "metrics": 9464}
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert container["readinessProbe"]["httpGet"]["port"] == "otlp-http"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert deploy["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
