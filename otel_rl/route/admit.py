@@ -10,7 +10,12 @@ retried leaves no trace. What needs memory of earlier data runs here, after admi
   every cycle is dropped;
 - **running totals** (:meth:`Stream.totals`): increments are added up per series, *after*
   the cross-rank reduction (a collector sums the ranks' increments of one step), so the total
-  at a step is the true total of every rank, whichever steps the ranks incremented at.
+  at a step is the true total of every rank, whichever steps the ranks incremented at. An
+  increment that arrives for a step older than the series' latest (a rank later than the
+  reduction's timeout, steps logged out of order) changes the totals of that step and of every
+  later one: they are emitted again, corrected, in step order (:data:`CORRECTION_WINDOW` steps
+  per series at most; counted in :attr:`Stream.corrected_points`). A correction carries no
+  ``increment`` (it adds nothing; an OTLP sink does not send it on).
 
 A :class:`Stream` is deterministic: the same admitted batches in the same order give the same
 output, and :meth:`Stream.state` / :meth:`Stream.restore` snapshot it, so a collector that
@@ -19,6 +24,7 @@ restarts from a checkpoint and replays its ingress produces exactly what it prod
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable
 from typing import Any
@@ -29,6 +35,9 @@ from otel_rl.model.steps import NO_STEP
 
 _RUN, _STEP, _TEMPORALITY = (operator.attrgetter(a) for a in ("run", "step", "temporality"))
 _AS_IS = frozenset({"", "delta"})
+#: Steps per counter series whose totals a late increment can still correct; an increment older
+#: than that corrects the totals of the steps kept (its own step's total is not emitted again).
+CORRECTION_WINDOW = 1_000
 
 
 
@@ -40,7 +49,10 @@ class Stream:
     def __init__(self, limit: int = MAX_TRACKED) -> None:
         self.latest_step = LRU(limit)  # run -> latest step
         self.previous = LRU(limit)  # cumulative series (and step) -> last value seen
-        self.running = LRU(limit)  # (run, name, attributes) -> running total
+        #: (run, name, attributes) -> [total before the window, {step: increments}, highest step, total]
+        self.running = LRU(limit)
+        #: Totals emitted again because a late increment changed them.
+        self.corrected_points = 0
 
     # -- admission -------------------------------------------------------------------------
     def place(self, batch: Batch) -> Batch:
@@ -109,14 +121,46 @@ class Stream:
             return points
         out = []
         running = self.running
+        late: dict[tuple, tuple[int, Point]] = {}  # series -> (its lowest late step, a point of it)
         for p in points:
             if p.temporality != "delta":
                 out.append(p)
                 continue
             key = (p.run, p.name, p.attributes)
-            total = running.get(key, 0.0) + p.value
-            running.put(key, total)
+            series = running.get(key)
+            if series is None:
+                series = [0.0, {}, -1, 0.0]
+                running.put(key, series)
+            steps, step = series[1], p.step
+            series[3] += p.value
+            if step >= series[2]:  # in order: the total so far is this step's
+                steps[step] = steps.get(step, 0.0) + p.value
+                series[2] = step
+                total = series[3]
+            else:
+                if len(steps) >= CORRECTION_WINDOW and step < min(steps):  # older than the window
+                    series[0] += p.value
+                else:
+                    steps[step] = steps.get(step, 0.0) + p.value
+                total = series[0] + math.fsum(v for s, v in steps.items() if s <= step)
+                if key not in late or step < late[key][0]:
+                    late[key] = (step, p)
             out.append(p.replace(value=total, increment=p.value, temporality=""))
+            if len(steps) > CORRECTION_WINDOW * 5 // 4:
+                _trim(series)
+        for key, (lowest, p) in late.items():
+            out.extend(self._corrections(running.get(key), lowest, p))
+        return out
+
+    def _corrections(self, series: list, lowest: int, p: Point) -> list[Point]:
+        """The true totals of the steps from ``lowest`` up to the series' highest, in step order."""
+        base, steps = series[0], series[1]
+        total, out = base, []
+        for step in sorted(steps):
+            total += steps[step]
+            if step >= lowest:
+                out.append(p.replace(step=step, value=total, increment=None, temporality=""))
+        self.corrected_points += len(out)
         return out
 
     def admit(self, batch: Batch) -> Batch:
@@ -136,3 +180,10 @@ class Stream:
             table.clear()
             for key, value in state.get(name, ()):
                 table.put(key, value)
+
+
+def _trim(series: list) -> None:
+    """Fold the oldest steps of a counter series into its base, keeping :data:`CORRECTION_WINDOW`."""
+    steps = series[1]
+    for step in sorted(steps)[: len(steps) - CORRECTION_WINDOW]:
+        series[0] += steps.pop(step)

@@ -275,7 +275,13 @@ class OtlpSink(Sink):
         chunk = 0
         groups = {}
         logged = [p for p in batch.points if p.kind in ("text", "table")]
-        metrics_points = [p for p in batch.points if p.kind not in ("text", "table")] if logged else batch.points
+        # a corrected total (a sum without an increment) adds nothing: the collector, which gets
+        # every increment, corrects its own totals
+        corrections = any(p.increment is None for p in batch.points if p.kind in ("counter", "sum"))
+        metrics_points = batch.points
+        if logged or corrections:
+            metrics_points = [p for p in batch.points if p.kind not in ("text", "table")
+                              and not (p.increment is None and p.kind in ("counter", "sum"))]
         for (run, rank), points in groupby(sorted(metrics_points, key=lambda p: (p.run, p.rank, p.step)),
                                            key=lambda p: (p.run, p.rank)):
             groups.setdefault((run, rank), []).extend(points)

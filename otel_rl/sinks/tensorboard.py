@@ -66,6 +66,7 @@ class TensorBoardConfig:
 
 
 _SCALAR_KINDS = frozenset({"gauge", "counter", "sum"})
+_SUMS = frozenset({"counter", "sum"})
 
 
 
@@ -276,7 +277,7 @@ class TensorBoardExporter(Sink):
         last_of, to_end = lasts.get, lasts.move_to_end
         groups: dict = {}  # target -> [event time, tags, serialized Summary.value fields] of the open group
         run = step = None
-        for p in points:
+        for i, p in enumerate(points):
             if p.step != step or p.run != run:
                 for target, group in groups.items():
                     emit(target, step, group)
@@ -300,6 +301,12 @@ class TensorBoardExporter(Sink):
                 to_end((run, 0, tag))
                 target = run
             elif step == last:
+                target = run
+            elif p.increment is None and kind in _SUMS and _rewrites_tail(points, i, last):
+                # corrected totals of a counter (route/admit.py: every step from the late one up
+                # to where the series was): TensorBoard's loader drops the steps after a step that
+                # goes back and takes the new ones, so in the run itself the viewer shows them
+                lasts[(run, 0, tag)] = step
                 target = run
             else:
                 target = target_of(run, tag, step)
@@ -426,6 +433,19 @@ class TensorBoardExporter(Sink):
 #: At most this many late sub-runs per run (steps going backwards over and over, e.g. a loop
 #: that logs in reverse, land in the last one, where TensorBoard's loader may hide some).
 MAX_LATE_RUNS = 8
+
+
+def _rewrites_tail(points: list[Point], i: int, last: int) -> bool:
+    """Whether the corrections of ``points[i]``'s series from ``i`` on never go down and reach
+    ``last``."""
+    p = points[i]
+    run, name, attributes, step = p.run, p.name, p.attributes, p.step
+    for q in points[i + 1:]:
+        if q.increment is None and q.name == name and q.run == run and q.attributes == attributes:
+            if q.step < step:
+                return False
+            step = q.step
+    return step >= last
 
 
 def _run_key(run) -> str:

@@ -140,3 +140,54 @@ def _gauge_request(run: str, step: int, value: float):
     step_attr = dp.attributes.add()
     step_attr.key, step_attr.value.int_value = "step", step
     return request
+
+
+RANK = """
+import os, sys, time, otel_rl
+from opentelemetry import metrics
+otel_rl.init({"run_name": "late", "export_interval_s": 0.1, "tensorboard": {"enabled": False},
+              "system_metrics": {"enabled": False}, "otlp": {"enabled": True, "endpoint": sys.argv[1]}})
+meter = metrics.get_meter("t")
+loss, tokens = meter.create_gauge("loss"), meter.create_counter("tokens")
+rank = int(os.environ["RANK"])
+for step in range(40):
+    otel_rl.set_step(step)
+    loss.set(rank + 1.0)
+    tokens.add(100 * (rank + 1))
+    time.sleep(0.05)
+assert otel_rl.shutdown(timeout_s=60)
+"""
+
+
+def test_a_rank_later_than_the_reduce_timeout_still_gives_true_counter_totals(tmp_path):
+    """Rank 1 starts 8 s after rank 0 (models load at different speeds), past the 1 s reduce
+    timeout: in a real TensorBoard server with default flags, the run's counter shows the true
+    total at every step (300 per step across the ranks), and the gauge's latest value at each
+    step is the true mean."""
+    import time
+
+    from backends import TensorBoardServer
+    from conftest import read_tensorboard
+
+    collector = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                        "reduce": {"timeout_s": 1}, "tensorboard": {"log_dir": str(tmp_path / "tb")}}).start()
+    url = f"http://127.0.0.1:{collector.http_port}"
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    try:
+        first = subprocess.Popen([sys.executable, "-c", RANK, url], env={**env, "RANK": "0"})
+        time.sleep(8)
+        second = subprocess.Popen([sys.executable, "-c", RANK, url], env={**env, "RANK": "1"})
+        assert first.wait(120) == 0 and second.wait(120) == 0
+        time.sleep(2)  # past the reduce timeout: the last groups are out
+    finally:
+        collector.shutdown()
+    truth = {s: 300.0 * (s + 1) for s in range(40)}
+    latest = {s: v for s, v in read_tensorboard(tmp_path / "tb" / "late")["scalars"]["loss"].items()}
+    assert latest == {s: 1.5 for s in range(40)}
+    server = TensorBoardServer(tmp_path / "tb").start()
+    try:
+        server.wait_loaded(["late"], ["tokens"])
+        shown = {step: value for _, step, value in server.scalars("late", "tokens")}
+    finally:
+        server.stop()
+    assert shown == truth, {s: (shown.get(s), v) for s, v in truth.items() if shown.get(s) != v}
