@@ -17,9 +17,16 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+
+from otel_rl.errors import PermanentError
+from otel_rl.model.naming import path_component
+
+_log = logging.getLogger("otel_rl.sinks.tensorboard")
 
 LOCK_NAME = ".otel-rl-writers"
 
@@ -78,3 +85,37 @@ class RunDirLocks:
 
 
 RUN_DIR_LOCKS = RunDirLocks()
+
+
+def choose(log_dir: Path, run: str, resume: bool, taken: Callable[[Path], bool]) -> str:
+    """A directory name under ``log_dir`` for ``run`` that this process now holds: ``<run>``, or
+    ``<run>-2`` (``-3``, ...) past the directories another live process holds (their lock) or an
+    earlier process wrote (``taken``: event files of another writer); with ``resume`` the latest
+    earlier one that no live process holds."""
+    base = path_component(run)
+    root = log_dir.resolve()
+    if (root / base).resolve().parent != root:  # belt and braces: never outside log_dir
+        raise PermanentError(f"tensorboard: run {run!r} would resolve outside {root}")
+    latest, busy, n = None, [], 1
+    while True:
+        chosen = base if n == 1 else f"{base}-{n}"
+        directory = log_dir / chosen
+        if resume and latest is not None and not directory.exists() \
+                and RUN_DIR_LOCKS.claim(log_dir / latest):
+            return latest  # continue the latest earlier run of that name
+        if not RUN_DIR_LOCKS.claim(directory):
+            busy.append(str(directory))
+        elif taken(directory):
+            RUN_DIR_LOCKS.release(directory)
+            latest = chosen
+        else:
+            break
+        n += 1
+    if busy:
+        _log.warning("tensorboard: run %r is being written by another live process at %s; this "
+                     "process writes to %s", run, ", ".join(busy), log_dir / chosen)
+    elif chosen != base:
+        _log.warning("tensorboard: %s already holds run %r from an earlier process; this run "
+                     "writes to %s (set resume: true to continue it)", log_dir / base, run,
+                     log_dir / chosen)
+    return chosen

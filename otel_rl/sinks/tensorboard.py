@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from otel_rl.errors import PermanentError
-from otel_rl.model.naming import NameMapper, path_component
+from otel_rl.model.naming import NameMapper
 from otel_rl.model.records import Batch, HistogramValue, Point, RunParams
 from otel_rl.settings import env_default, positive
 from otel_rl.sinks.base import Sink, require
@@ -44,7 +43,7 @@ from otel_rl.sinks.tb_events import (
     scalar_prefix,
     summary_field,
 )
-from otel_rl.sinks.tb_rundirs import RUN_DIR_LOCKS
+from otel_rl.sinks.tb_rundirs import RUN_DIR_LOCKS, choose
 
 _log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ class TensorBoardExporter(Sink):
         latest earlier one that no live process holds."""
         chosen = self._dirs.get(run)
         if chosen is None:
-            chosen = self._choose(run)
+            chosen = choose(self.log_dir, run, self.resume, self._taken)
             self._dirs[run] = chosen
             self._claimed.add(self.log_dir / chosen)
         elif self.log_dir / chosen not in self._claimed:  # restored from a checkpoint: hold it again
@@ -144,36 +143,6 @@ class TensorBoardExporter(Sink):
             else:
                 self._claimed.add(self.log_dir / chosen)
         return self.log_dir / chosen
-
-    def _choose(self, run: str) -> str:
-        """A directory for ``run`` that this process now holds (see :meth:`location`)."""
-        base = path_component(run)
-        root = self.log_dir.resolve()
-        if (root / base).resolve().parent != root:  # belt and braces: never outside log_dir
-            raise PermanentError(f"tensorboard: run {run!r} would resolve outside {root}")
-        latest, busy, n = None, [], 1
-        while True:
-            chosen = base if n == 1 else f"{base}-{n}"
-            directory = self.log_dir / chosen
-            if self.resume and latest is not None and not directory.exists() \
-                    and RUN_DIR_LOCKS.claim(self.log_dir / latest):
-                return latest  # continue the latest earlier run of that name
-            if not RUN_DIR_LOCKS.claim(directory):
-                busy.append(str(directory))
-            elif self._taken(directory):
-                RUN_DIR_LOCKS.release(directory)
-                latest = chosen
-            else:
-                break
-            n += 1
-        if busy:
-            _log.warning("tensorboard: run %r is being written by another live process at %s; this "
-                         "process writes to %s", run, ", ".join(busy), self.log_dir / chosen)
-        elif chosen != base:
-            _log.warning("tensorboard: %s already holds run %r from an earlier process; this run "
-                         "writes to %s (set resume: true to continue it)", self.log_dir / base, run,
-                         self.log_dir / chosen)
-        return chosen
 
     def _taken(self, directory: Path) -> bool:
         """Whether ``directory`` holds event files of another writer (not this process, not this
