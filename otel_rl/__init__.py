@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 
 from opentelemetry import _logs
 from opentelemetry import metrics as _metrics
@@ -51,6 +52,7 @@ __version__ = "0.1.0"
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _active: Pipeline | None = None
+_ended: weakref.ref[Pipeline] | None = None  # the run the last shutdown() ended
 _global_set = False
 
 
@@ -81,10 +83,7 @@ def init(config: Config | dict | str | None = None, *, set_global: bool = True) 
 def log_hyperparams(params: dict) -> None:
     """Record the current run's hyperparameters (nested dicts flattened with ``/``): the HParams
     plugin in TensorBoard, the run config in W&B and SwanLab, params in MLflow."""
-    pipeline = _current_pipeline()
-    if pipeline is None:
-        raise RuntimeError("otel_rl.log_hyperparams: no run; call otel_rl.init() first")
-    pipeline.log_hyperparams(params)
+    _run_for("log_hyperparams").log_hyperparams(params)
 
 
 def log_samples(rows, step: int | None = None, name: str = _DEFAULT_SAMPLES) -> None:
@@ -93,10 +92,16 @@ def log_samples(rows, step: int | None = None, name: str = _DEFAULT_SAMPLES) -> 
     TensorBoard's text plugin, a growing MLflow table, SwanLab Text; over OTLP one log record
     per row. ``rows``: a list of dicts, a dict of equal-length columns, or a DataFrame. Limits:
     ``samples.max_rows`` per call, ``samples.max_chars`` per cell (see :mod:`otel_rl.api.samples`)."""
-    pipeline = _current_pipeline()
+    _run_for("log_samples").log_samples(rows, step, name)
+
+
+def _run_for(function: str) -> Pipeline:
+    """The current run; after it ended, the run that ended (which counts and warns about what
+    comes too late, as every API does); an error only when no run was ever started."""
+    pipeline = _current_pipeline() or _active or (_ended() if _ended is not None else None)
     if pipeline is None:
-        raise RuntimeError("otel_rl.log_samples: no run; call otel_rl.init() first")
-    pipeline.log_samples(rows, step, name)
+        raise RuntimeError(f"otel_rl.{function}: no run; call otel_rl.init() first")
+    return pipeline
 
 
 def get_pipeline() -> Pipeline | None:
@@ -110,11 +115,12 @@ def shutdown(timeout_s: float | None = None, status: str | None = None) -> bool:
     (``success``, ``failed``, ``killed``; default: ``failed`` after an uncaught exception) is the
     run's final state in the backends.
     Runs at interpreter exit for every pipeline not shut down. True when everything was delivered."""
-    global _active
+    global _active, _ended
     pipeline = _current_pipeline() or _active
     with _lock:
         if _active is pipeline:
             _active = None
     if pipeline is None:
         return True
+    _ended = weakref.ref(pipeline)
     return pipeline.shutdown(timeout_s, status)

@@ -49,6 +49,12 @@ _call = getattr(operator, "call", None)  # Python 3.11+
 _sleep = time.sleep
 
 
+#: What a tape record of each kind is, for messages.
+_WHAT = {"g": "a gauge value", "c": "a counter increment", "u": "an up-down increment", "h": "a histogram sample",
+         "m": "Logger metrics", "p": "hyperparameters", "r": "samples", "l": "a log record", "t": "a text",
+         "hs": "a histogram"}
+
+
 class Recorder:
     """One run's tape and current step.
 
@@ -69,6 +75,8 @@ class Recorder:
         self.step: int | None = None
         self.closed = False
         self.dropped = 0
+        #: Values recorded after the run ended (not recorded; warned once).
+        self.after_close = 0
         self.observables: list[tuple[str, str, Sequence[Callable]]] = []
         self._deferred: list = []  # (step at span end, settle) of spans not yet placed at a step
         self._wake = wake
@@ -80,7 +88,18 @@ class Recorder:
         self.throttled = 0
         self._max = max_records
 
+    def refuse(self, what: str) -> None:
+        """A value recorded after this run ended: counted, warned once (one rule for every API)."""
+        self.after_close += 1
+        if self.after_close == 1:
+            _log.warning("otel-rl: %s after its run ended (shutdown, close or finish): not recorded; "
+                         "warned once, counted in the run's stats()['records_after_close']; start a new "
+                         "run to record more", what)
+
     def put(self, record: tuple) -> None:
+        if self.closed:
+            self.refuse(f"{record[1] or 'a value'!r} ({_WHAT.get(record[0], 'a value')})")
+            return
         if self._deferred:
             self._settle(record)
         self.put_quiet(record)
@@ -221,8 +240,11 @@ class _Instrument:
         tape past its wake mark)."""
         recorder = self._recorder or _context_get()
         if recorder is None or recorder.closed:
+            ended = recorder
             recorder = None if self._recorder is not None else current()  # a bound run stays bound
             if recorder is None:
+                if ended is not None:
+                    ended.refuse(f"{self._name!r} (a measurement)")
                 return
         record = (self._kind, self._name, amount, recorder.step, _time_ns(),
                   dict(attributes) if attributes else None)
@@ -257,7 +279,7 @@ class Histogram(_Instrument, api.Histogram):
             self._record(amount, attributes)
             return
         recorder = self._recorder or current()
-        if recorder is not None and not recorder.closed:
+        if recorder is not None:
             recorder.put((HISTOGRAM, self._name, amount, recorder.step, _time_ns(),
                           dict(attributes) if attributes else None, self.bounds))
 

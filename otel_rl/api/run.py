@@ -268,6 +268,7 @@ class Pipeline:
         out["dropped_records"] = self.recorder.dropped
         out["throttled_records"] = self.recorder.throttled
         out["dropped_sample_rows"] = self.dropped_sample_rows
+        out["records_after_close"] = self.recorder.after_close
         return out
 
     def shutdown(self, timeout_s: float | None = None, status: str | None = None) -> bool:
