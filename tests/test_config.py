@@ -67,7 +67,8 @@ def test_standard_otel_env_for_service_name_resource_and_otlp(monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     monkeypatch.delenv("OTEL_RL_RUN_NAME", raising=False)
     cfg = load_config()
-    assert sorted(cfg.enabled()) == ["otlp", "tensorboard"]
+    assert sorted(cfg.enabled()) == ["otlp"]  # a rank exporting to a collector writes no local TensorBoard
+    assert sorted(load_config({"tensorboard": {}}).enabled()) == ["otlp", "tensorboard"]  # unless asked to
     resource = resolve_resource(cfg)
     assert resource.attributes["service.name"] == "trainer"
     assert resource.attributes["otel_rl.run.id"] == "job-17"

@@ -105,7 +105,9 @@ class Config:
 def load_config(source: Config | Mapping[str, Any] | str | Path | None = None) -> Config:
     """Build a :class:`Config` from a dict, a YAML file path, or nothing (all defaults).
 
-    Top-level keys are the pipeline fields plus one section per backend name.
+    Top-level keys are the pipeline fields plus one section per backend name. With OTLP export
+    on (a section, or ``OTEL_EXPORTER_OTLP_ENDPOINT``), the default TensorBoard sink is off unless
+    the config has a ``tensorboard`` section: the collector writes the run, reduced across ranks.
     """
     from otel_rl.model.tables import SamplesConfig
     from otel_rl.route.retry import RetryPolicy
@@ -133,5 +135,9 @@ def load_config(source: Config | Mapping[str, Any] | str | Path | None = None) -
             f"{', '.join(source_classes)}; settings: {', '.join(sorted(pipeline_fields))}")
     pipeline = build(PipelineConfig, {k: v for k, v in source.items() if k in pipeline_fields}, "config")
     backends = {name: build(registry.config_class(name), source.get(name), name) for name in known}
+    if backends["otlp"].enabled and "tensorboard" not in source and not os.environ.get("OTEL_RL_TENSORBOARD_LOG_DIR"):
+        # a rank that exports to a collector does not also write its own partial view of the run
+        # into runs/<run> (every rank into one directory, beside the collector's reduced one)
+        backends["tensorboard"] = dataclasses.replace(backends["tensorboard"], enabled=False)
     sources = {name: build(cls, source.get(name), name) for name, cls in source_classes.items()}
     return Config(pipeline, backends, sources, framework, log_dir)

@@ -191,3 +191,26 @@ def test_a_rank_later_than_the_reduce_timeout_still_gives_true_counter_totals(tm
     finally:
         server.stop()
     assert shown == truth, {s: (shown.get(s), v) for s, v in truth.items() if shown.get(s) != v}
+
+
+def test_ranks_exporting_otlp_write_no_local_tensorboard_unless_configured(tmp_path):
+    """Two ranks with the defaults plus an OTLP endpoint: no rank writes its own partial view into
+    ./runs/<run> (it showed loss 1.0 where the reduced value is 1.5); the collector's run has
+    the reduced values."""
+    import time
+
+    from conftest import read_tensorboard
+
+    script = RANK.replace('"tensorboard": {"enabled": False},', "").replace('"late"', '"local"')
+    collector = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                        "reduce": {"timeout_s": 5}, "tensorboard": {"log_dir": str(tmp_path / "tb")}}).start()
+    url = f"http://127.0.0.1:{collector.http_port}"
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", script, url], cwd=tmp_path,
+                                  env={**os.environ, "WORLD_SIZE": "2", "RANK": str(rank)}) for rank in (0, 1)]
+        assert all(p.wait(120) == 0 for p in procs)
+        time.sleep(1)
+    finally:
+        collector.shutdown()
+    assert not (tmp_path / "runs").exists()
+    assert read_tensorboard(tmp_path / "tb" / "local")["scalars"]["loss"] == {s: 1.5 for s in range(40)}
