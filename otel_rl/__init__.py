@@ -68,6 +68,8 @@ def init(config: Config | dict | str | None = None, *, set_global: bool = True) 
     globals alone (use ``pipeline.get_meter``/``get_tracer``).
     """
     global _active, _global_set
+    if set_global and not _global_set:
+        _check_no_foreign_meter_provider()
     pipeline = Pipeline(config)
     pipeline.activate()
     with _lock:
@@ -78,6 +80,21 @@ def init(config: Config | dict | str | None = None, *, set_global: bool = True) 
             _logs.set_logger_provider(_samples.LoggerProvider())
             _global_set = True
     return pipeline
+
+
+def _check_no_foreign_meter_provider() -> None:
+    """An OTel SDK meter provider installed before otel-rl (``opentelemetry-instrument``, an
+    app's own ``set_meter_provider``) would take every meter-API call while OTel refuses otel-rl's
+    with one warning: refuse clearly instead of recording nothing."""
+    from opentelemetry.metrics._internal import _ProxyMeterProvider
+
+    existing = _metrics.get_meter_provider()
+    if not isinstance(existing, (_ProxyMeterProvider, _recording.MeterProvider)):
+        raise ConfigError(
+            f"otel_rl.init: a meter provider is already installed ({type(existing).__module__}."
+            f"{type(existing).__name__}, e.g. by opentelemetry-instrument or the app), and OTel allows "
+            "one per process: meter-API calls would go to it, not to this run. Start without it, or "
+            "call otel_rl.init(..., set_global=False) and record with run.get_meter(name)")
 
 
 def log_hyperparams(params: dict) -> None:

@@ -18,6 +18,11 @@ def register(recorder: recording.Recorder, run: Any) -> None:
     _runs[recorder] = run
 
 
+def run_of(recorder: recording.Recorder) -> Any:
+    """The run that owns ``recorder``, or None."""
+    return _runs.get(recorder)
+
+
 def current_run() -> Any:
     """The run current here (see :func:`otel_rl.api.recording.current`), or None."""
     recorder = recording.current()

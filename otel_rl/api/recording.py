@@ -24,8 +24,10 @@ each measurement to the run *current* where it is recorded: the run of the last
 
 from __future__ import annotations
 
+import inspect
 import logging
 import operator
+import os
 import threading
 import time
 from collections import deque
@@ -77,6 +79,10 @@ class Recorder:
         self.dropped = 0
         #: Values recorded after the run ended (not recorded; warned once).
         self.after_close = 0
+        #: Logs-API records without an event name (not samples: ignored; warned once).
+        self.ignored_log_records = 0
+        #: The pid of the process that started this run, when this is a fork of it.
+        self.forked_from: int | None = None
         self.observables: list[tuple[str, str, Sequence[Callable]]] = []
         self._deferred: list = []  # (step at span end, settle) of spans not yet placed at a step
         self._wake = wake
@@ -91,10 +97,25 @@ class Recorder:
     def refuse(self, what: str) -> None:
         """A value recorded after this run ended: counted, warned once (one rule for every API)."""
         self.after_close += 1
-        if self.after_close == 1:
+        if self.after_close != 1:
+            return
+        if self.forked_from is not None:
+            _log.warning("otel-rl: %s recorded in a forked child (pid %d) of the process that runs the run "
+                         "(pid %d): not recorded (warned once); record in the parent, or call otel_rl.init() "
+                         "in the child for a run of its own (with the parent's run_name and a rank to join "
+                         "it through a collector)", what, os.getpid(), self.forked_from)
+        else:
             _log.warning("otel-rl: %s after its run ended (shutdown, close or finish): not recorded; "
                          "warned once, counted in the run's stats()['records_after_close']; start a new "
                          "run to record more", what)
+
+    def ignore_log_record(self) -> None:
+        """A Logs-API record without an event name: not a sample row; counted, said once."""
+        self.ignored_log_records += 1
+        if self.ignored_log_records == 1:
+            _log.warning("otel-rl: a log record without an event_name reached the OTel logs API: otel-rl "
+                         "keeps only records with an event_name (rows of the samples table of that name); "
+                         "ignored, counted in stats()['ignored_log_records'] (warned once)")
 
     def put(self, record: tuple) -> None:
         if self.closed:
@@ -170,14 +191,25 @@ class Recorder:
         popleft = tape.popleft
         return [popleft() for _ in range(n)]
 
-    def observe(self) -> list[tuple]:
-        """Run the observable instruments' callbacks: one record per observation."""
+    def observe(self, timeout_s: float = 10.0) -> list[tuple]:
+        """Run the observable instruments' callbacks (this run's, and the global meter's when this
+        is the process's current run): one record per observation. Each callback gets
+        ``timeout_millis`` (what is left of ``timeout_s``); a generator callback is sent the options,
+        as the OTel SDK does."""
         out = []
         now = _time_ns()
-        for kind, name, callbacks in list(self.observables):
+        observables = list(self.observables)
+        if _started and _started[-1] is self:
+            observables += _global_observables
+        deadline = time.monotonic() + timeout_s
+        for kind, name, callbacks in observables:
             for callback in callbacks:
+                options = CallbackOptions(timeout_millis=max(0.0, deadline - time.monotonic()) * 1e3)
                 try:
-                    observations = list(callback(CallbackOptions()))
+                    if inspect.isgenerator(callback):
+                        observations = list(callback.send(options))
+                    else:
+                        observations = list(callback(options))
                 except Exception:
                     _log.exception("otel-rl: callback of observable %r failed", name)
                     continue
@@ -186,11 +218,34 @@ class Recorder:
         return out
 
 
+def _primed(callback):
+    """A generator callback advanced to its first ``yield`` (the SDK sends options from there)."""
+    if inspect.isgenerator(callback):
+        next(callback)
+    return callback
+
+
 # -- which run a measurement belongs to ---------------------------------------------------
 _context: ContextVar[Recorder | None] = ContextVar("otel_rl_recorder", default=None)
 _context_get = _context.get
 _started: list[Recorder] = []
 _lock = threading.Lock()
+#: Observable instruments of the global meter provider: they observe into the current run.
+_global_observables: list[tuple[str, str, list]] = []
+
+
+def _after_fork_in_child() -> None:
+    """A fork (vectorized environments, DataLoader workers) has the parent's recorders but no
+    drain thread and no helper: what the child records would wait on a tape forever. Each run is
+    closed in the child, so a value recorded there is counted and explained once."""
+    parent = os.getppid()
+    for recorder in list(_started):
+        recorder.forked_from = parent
+        recorder.closed = True
+    _started.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def current() -> Recorder | None:
@@ -334,10 +389,14 @@ class Meter(api.Meter):
         return self._get(GAUGE, Gauge, name, unit, description)
 
     def _observable(self, kind: str, name, callbacks) -> _Observable:
+        """Callbacks of a meter bound to a run observe into that run; those of the global meter
+        into the process's current run, whichever run that is when they are called."""
         _check_name(name)
-        recorder = self._recorder or current()
-        if recorder is not None and callbacks:
-            recorder.observables.append((kind, name, list(callbacks)))
+        if callbacks:
+            callbacks = [_primed(c) for c in callbacks]
+            with _lock:
+                (self._recorder.observables if self._recorder is not None else _global_observables).append(
+                    (kind, name, callbacks))
         return _Observable(name)
 
     def create_observable_counter(self, name, callbacks=None, unit="", description=""):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 import threading
 import time
@@ -269,6 +270,7 @@ class Pipeline:
         out["throttled_records"] = self.recorder.throttled
         out["dropped_sample_rows"] = self.dropped_sample_rows
         out["records_after_close"] = self.recorder.after_close
+        out["ignored_log_records"] = self.recorder.ignored_log_records
         return out
 
     def shutdown(self, timeout_s: float | None = None, status: str | None = None) -> bool:
@@ -294,6 +296,16 @@ class Pipeline:
         _bounded(lambda: self.tracer_provider.shutdown(), deadline)
         return self._route.close(status, deadline)
 
+
+
+def _closed_in_child() -> None:
+    """A forked child does not run its parent's runs (no drain thread, no helper): closed there,
+    so nothing it inherited is emitted or shut down twice (recording explains what it records)."""
+    for pipeline in list(_live):
+        pipeline._closed = True
+
+
+os.register_at_fork(after_in_child=_closed_in_child)
 
 
 def _bounded(fn, deadline: Deadline):

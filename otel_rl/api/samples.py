@@ -73,15 +73,17 @@ class Logger(logs_api.Logger):
         if record is not None:
             body, attributes, event_name = record.body, record.attributes, record.event_name
             timestamp = record.timestamp or record.observed_timestamp
-        if not event_name:
-            return  # not a sample (see the module's docstring)
-        from otel_rl.api import recording
+        from otel_rl.api import current, recording
 
         recorder = self._recorder or recording.current()
+        if not event_name:  # not a sample (see the module's docstring): counted, said once
+            if recorder is not None:
+                recorder.ignore_log_record()
+            return
         if recorder is None:
             return
-        owner = getattr(recorder, "owner", None)
-        max_chars = owner.config.sources["samples"].max_chars if owner is not None else SamplesConfig.max_chars
+        run = current.run_of(recorder)
+        max_chars = run.config.sources["samples"].max_chars if run is not None else SamplesConfig.max_chars
         recorder.put((LOG_ROW, str(event_name), row_of(body, max_chars), recorder.step,
                       timestamp or time.time_ns(), dict(attributes) if attributes else None))
 
