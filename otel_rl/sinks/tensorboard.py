@@ -307,7 +307,7 @@ class TensorBoardExporter(Sink):
         while True:
             key = (run, generation, tag)
             last = self._last.get(key)
-            if last is None or step >= last or generation == MAX_LATE_RUNS:
+            if last is None or step >= last:
                 if last != step:
                     self._last.put(key, step)
                 if generation:
@@ -399,9 +399,6 @@ class TensorBoardExporter(Sink):
         self._claimed.clear()
 
 
-#: At most this many late sub-runs per run (steps going backwards over and over, e.g. a loop
-#: that logs in reverse, land in the last one, where TensorBoard's loader may hide some).
-MAX_LATE_RUNS = 8
 
 
 def _rewrites_tail(points: list[Point], i: int, last: int) -> bool:

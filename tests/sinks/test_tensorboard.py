@@ -128,3 +128,36 @@ def test_nonfinite_values_are_kept(tmp_path, value):
     exporter.export(reader.get_metrics_data())
     exporter.shutdown()
     assert f32_close(read_tensorboard(tmp_path / "r")["scalars"]["x"][0], value)
+
+
+def test_steps_logged_in_shuffled_order_all_show_in_the_default_viewer(tmp_path):
+    """300 steps logged in shuffled order (a replay, workers reporting out of order): a real
+    tensorboard server with default flags (its loader drops values whose step went back) shows
+    every one of them, across the run and its late-<n> sub-runs, however many those take."""
+    import random
+
+    from backends import TensorBoardServer
+
+    from otel_rl import Logger
+
+    steps = list(range(300))
+    random.Random(7).shuffle(steps)
+    logger = Logger({"run_name": "shuffled", "tensorboard": {"log_dir": str(tmp_path / "tb")},
+                     "system_metrics": {"enabled": False}})
+    for step in steps:
+        logger.log_metrics({"x": step * 0.5}, step=step)
+        logger.pipeline.force_flush()  # each step written on its own, as a slow loop's would be
+    logger.finish()
+    runs = ["shuffled", *sorted(p.relative_to(tmp_path / "tb").as_posix()
+                                for p in (tmp_path / "tb" / "shuffled").glob("late-*"))]
+    server = TensorBoardServer(tmp_path / "tb").start()
+    try:
+        server.wait_loaded(runs, ["x"])
+        shown = {}
+        for run in runs:
+            for _, step, value in server.scalars(run, "x"):
+                shown.setdefault(step, []).append(value)
+    finally:
+        server.stop()
+    assert {s: v for s, v in shown.items()} == {s: [s * 0.5] for s in range(300)}, \
+        f"{len(shown)} of 300 steps shown"
