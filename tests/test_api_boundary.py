@@ -129,3 +129,39 @@ def test_ordinary_log_records_are_counted_as_ignored_and_samples_kept(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == 2
     assert proc.stderr.count("a log record without an event_name") == 1
     assert "rollouts/text_summary" in read_tensorboard(tmp_path / "tb" / "logs")["tensors"]
+
+
+def test_unit_description_and_scope_reach_otlp_and_prometheus_help(tmp_path, otlp_receiver):
+    """An instrument's unit, description and meter (the instrumentation scope) are on the OTLP
+    metric, and in Prometheus' # HELP, in the trainer and through a real collector."""
+    import urllib.request
+
+    from otel_rl_collector import create
+
+    collector = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                        "prometheus": {"enabled": True, "host": "127.0.0.1", "port": 0},
+                        "tensorboard": {"enabled": False}}).start()
+    try:
+        proc = _run(f"""
+            import otel_rl
+            from opentelemetry import metrics
+            tokens = metrics.get_meter("trainer").create_counter("tokens", unit="{{token}}",
+                                                                 description="Tokens processed")
+            for url in ({otlp_receiver.url!r}, "http://127.0.0.1:{collector.http_port}"):
+                otel_rl.init({{"run_name": "meta", "tensorboard": {{"enabled": False}},
+                               "otlp": {{"enabled": True, "endpoint": url}}}})
+                otel_rl.set_step(0)
+                tokens.add(5)
+                assert otel_rl.shutdown()
+        """, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        sent = [(sm.scope.name, m) for _, r in otlp_receiver.requests if _ == "/v1/metrics"
+                for rm in r.resource_metrics for sm in rm.scope_metrics for m in sm.metrics if m.name == "tokens"]
+        assert sent and all(scope == "trainer" and m.unit == "{token}" and m.description == "Tokens processed"
+                            for scope, m in sent), sent
+        prom = next(w.sink for w in collector.workers if w.sink.name == "prometheus")
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    finally:
+        collector.shutdown()
+    assert "# HELP tokens_total tokens: Tokens processed ({token})" in text, text[:2000]

@@ -71,10 +71,10 @@ class Router:
                 # gauges of runs of one rank: no increments, no totals, nothing reduced; what
                 # the steps below would return unchanged (the collector's common case)
                 self.emission += 1
-                return Batch(list(points), list(params), {"emission": self.emission})
+                return Batch(list(points), list(params), {"emission": self.emission}, dict(record.info))
             ready = self.reducer.add(self.stream.deltas(points), self.world, now=meta.get("t", 0.0))
         self.emission += 1
-        out = Batch(self.stream.totals(ready), list(params), {"emission": self.emission})
+        out = Batch(self.stream.totals(ready), list(params), {"emission": self.emission}, dict(record.info))
         if "tick" in meta or any(self.world.get(run, 1) > 1 for run in set(map(_RUN, out.points))):
             out.points.sort(key=_RUN_STEP)  # reduced groups interleave; pass-through keeps order
         return out

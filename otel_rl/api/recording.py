@@ -41,7 +41,7 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions
 
 from otel_rl.model.semconv import NONFINITE_ATTRIBUTE, STEP_ATTRIBUTE
-from otel_rl.model.tape import COUNTER, GAUGE, HISTOGRAM, OBSERVED_SUM, OBSERVED_UPDOWN, PARAMS, UPDOWN
+from otel_rl.model.tape import COUNTER, GAUGE, HISTOGRAM, INFO, OBSERVED_SUM, OBSERVED_UPDOWN, PARAMS, UPDOWN
 
 _log = logging.getLogger(__name__)
 
@@ -232,6 +232,16 @@ _started: list[Recorder] = []
 _lock = threading.Lock()
 #: Observable instruments of the global meter provider: they observe into the current run.
 _global_observables: list[tuple[str, str, list]] = []
+#: name -> (unit, description, scope) of every instrument that said more than its name.
+_instrument_info: dict[str, tuple[str, str, str]] = {}
+
+
+def instrument_info() -> list[tuple]:
+    """Tape records of what instruments created so far said of their metrics (a new run starts
+    with them, so instruments created before it keep their unit and description)."""
+    now = _time_ns()
+    with _lock:
+        return [(INFO, name, info, None, now, None) for name, info in _instrument_info.items()]
 
 
 def _after_fork_in_child() -> None:
@@ -370,7 +380,20 @@ class Meter(api.Meter):
                 if instrument is None:
                     instrument = self._instruments[key] = cls(kind, name, self._recorder, unit,
                                                               description, bounds)
+                    self._describe(name, unit, description)
         return instrument
+
+    def _describe(self, name: str, unit: str, description: str) -> None:
+        """Unit, description and scope of ``name``: to the run (the tape), and kept for runs that
+        start later (:func:`instrument_info`)."""
+        info = (str(unit or ""), str(description or ""), str(self.name or ""))
+        if info == ("", "", info[2]) and info[2] in ("", "otel_rl"):
+            return  # nothing said of it beyond its name
+        with _lock:
+            _instrument_info[name] = info
+        recorder = self._recorder or current()
+        if recorder is not None and not recorder.closed:
+            recorder.put_quiet((INFO, name, info, None, _time_ns(), None))
 
     def create_counter(self, name, unit="", description="") -> api.Counter:
         return self._get(COUNTER, Counter, name, unit, description)
@@ -388,10 +411,11 @@ class Meter(api.Meter):
     def create_gauge(self, name, unit="", description="") -> api._Gauge:
         return self._get(GAUGE, Gauge, name, unit, description)
 
-    def _observable(self, kind: str, name, callbacks) -> _Observable:
+    def _observable(self, kind: str, name, callbacks, unit="", description="") -> _Observable:
         """Callbacks of a meter bound to a run observe into that run; those of the global meter
         into the process's current run, whichever run that is when they are called."""
         _check_name(name)
+        self._describe(name, unit, description)
         if callbacks:
             callbacks = [_primed(c) for c in callbacks]
             with _lock:
@@ -400,13 +424,13 @@ class Meter(api.Meter):
         return _Observable(name)
 
     def create_observable_counter(self, name, callbacks=None, unit="", description=""):
-        return self._observable(OBSERVED_SUM, name, callbacks)
+        return self._observable(OBSERVED_SUM, name, callbacks, unit, description)
 
     def create_observable_up_down_counter(self, name, callbacks=None, unit="", description=""):
-        return self._observable(OBSERVED_UPDOWN, name, callbacks)
+        return self._observable(OBSERVED_UPDOWN, name, callbacks, unit, description)
 
     def create_observable_gauge(self, name, callbacks=None, unit="", description=""):
-        return self._observable(GAUGE, name, callbacks)
+        return self._observable(GAUGE, name, callbacks, unit, description)
 
 
 class MeterProvider(api.MeterProvider):

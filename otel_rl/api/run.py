@@ -125,6 +125,8 @@ class Pipeline:
                                            max_records=max(pcfg.max_queue_points * 10, 1_000_000))
         current.register(self.recorder, self)
         self.recorder.step = _step.take_unbound_step()
+        for record in recording.instrument_info():  # instruments created before this run
+            self.recorder.put_quiet(record)
         self.meter_provider = recording.MeterProvider(self.recorder)
         self.drainer.start()
         self.timing = PhaseTimer(self.recorder, self.tracer_provider.get_tracer("otel_rl"))

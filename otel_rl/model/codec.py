@@ -39,6 +39,8 @@ def _document(batch: Batch, points: list) -> dict:
     doc = {"p": points, "r": [(r.run, r.params, r.time) for r in batch.params]}
     if batch.meta:
         doc["m"] = batch.meta
+    if batch.info:
+        doc["i"] = batch.info
     return doc
 
 
@@ -76,7 +78,8 @@ def decode_batch(payload: bytes) -> Batch:
         if not attrs and type(attrs) is not tuple:
             row = (*row[:6], (), *row[7:])
         append(Point(*row))
-    return Batch(points, [RunParams(run, params, t) for run, params, t in doc["r"]], doc.get("m", {}))
+    return Batch(points, [RunParams(run, params, t) for run, params, t in doc["r"]], doc.get("m", {}),
+                 {name: tuple(info) for name, info in doc.get("i", {}).items()})
 
 
 def _f(x) -> float:

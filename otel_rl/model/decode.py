@@ -82,6 +82,10 @@ def translate_proto(request) -> Translation:
     for rm in request.resource_metrics:
         resource = proto_attributes(rm.resource.attributes)
         metrics = [m for sm in rm.scope_metrics for m in sm.metrics]
+        for sm in rm.scope_metrics:  # what the instruments said of their metrics
+            for m in sm.metrics:
+                if m.unit or m.description:
+                    out.batch.info[m.name] = (m.unit[:64], m.description[:1024], sm.scope.name[:256])
         count = sum(map(_points, metrics))
         if empty_run(out, resource, count):
             continue

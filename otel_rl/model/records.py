@@ -177,6 +177,9 @@ class Batch:
     params: list[RunParams] = field(default_factory=list)
     #: Delivery metadata (a sender's batch id, an emission number), kept through spools.
     meta: dict[str, Any] = field(default_factory=dict)
+    #: What the instruments said of their metrics: name -> (unit, description, instrumentation
+    #: scope), for the sinks that carry it (OTLP, Prometheus ``# HELP``).
+    info: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.points) + len(self.params)

@@ -43,6 +43,7 @@ class Kind(str, enum.Enum):
     LOG_ROW = "l"  # one Logs-API row: (l, event name, row dict, step, time_ns, attributes)
     TEXT = "t"  # SummaryWriter.add_text: (t, tag, text, step, time_ns, None)
     SAMPLES = "hs"  # a whole array of samples (add_histogram): (hs, tag, values, step, time_ns, None)
+    INFO = "i"  # an instrument's unit, description, scope: (i, name, (unit, description, scope), None, time_ns)
 
 
 class Record(NamedTuple):
@@ -61,7 +62,7 @@ class Record(NamedTuple):
 GAUGE, COUNTER, UPDOWN, HISTOGRAM = Kind.GAUGE.value, Kind.COUNTER.value, Kind.UPDOWN.value, Kind.HISTOGRAM.value
 OBSERVED_SUM, OBSERVED_UPDOWN = Kind.OBSERVED_SUM.value, Kind.OBSERVED_UPDOWN.value
 METRICS, PARAMS, ROWS, LOG_ROW = Kind.METRICS.value, Kind.PARAMS.value, Kind.ROWS.value, Kind.LOG_ROW.value
-TEXT, SAMPLES = Kind.TEXT.value, Kind.SAMPLES.value
+TEXT, SAMPLES, INFO = Kind.TEXT.value, Kind.SAMPLES.value, Kind.INFO.value
 
 #: Bins of a distribution fitted to its samples (TensorBoard's own summaries use 30).
 HISTOGRAM_BINS = 30
@@ -213,6 +214,10 @@ def _log_row(r: _Reading, record: tuple) -> None:
         r.log_rows.append([key, [row], t_ns])
 
 
+def _info(r: _Reading, record: tuple) -> None:
+    r.out.batch.info[record[1]] = tuple(record[2])
+
+
 def _text(r: _Reading, record: tuple) -> None:
     _, name, text, step, t_ns = record[:5]
     r.points.append(Point(r.run, name, NO_STEP if step is None else step, str(text), t_ns / 1e9, "text", (),
@@ -274,11 +279,11 @@ def _increment(r: _Reading, kind: str, name: str, rest: tuple, step: int, t_ns: 
 
 #: One reader per record kind. Records that keep consecutive Logs-API rows together
 #: (:data:`LOG_ROW`, and the kinds that do not end a table) are not in :data:`_ENDS_ROWS`.
-_HANDLERS = {METRICS: _metrics, PARAMS: _params, ROWS: _rows, LOG_ROW: _log_row, TEXT: _text,
+_HANDLERS = {METRICS: _metrics, PARAMS: _params, ROWS: _rows, LOG_ROW: _log_row, TEXT: _text, INFO: _info,
              SAMPLES: _sample_array, GAUGE: _measurement, COUNTER: _measurement, UPDOWN: _measurement,
              HISTOGRAM: _measurement, OBSERVED_SUM: _measurement, OBSERVED_UPDOWN: _measurement}
 #: Kinds after which a following Logs-API row starts a new table.
-_ENDS_ROWS = frozenset(_HANDLERS) - {METRICS, PARAMS, ROWS, LOG_ROW}
+_ENDS_ROWS = frozenset(_HANDLERS) - {METRICS, PARAMS, ROWS, LOG_ROW, INFO}
 
 
 def translate_records(records: Iterable[tuple], run: str, rank: int = -1) -> Translation:

@@ -67,7 +67,7 @@ def split_by_run(batch: Batch) -> list[Batch]:
     if len(runs) <= 1:
         return [batch]
     return [Batch([p for p in batch.points if p.run == run], [p for p in batch.params if p.run == run],
-                  dict(batch.meta)) for run in runs]
+                  dict(batch.meta), batch.info) for run in runs]
 
 
 class SinkWorker:

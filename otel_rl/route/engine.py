@@ -194,7 +194,7 @@ class Engine:
             self._report(translation)
         batch = translation.batch
         batch = self._stream.admit(Batch(batch.points, batch.params,
-                                         {"emission": emission} if emission is not None else {}))
+                                         {"emission": emission} if emission is not None else {}, batch.info))
         print_rows = self.config.sources["samples"].print_rows
         if print_rows:
             for p in batch.points:

@@ -133,21 +133,33 @@ def explicit_from(value: HistogramValue) -> tuple[list[float], list[int]]:
     return edges, counts
 
 
-def encode_request(points: list[Point], params, resource: dict[str, Any], batch_id: str, sender: str):
-    """One ``ExportMetricsServiceRequest`` for points and params of one (run, rank)."""
+def encode_request(points: list[Point], params, resource: dict[str, Any], batch_id: str, sender: str,
+                   info: dict | None = None):
+    """One ``ExportMetricsServiceRequest`` for points and params of one (run, rank); ``info``:
+    each metric's (unit, description, instrumentation scope), as its instrument said."""
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 
     request = mpb.ExportMetricsServiceRequest()
     rm = request.resource_metrics.add()
     _attrs(rm.resource.attributes, [*resource.items(), (SENDER_ID, sender), (BATCH_ID, batch_id)])
-    sm = rm.scope_metrics.add()
-    sm.scope.name = "otel_rl"
+    info = info or {}
+    scopes: dict[str, Any] = {}
+
+    def scope(name: str):
+        sm = scopes.get(name)
+        if sm is None:
+            sm = scopes[name] = rm.scope_metrics.add()
+            sm.scope.name = name
+        return sm
+
+    sm = scope("otel_rl")
     metrics: dict[tuple[str, str], Any] = {}
     for p in points:
         metric = metrics.get((p.name, p.kind))
         if metric is None:
-            metric = metrics[(p.name, p.kind)] = sm.metrics.add()
-            metric.name = p.name
+            unit, description, scope_name = info.get(p.name, ("", "", ""))
+            metric = metrics[(p.name, p.kind)] = scope(scope_name or "otel_rl").metrics.add()
+            metric.name, metric.unit, metric.description = p.name, unit, description
             if p.kind in ("counter", "sum"):
                 metric.sum.aggregation_temporality = 1  # DELTA
                 metric.sum.is_monotonic = p.kind == "counter"
@@ -297,7 +309,7 @@ class OtlpSink(Sink):
             for start in range(0, max(1, len(points)), MAX_POINTS_PER_REQUEST):
                 part = points[start:start + MAX_POINTS_PER_REQUEST]
                 request = encode_request(part, params if start == 0 else [], resource, f"{digest}-{chunk}",
-                                         self._sender)
+                                         self._sender, batch.info)
                 chunk += 1
                 self._send(request.SerializeToString())
         # texts and samples as OTLP log records; one table never spans two requests

@@ -108,6 +108,7 @@ class PrometheusExporter(Sink):
         self.config = config or PrometheusConfig()
         self._series: OrderedDict[tuple, _Series] = OrderedDict()
         self._series_lock = threading.Lock()
+        self._described: dict[str, str] = {}  # OTel metric name -> its description (and unit) for # HELP
         self._keys: dict[tuple, tuple] = {}
         self._families: dict[str, str] = {}  # exposed family name -> the kind that owns it
         self.evicted = 0
@@ -146,6 +147,9 @@ class PrometheusExporter(Sink):
         return f"http://{self.config.host}:{self.port}/metrics"
 
     def write(self, batch: Batch) -> None:
+        for name, (unit, description, _scope) in batch.info.items():
+            if (description or unit) and len(self._described) < 100_000:
+                self._described[name] = f"{description} ({unit})" if unit and description else description or unit
         keys, all_series, to_end = self._keys, self._series, self._series.move_to_end
         points = batch.points
         if len(points) > 64 and set(map(_KIND, points)) == _GAUGE:
@@ -258,7 +262,11 @@ class PrometheusExporter(Sink):
             prom_type = {"counter": "counter", "histogram": "histogram"}.get(kind, "gauge")
             if name not in typed:
                 typed.add(name)
-                help_text = (s.help or name).replace("\\", "\\\\").replace("\n", "\\n")
+                help_text = s.help or name
+                described = self._described.get(s.help)
+                if described:
+                    help_text = f"{help_text}: {described}"
+                help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n")
                 lines.append(f"# HELP {name} {help_text}")
                 lines.append(f"# TYPE {name} {prom_type}")
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
