@@ -26,8 +26,8 @@ from opentelemetry import _logs
 from opentelemetry import metrics as _metrics
 from opentelemetry import trace as _trace
 
+from otel_rl.api import meter as _meter
 from otel_rl.api import propagation
-from otel_rl.api import recording as _recording
 from otel_rl.api import samples as _samples
 from otel_rl.api.current import current_run as _current_pipeline
 from otel_rl.api.logger import Logger
@@ -75,7 +75,7 @@ def init(config: Config | dict | str | None = None, *, set_global: bool = True) 
     with _lock:
         _active = pipeline
         if set_global and not _global_set:
-            _metrics.set_meter_provider(_recording.MeterProvider())
+            _metrics.set_meter_provider(_meter.MeterProvider())
             _trace.set_tracer_provider(CurrentRunTracerProvider())
             _logs.set_logger_provider(_samples.LoggerProvider())
             _global_set = True
@@ -89,7 +89,7 @@ def _check_no_foreign_meter_provider() -> None:
     from opentelemetry.metrics._internal import _ProxyMeterProvider
 
     existing = _metrics.get_meter_provider()
-    if not isinstance(existing, (_ProxyMeterProvider, _recording.MeterProvider)):
+    if not isinstance(existing, (_ProxyMeterProvider, _meter.MeterProvider)):
         raise ConfigError(
             f"otel_rl.init: a meter provider is already installed ({type(existing).__module__}."
             f"{type(existing).__name__}, e.g. by opentelemetry-instrument or the app), and OTel allows "

@@ -152,12 +152,15 @@ def test_unit_description_and_scope_reach_otlp_and_prometheus_help(tmp_path, otl
                                "otlp": {{"enabled": True, "endpoint": url}}}})
                 otel_rl.set_step(0)
                 tokens.add(5)
+                otel_rl.get_pipeline().force_flush()  # a second batch: the info came with the first
+                otel_rl.set_step(1)
+                tokens.add(5)
                 assert otel_rl.shutdown()
         """, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         sent = [(sm.scope.name, m) for _, r in otlp_receiver.requests if _ == "/v1/metrics"
                 for rm in r.resource_metrics for sm in rm.scope_metrics for m in sm.metrics if m.name == "tokens"]
-        assert sent and all(scope == "trainer" and m.unit == "{token}" and m.description == "Tokens processed"
+        assert len(sent) == 2 and all(scope == "trainer" and m.unit == "{token}" and m.description == "Tokens processed"
                             for scope, m in sent), sent
         prom = next(w.sink for w in collector.workers if w.sink.name == "prometheus")
         with urllib.request.urlopen(f"http://127.0.0.1:{prom.port}/metrics", timeout=10) as r:

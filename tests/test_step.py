@@ -8,6 +8,7 @@ import pytest
 from opentelemetry.metrics import Observation
 
 from otel_rl.api import recording
+from otel_rl.api.meter import MeterProvider
 from otel_rl.model.steps import NO_STEP, check_step
 from otel_rl.model.tape import HISTOGRAM_BINS, translate_records
 
@@ -31,7 +32,7 @@ def _recorded(recorder, observe=False):
 
 def test_instruments_record_at_the_current_step_unless_given():
     recorder = recording.Recorder()
-    meter = recording.MeterProvider(recorder).get_meter("t")
+    meter = MeterProvider(recorder).get_meter("t")
     g, c, h, u = (meter.create_gauge("g"), meter.create_counter("c"),
                   meter.create_histogram("h"), meter.create_up_down_counter("u"))
     meter.create_observable_gauge("o", callbacks=[lambda opts: [Observation(1, {"k": "v"})]])
@@ -54,7 +55,7 @@ def test_instruments_record_at_the_current_step_unless_given():
 
 def test_names_keep_their_case_and_differ_by_it():
     recorder = recording.Recorder()
-    meter = recording.MeterProvider(recorder).get_meter("t")
+    meter = MeterProvider(recorder).get_meter("t")
     recorder.set_step(1)
     meter.create_gauge("charts/SPS").set(100.0)
     meter.create_gauge("Loss").set(1.0)
@@ -65,7 +66,7 @@ def test_names_keep_their_case_and_differ_by_it():
 
 def test_every_value_of_a_step_is_kept_with_its_own_time():
     recorder = recording.Recorder()
-    gauge = recording.MeterProvider(recorder).get_meter("t").create_gauge("ret")
+    gauge = MeterProvider(recorder).get_meter("t").create_gauge("ret")
     recorder.set_step(4)
     for v in (1.0, 2.0, 2.0, float("nan")):
         gauge.set(v)
@@ -78,7 +79,7 @@ def test_every_value_of_a_step_is_kept_with_its_own_time():
 
 def test_histograms_take_negative_values_with_bins_fitted_to_the_data():
     recorder = recording.Recorder()
-    hist = recording.MeterProvider(recorder).get_meter("t").create_histogram("adv")
+    hist = MeterProvider(recorder).get_meter("t").create_histogram("adv")
     recorder.set_step(2)
     samples = [-3.0 + 0.01 * i for i in range(600)]  # -3 .. 2.99
     for v in samples:
@@ -96,7 +97,7 @@ def test_histograms_take_negative_values_with_bins_fitted_to_the_data():
 
 def test_bad_values_are_reported_and_the_rest_kept():
     recorder = recording.Recorder()
-    meter = recording.MeterProvider(recorder).get_meter("t")
+    meter = MeterProvider(recorder).get_meter("t")
     recorder.set_step(1)
     meter.create_gauge("g").set("high")
     meter.create_counter("c").add(-1)
@@ -108,7 +109,7 @@ def test_bad_values_are_reported_and_the_rest_kept():
 
 
 def test_bad_instrument_names_are_refused_at_creation():
-    meter = recording.MeterProvider(recording.Recorder()).get_meter("t")
+    meter = MeterProvider(recording.Recorder()).get_meter("t")
     with pytest.raises(ValueError, match="non-empty string"):
         meter.create_gauge("")
 
@@ -116,7 +117,7 @@ def test_bad_instrument_names_are_refused_at_creation():
 def test_a_full_tape_drops_and_counts_instead_of_growing():
     woken = []
     recorder = recording.Recorder(wake=lambda: woken.append(1), wake_at=10, max_records=20)
-    gauge = recording.MeterProvider(recorder).get_meter("t").create_gauge("g")
+    gauge = MeterProvider(recorder).get_meter("t").create_gauge("g")
     for i in range(50):
         gauge.set(i)
     assert len(recorder.tape) == 20 and recorder.dropped == 30 and woken

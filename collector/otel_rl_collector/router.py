@@ -39,6 +39,8 @@ class Router:
         self.world: LRU = LRU(WORLD_LIMIT)  # run -> world size
         self.seen: LRU = LRU(limit)  # (sender, batch id) -> None
         self.emission = 0
+        self.info: dict[str, tuple] = {}  # what senders' instruments said of their metrics
+        self._info_again = False
         self._seen_lock = threading.Lock()  # the request threads check and add ids concurrently
 
     def is_duplicate(self, sender: str, batch_id: str) -> bool:
@@ -65,22 +67,33 @@ class Router:
             self.remember(tuple(i) for i in meta.get("ids", ()))
             self.stream.place(record)
             params = record.params
+            if record.info and len(self.info) < 100_000:
+                self.info.update(record.info)
             points = record.points
             if (set(map(_TEMPORALITY, points)) <= _GAUGES
                     and all(self.world.get(run, 1) <= 1 for run in set(map(_RUN, points)))):
                 # gauges of runs of one rank: no increments, no totals, nothing reduced; what
                 # the steps below would return unchanged (the collector's common case)
                 self.emission += 1
-                return Batch(list(points), list(params), {"emission": self.emission}, dict(record.info))
+                return self._with_info(Batch(list(points), list(params), {"emission": self.emission}), record)
             ready = self.reducer.add(self.stream.deltas(points), self.world, now=meta.get("t", 0.0))
         self.emission += 1
-        out = Batch(self.stream.totals(ready), list(params), {"emission": self.emission}, dict(record.info))
+        out = self._with_info(Batch(self.stream.totals(ready), list(params), {"emission": self.emission}), record)
         if "tick" in meta or any(self.world.get(run, 1) > 1 for run in set(map(_RUN, out.points))):
             out.points.sort(key=_RUN_STEP)  # reduced groups interleave; pass-through keeps order
         return out
 
+    def _with_info(self, out: Batch, record: Batch) -> Batch:
+        """``out`` with the record's info; after a restart, the first with points gets everything
+        known (sinks remember it)."""
+        out.info = dict(record.info)
+        if self._info_again and out.points:
+            self._info_again = False
+            out.info = {**self.info, **out.info}
+        return out
+
     def state(self) -> dict[str, Any]:
-        return {"reducer": self.reducer.state(), "stream": self.stream.state(),
+        return {"info": dict(self.info), "reducer": self.reducer.state(), "stream": self.stream.state(),
                 "world": list(self.world.items()), "seen": self._seen_copy(), "emission": self.emission}
 
     def _seen_copy(self) -> list:
@@ -94,3 +107,5 @@ class Router:
         with self._seen_lock:
             self.seen = LRU(self.seen.limit, ((tuple(key), None) for key in state["seen"]))
         self.emission = state["emission"]
+        self.info = dict(state.get("info", {}))
+        self._info_again = bool(self.info)

@@ -27,7 +27,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_rl.api import current, recording, samples
+from otel_rl.api import current, meter, recording, samples
 from otel_rl.api import step as _step
 from otel_rl.api.timing import PhaseTimer
 from otel_rl.config import Config, load_config
@@ -127,7 +127,7 @@ class Pipeline:
         self.recorder.step = _step.take_unbound_step()
         for record in recording.instrument_info():  # instruments created before this run
             self.recorder.put_quiet(record)
-        self.meter_provider = recording.MeterProvider(self.recorder)
+        self.meter_provider = meter.MeterProvider(self.recorder)
         self.drainer.start()
         self.timing = PhaseTimer(self.recorder, self.tracer_provider.get_tracer("otel_rl"))
         self.gpu = None

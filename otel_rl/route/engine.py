@@ -127,6 +127,10 @@ class Engine:
         self.sinkset = SinkSet(sinks, pcfg.max_queue_points, config.sources["retry"], spools=spools,
                                hold_unstored=not numbered)
         self.sinkset.start(open_runs=(run_name,))
+        #: What instruments said of their metrics (unit, description, scope), sent to the sinks
+        #: with the batch it came in, and again once after a restart (a sink remembers it).
+        self._info: dict[str, tuple] = {}
+        self._info_again = False
 
     # -- state across a helper restart -----------------------------------------------------
     def restore(self, session: str) -> None:
@@ -147,6 +151,8 @@ class Engine:
             # again from this state and give the same emissions; sinks skip those they hold.
             self.emission = int(state.get("emission", 0))
             self._stream = state["stream"]
+            self._info = dict(state.get("info", {}))
+            self._info_again = bool(self._info)
             self.restored = True
         else:
             self.emission = max(self.emission, int(state.get("emission", 0)))
@@ -156,7 +162,7 @@ class Engine:
         if self._state_path is None:
             return
         doc = {"session": session, "emission": self.emission, "held": self._held,
-               "held_since": self._held_since, "stream": self._stream}
+               "held_since": self._held_since, "stream": self._stream, "info": self._info}
         tmp = self._state_path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
@@ -193,8 +199,13 @@ class Engine:
         if translation.rejected or translation.reasons:
             self._report(translation)
         batch = translation.batch
+        info = batch.info
+        if info and len(self._info) < 10_000:
+            self._info.update(info)
+        if self._info_again and batch.points:
+            info, self._info_again = {**self._info, **info}, False
         batch = self._stream.admit(Batch(batch.points, batch.params,
-                                         {"emission": emission} if emission is not None else {}, batch.info))
+                                         {"emission": emission} if emission is not None else {}, info))
         print_rows = self.config.sources["samples"].print_rows
         if print_rows:
             for p in batch.points:

@@ -244,6 +244,7 @@ class OtlpSink(Sink):
         self._url = self._endpoint()
         self._logs_url = self._endpoint("logs")
         self._channel = None
+        self._info: dict[str, tuple] = {}  # metric name -> (unit, description, scope)
         self.rejected_points = 0
         self.rejected_log_records = 0
 
@@ -284,6 +285,8 @@ class OtlpSink(Sink):
         from otel_rl.model.codec import fingerprint_bytes
 
         digest = hashlib.blake2b(fingerprint_bytes(Batch(batch.points, batch.params)), digest_size=12).hexdigest()
+        if batch.info and len(self._info) < 10_000:  # remembered: the info comes once per instrument
+            self._info.update(batch.info)
         chunk = 0
         groups = {}
         logged = [p for p in batch.points if p.kind in ("text", "table")]
@@ -309,7 +312,7 @@ class OtlpSink(Sink):
             for start in range(0, max(1, len(points)), MAX_POINTS_PER_REQUEST):
                 part = points[start:start + MAX_POINTS_PER_REQUEST]
                 request = encode_request(part, params if start == 0 else [], resource, f"{digest}-{chunk}",
-                                         self._sender, batch.info)
+                                         self._sender, self._info)
                 chunk += 1
                 self._send(request.SerializeToString())
         # texts and samples as OTLP log records; one table never spans two requests
