@@ -55,10 +55,6 @@ TRACE_QUEUE, TRACE_ATTEMPTS = 1_000, 4
 CHECKPOINT_RECORDS = 2_000
 
 
-
-
-
-
 class Collector:
     def __init__(self, config: CollectorConfig) -> None:
         self.config = config

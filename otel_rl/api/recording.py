@@ -215,8 +215,6 @@ class Recorder:
         return out
 
 
-
-
 # -- which run a measurement belongs to ---------------------------------------------------
 _context: ContextVar[Recorder | None] = ContextVar("otel_rl_recorder", default=None)
 _context_get = _context.get
@@ -274,26 +272,6 @@ def deactivate(recorder: Recorder) -> None:
     with _lock:
         while recorder in _started:
             _started.remove(recorder)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 __all__ = ["Recorder", "current", "activate", "deactivate", "instrument_info",

@@ -299,7 +299,6 @@ class Pipeline:
         return self._route.close(status, deadline)
 
 
-
 def _closed_in_child() -> None:
     """A forked child does not run its parent's runs (no drain thread, no helper): closed there,
     so nothing it inherited is emitted or shut down twice (recording explains what it records)."""

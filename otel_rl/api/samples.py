@@ -37,23 +37,6 @@ from otel_rl.model.tape import LOG_ROW
 _log = logging.getLogger(__name__)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # -- the OTel Logs API, recording into the current run ------------------------------------------
 class Logger(logs_api.Logger):
     """Records a log record with an ``event_name`` as one row of the table of that name, at its

@@ -22,8 +22,6 @@ def _bind_current():
     return _current
 
 
-
-
 def set_step(step: int) -> None:
     """Set the training step of the current run (see :func:`otel_rl.api.recording.current`): every
     point recorded from now on without its own ``step`` attribute is at this step."""

@@ -100,8 +100,6 @@ class Config:
         return {name: cfg for name, cfg in self.backends.items() if getattr(cfg, "enabled", False)}
 
 
-
-
 def load_config(source: Config | Mapping[str, Any] | str | Path | None = None) -> Config:
     """Build a :class:`Config` from a dict, a YAML file path, or nothing (all defaults).
 

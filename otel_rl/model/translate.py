@@ -50,14 +50,6 @@ def rank_of(resource_attributes: Mapping[str, Any]) -> int:
     return step if step is not None else -1
 
 
-
-
-
-
-
-
-
-
 def exponential_buckets(scale: int, zero_count: int, zero_threshold: float,
                         pos_offset: int, pos_counts: Iterable[int],
                         neg_offset: int, neg_counts: Iterable[int]) -> tuple:
@@ -110,16 +102,6 @@ class Translation:
         return "; ".join(self.reasons.values())
 
 
-
-
-
-
-
-
-
-
-
-
 def empty_run(out: Translation, resource: Mapping[str, Any], count: int) -> bool:
     """An ``otel_rl.run.id`` that is set but empty: refused (merging it into another run, or
     into ``default``, would mix clients' data)."""
@@ -137,12 +119,6 @@ _RUN_STEP = operator.attrgetter("run", "step")
 def finish(out: Translation) -> Translation:
     out.batch.points.sort(key=_RUN_STEP)
     return out
-
-
-
-
-
-
 
 
 def _split(out: Translation, name: str, attributes: Mapping[str, Any] | None):

@@ -37,10 +37,11 @@ _RUN, _STEP, _TEMPORALITY = (operator.attrgetter(a) for a in ("run", "step", "te
 _AS_IS = frozenset({"", "delta"})
 #: Steps per counter series whose totals a late increment can still correct; an increment older
 #: than that corrects the totals of the steps kept (its own step's total is not emitted again).
-CORRECTION_WINDOW = 1_000
-
-
-
+CORRECTION_WINDOW = 256
+#: Counter series that keep such a window (least recently used first out: a series without one
+#: adds a late increment to its total without correcting earlier steps). Bounds the memory a
+#: client can make the collector hold: 20,000 x 256 steps.
+WINDOWED_SERIES = 20_000
 
 
 class Stream:
@@ -49,8 +50,9 @@ class Stream:
     def __init__(self, limit: int = MAX_TRACKED) -> None:
         self.latest_step = LRU(limit)  # run -> latest step
         self.previous = LRU(limit)  # cumulative series (and step) -> last value seen
-        #: (run, name, attributes) -> [total before the window, {step: increments}, highest step, total]
-        self.running = LRU(limit)
+        self.running = LRU(limit)  # (run, name, attributes) -> [running total, highest step]
+        #: (run, name, attributes) -> [total before the window, {step: increments}]
+        self.windows = LRU(min(limit, WINDOWED_SERIES))
         #: Totals emitted again because a late increment changed them.
         self.corrected_points = 0
 
@@ -129,32 +131,40 @@ class Stream:
             key = (p.run, p.name, p.attributes)
             series = running.get(key)
             if series is None:
-                series = [0.0, {}, -1, 0.0]
+                series = [0.0, -1]
                 running.put(key, series)
-            steps, step = series[1], p.step
-            series[3] += p.value
-            if step >= series[2]:  # in order: the total so far is this step's
+            window = self.windows.get(key)
+            if window is None:  # from here on (a series' start, or its window forgotten)
+                window = [series[0], {}]
+                self.windows.put(key, window)
+            steps, step = window[1], p.step
+            series[0] += p.value
+            if step >= series[1]:  # in order: the total so far is this step's
                 steps[step] = steps.get(step, 0.0) + p.value
-                series[2] = step
-                total = series[3]
+                series[1] = step
+                total = series[0]
+            elif not steps or (len(steps) >= CORRECTION_WINDOW and step < min(steps)):  # older than the window
+                window[0] += p.value
+                total = series[0]
+                late.setdefault(key, (step, p))
             else:
-                if len(steps) >= CORRECTION_WINDOW and step < min(steps):  # older than the window
-                    series[0] += p.value
-                else:
-                    steps[step] = steps.get(step, 0.0) + p.value
-                total = series[0] + math.fsum(v for s, v in steps.items() if s <= step)
+                steps[step] = steps.get(step, 0.0) + p.value
+                total = window[0] + math.fsum(v for s, v in steps.items() if s <= step)
                 if key not in late or step < late[key][0]:
                     late[key] = (step, p)
             out.append(p.replace(value=total, increment=p.value, temporality=""))
             if len(steps) > CORRECTION_WINDOW * 5 // 4:
-                _trim(series)
+                _trim(window)
         for key, (lowest, p) in late.items():
-            out.extend(self._corrections(running.get(key), lowest, p))
+            out.extend(self._corrections(self.windows.get(key), lowest, p))
         return out
 
-    def _corrections(self, series: list, lowest: int, p: Point) -> list[Point]:
-        """The true totals of the steps from ``lowest`` up to the series' highest, in step order."""
-        base, steps = series[0], series[1]
+    def _corrections(self, window: list | None, lowest: int, p: Point) -> list[Point]:
+        """The true totals of the window's steps from ``lowest`` up to the series' highest, in
+        step order."""
+        if window is None:
+            return []
+        base, steps = window[0], window[1]
         total, out = base, []
         for step in sorted(steps):
             total += steps[step]
@@ -172,18 +182,19 @@ class Stream:
     # -- snapshots -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"latest_step": list(self.latest_step.items()), "previous": list(self.previous.items()),
-                "running": list(self.running.items())}
+                "running": list(self.running.items()), "windows": list(self.windows.items())}
 
     def restore(self, state: dict[str, Any]) -> None:
-        for name in ("latest_step", "previous", "running"):
+        for name in ("latest_step", "previous", "running", "windows"):
             table = getattr(self, name)
             table.clear()
             for key, value in state.get(name, ()):
                 table.put(key, value)
 
 
-def _trim(series: list) -> None:
-    """Fold the oldest steps of a counter series into its base, keeping :data:`CORRECTION_WINDOW`."""
-    steps = series[1]
+def _trim(window: list) -> None:
+    """Fold the oldest steps of a counter series' window into its base, keeping
+    :data:`CORRECTION_WINDOW`."""
+    steps = window[1]
     for step in sorted(steps)[: len(steps) - CORRECTION_WINDOW]:
-        series[0] += steps.pop(step)
+        window[0] += steps.pop(step)

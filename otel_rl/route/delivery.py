@@ -37,10 +37,6 @@ from otel_rl.sinks.base import SUCCESS, Sink
 _log = logging.getLogger(__name__)
 
 
-
-
-
-
 @dataclass
 class SinkStats:
     """Self-metrics of one sink, in points (a hyperparameter set counts as one)."""
@@ -56,10 +52,6 @@ class SinkStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-
-
 
 
 def split_by_run(batch: Batch) -> list[Batch]:

@@ -44,25 +44,7 @@ _log = logging.getLogger(__name__)
 _FRAME = struct.Struct("<II")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 _last_encoded: tuple = (None, b"")
-
-
-
-
 
 
 class Spool:

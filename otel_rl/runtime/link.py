@@ -52,24 +52,6 @@ START_TIMEOUT_S = 120.0
 MAX_BACKOFF_S = 10.0
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 class HelperLink:
     """The training process's end: starts, feeds, watches and restarts the helper."""
 

@@ -34,7 +34,6 @@ _log = logging.getLogger(__name__)
 SUCCESS, FAILED, KILLED = "success", "failed", "killed"
 
 
-
 @dataclass(frozen=True)
 class SinkContext:
     """What a sink is told of its run before the first write (:meth:`Sink.bind`).
@@ -71,8 +70,6 @@ class WarnOnce:
             return
         self._seen.add(key)
         self._log.warning(message, *args)
-
-
 
 
 class Sink(ABC):

@@ -279,6 +279,5 @@ class MlflowExporter(Sink):
         self._run_ids.clear()
 
 
-
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")

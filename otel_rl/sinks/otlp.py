@@ -191,8 +191,6 @@ def encode_request(points: list[Point], params, resource: dict[str, Any], batch_
     return request
 
 
-
-
 def encode_logs_request(points: list[Point], resource: dict[str, Any], batch_id: str, sender: str):
     """One ``ExportLogsServiceRequest`` for texts and tables of one (run, rank): a text is one
     log record (body: the text); a table one record per row (body: a map of its columns), each

@@ -68,28 +68,6 @@ _SCALAR_KINDS = frozenset({"gauge", "counter", "sum"})
 _SUMS = frozenset({"counter", "sum"})
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 class TensorBoardExporter(Sink):
     """Writes per-step scalars, histograms and hparams to TensorBoard event files."""
 
@@ -397,8 +375,6 @@ class TensorBoardExporter(Sink):
         for directory in self._claimed:
             RUN_DIR_LOCKS.release(directory)
         self._claimed.clear()
-
-
 
 
 def _rewrites_tail(points: list[Point], i: int, last: int) -> bool:
