@@ -8,18 +8,11 @@ share a process (a sweep in threads, a notebook) do not move each other's steps.
 
 from __future__ import annotations
 
+from otel_rl.api import recording
 from otel_rl.model.steps import check_step
 
 _unbound_step: int | None = None  # set_step before any run started: the next run starts there
-_current = None  # otel_rl.api.recording.current, bound on first use (recording imports this module)
-
-
-def _bind_current():
-    global _current
-    from otel_rl.api import recording
-
-    _current = recording.current
-    return _current
+_current = recording.current
 
 
 def set_step(step: int) -> None:
@@ -31,7 +24,7 @@ def set_step(step: int) -> None:
 def set_checked_step(step: int) -> None:
     """:func:`set_step` for a step already validated by :func:`check_step`."""
     global _unbound_step
-    recorder = (_current or _bind_current())()
+    recorder = _current()
     if recorder is None:
         _unbound_step = step
     else:
@@ -40,9 +33,7 @@ def set_checked_step(step: int) -> None:
 
 def get_step() -> int | None:
     """The current run's training step, or None before the first :func:`set_step`."""
-    from otel_rl.api import recording
-
-    recorder = recording.current()
+    recorder = _current()
     return _unbound_step if recorder is None else recorder.step
 
 

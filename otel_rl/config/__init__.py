@@ -20,8 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from otel_rl.config.dialects import adapt
 from otel_rl.errors import ConfigError
+from otel_rl.model.tables import SamplesConfig
+from otel_rl.route.retry import RetryPolicy
 from otel_rl.settings import build, env_default, positive, read_mapping
+from otel_rl.sinks import registry
+from otel_rl.sources.gpu import GpuConfig
+from otel_rl.sources.system import SystemMetricsConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,17 +113,9 @@ def load_config(source: Config | Mapping[str, Any] | str | Path | None = None) -
     on (a section, or ``OTEL_EXPORTER_OTLP_ENDPOINT``), the default TensorBoard sink is off unless
     the config has a ``tensorboard`` section: the collector writes the run, reduced across ranks.
     """
-    from otel_rl.model.tables import SamplesConfig
-    from otel_rl.route.retry import RetryPolicy
-    from otel_rl.sinks import registry
-    from otel_rl.sources.gpu import GpuConfig
-    from otel_rl.sources.system import SystemMetricsConfig
-
     # sections that are not backends
     source_classes = {"gpu": GpuConfig, "retry": RetryPolicy, "samples": SamplesConfig,
                       "system_metrics": SystemMetricsConfig}
-
-    from otel_rl.config.dialects import adapt
 
     if isinstance(source, Config):
         return source

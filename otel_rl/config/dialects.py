@@ -21,6 +21,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from otel_rl.errors import ConfigError
+
 _log = logging.getLogger(__name__)
 
 NEMO_RL_KEYS = {"log_dir", "wandb_enabled", "tensorboard_enabled", "mlflow_enabled", "swanlab_enabled", "wandb",
@@ -40,8 +42,6 @@ _RLINF_BACKENDS = ("tensorboard", "wandb", "swanlab", "mlflow")
 
 def adapt(source: dict) -> tuple[dict, str | None, str | None]:
     """``(otel-rl config, framework, its base log dir)``; ``(source, None, None)`` for otel-rl's own."""
-    from otel_rl.errors import ConfigError
-
     framework = None
     section = source
     if isinstance(source.get("runner"), Mapping) and isinstance(source["runner"].get("logger"), Mapping):
@@ -66,8 +66,6 @@ def adapt(source: dict) -> tuple[dict, str | None, str | None]:
 
 
 def _nemo_rl(cfg: dict) -> dict:
-    from otel_rl.errors import ConfigError
-
     for name, keys in _NEMO_SECTIONS.items():
         sub = cfg.get(name) or {}
         if not isinstance(sub, Mapping):
@@ -102,8 +100,6 @@ def _nemo_rl(cfg: dict) -> dict:
 
 
 def _rlinf(cfg: dict) -> dict:
-    from otel_rl.errors import ConfigError
-
     backends = cfg.get("logger_backends", ["tensorboard"])
     backends = [backends] if isinstance(backends, str) else list(backends or [])
     unknown = [b for b in backends if b not in _RLINF_BACKENDS]

@@ -14,6 +14,8 @@ import logging
 import re
 from dataclasses import dataclass
 
+from otel_rl.model.lru import LRU
+
 _log = logging.getLogger(__name__)
 
 
@@ -82,8 +84,6 @@ class NameMapper:
         if backend not in RULES:
             raise ValueError(f"no name rules for backend {backend!r}; known: {sorted(RULES)}")
         self.rules = RULES[backend]
-        from otel_rl.model.lru import LRU
-
         # bounded (a client inventing millions of names must not grow memory without end); past
         # the bound the least recently used names are forgotten, and a collision with one of those
         # is no longer detected

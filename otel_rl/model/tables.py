@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from otel_rl.errors import ConfigError
 from otel_rl.model.records import Table
 
 DEFAULT_NAME = "samples"
@@ -21,8 +22,6 @@ class SamplesConfig:
     print_rows: int = 0
 
     def validate(self, path: str) -> None:
-        from otel_rl.errors import ConfigError
-
         if self.max_rows < 1 or self.max_chars < 1 or self.print_rows < 0:
             raise ConfigError(f"{path}: max_rows and max_chars must be >= 1 and print_rows >= 0")
 

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from otel_rl.route.deadline import Deadline
+from otel_rl.route.engine import Engine
 from otel_rl.runtime.frames import (
     ACK,
     DISK_EXIT,
@@ -30,6 +32,7 @@ from otel_rl.runtime.frames import (
     _write_all,
     read_frame,
 )
+from otel_rl.sinks.base import KILLED
 
 _log = logging.getLogger("otel_rl.helper")
 
@@ -97,10 +100,6 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             _log.warning("otel-rl helper: os.nice(%d) failed (%s); running at the training process's priority",
                          nice, exc)
-    from otel_rl.route.deadline import Deadline
-    from otel_rl.route.engine import Engine
-    from otel_rl.sinks.base import KILLED
-
     try:
         engine = Engine(hello["config"], hello["run_name"], hello["rank"], hello["resource"],
                         root=Path(hello["root"]), fsync=hello["fsync"], numbered=True)
