@@ -84,18 +84,19 @@ def update(policy, episodes, gamma: float, lr: float):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="otel-rl YAML config (overrides --backends)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="an otel-rl YAML config (used instead of --backends, --log-dir and --mlflow-uri)")
     parser.add_argument("--backends", default="tensorboard",
-                        help="comma-separated subset of tensorboard,wandb,swanlab,mlflow (default: tensorboard)")
-    parser.add_argument("--log-dir", default="runs", help="TensorBoard log dir (default: runs)")
+                        help="comma-separated subset of tensorboard,wandb,swanlab,mlflow")
+    parser.add_argument("--log-dir", default="runs", help="TensorBoard log dir")
     parser.add_argument("--mlflow-uri", default="sqlite:///mlruns/mlflow.db",
-                        help="MLflow tracking URI (default: the embedded sqlite:///mlruns/mlflow.db)")
+                        help="MLflow tracking URI (the default is an embedded store)")
     parser.add_argument("--run-name", default=None, help="run id (default: cartpole-pg-<time>)")
-    parser.add_argument("--iterations", type=int, default=150, help="policy updates (default: 150)")
-    parser.add_argument("--episodes-per-iter", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iterations", type=int, default=150, help="policy updates (training steps)")
+    parser.add_argument("--episodes-per-iter", type=int, default=8, help="episodes per policy update")
+    parser.add_argument("--lr", type=float, default=2.0, help="initial learning rate (decays linearly to half)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the policy and the environments")
     parser.add_argument("--dump-values", metavar="PATH",
                         help="also write every logged value as JSON {metric: {step: value}} (for tests)")
     args = parser.parse_args(argv)
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     env_steps = meter.create_counter("env_steps", unit="steps")
     timing = {phase: meter.create_gauge(f"timing/{phase}", unit="s") for phase in ("rollout", "update", "step")}
 
+    otel_rl.log_hyperparams({"algo": "REINFORCE", "env": "CartPole-v1", "lr": args.lr, "gamma": 0.99,
+                             "episodes_per_iter": args.episodes_per_iter, "iterations": args.iterations,
+                             "seed": args.seed, "policy": {"kind": "linear-softmax", "obs_dim": 4, "actions": 2}})
     env = gym.make("CartPole-v1")
     policy = LinearSoftmaxPolicy(4, 2, np.random.default_rng(args.seed))
     logged: dict[str, dict[int, float]] = {}
@@ -155,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         env_steps.add(n_steps)
         logged.setdefault("env_steps", {})[it] = logged.get("env_steps", {}).get(it - 1, 0) + n_steps
         if it % 10 == 0 or it == args.iterations - 1:
+            # a samples table: the step's episodes (TensorBoard's Text tab, a W&B Table, ...)
+            otel_rl.log_samples([{"episode": k, "return": totals[k], "length": len(e[2]),
+                                  "first actions": " ".join("LR"[a] for a in e[1][:20])}
+                                 for k, e in enumerate(episodes)], name="episodes")
             print(f"step {it:4d}  reward {np.mean(totals):7.1f}  loss {loss:+.4f}  entropy {entropy:.3f}",
                   flush=True)
 
@@ -174,13 +182,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _wandb_view(c) -> str:
+    if c.mode == "online":
+        return "W&B: the run's page (its URL is printed by wandb above)"
+    return (f"wandb sync {c.dir}/wandb/latest-run   (uploads the offline run; or in the terminal: "
+            f"wandb leet {c.dir}/wandb/latest-run)")
+
+
+def _swanlab_view(c) -> str:
+    if c.mode == "cloud":
+        return "SwanLab: the experiment's page on swanlab.cn"
+    if c.mode == "local":
+        return f"swanlab watch {c.logdir}"
+    return f"swanlab sync {c.logdir}/run-*   (uploads the offline run)"
+
+
+def _mlflow_view(c) -> str:
+    if c.tracking_uri.startswith(("http://", "https://")):
+        return f"open {c.tracking_uri} (experiment {c.experiment!r})"
+    return f"mlflow ui --backend-store-uri {c.tracking_uri}"
+
+
 VIEWERS = {
     "tensorboard": lambda c: f"tensorboard --logdir {c.log_dir}",
-    "mlflow": lambda c: f"mlflow ui --backend-store-uri {c.tracking_uri}",
-    "wandb": lambda c: (f"wandb sync {c.dir}/wandb/latest-run   (uploads the offline run; or: "
-                        f"wandb leet {c.dir}/wandb/latest-run)"),
-    "swanlab": lambda c: (f"swanlab sync {c.logdir}/run-*   (uploads the offline run; to browse locally run "
-                          f"with swanlab mode: local, then: swanlab watch {c.logdir})"),
+    "mlflow": _mlflow_view,
+    "wandb": _wandb_view,
+    "swanlab": _swanlab_view,
+    "otlp": lambda c: f"the collector at {c.endpoint} writes the run: view it where its backends write",
+    "prometheus": lambda c: f"scrape http://{c.host}:{c.port}/metrics (or curl it)",
 }
 
 

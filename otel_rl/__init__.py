@@ -22,20 +22,14 @@ import logging
 import threading
 import weakref
 
-from opentelemetry import _logs
-from opentelemetry import metrics as _metrics
-from opentelemetry import trace as _trace
-
-from otel_rl.api import meter as _meter
+from otel_rl.api import globals as _globals
 from otel_rl.api import propagation
-from otel_rl.api import samples as _samples
 from otel_rl.api.current import current_run as _current_pipeline
 from otel_rl.api.logger import Logger
 from otel_rl.api.run import Pipeline
 from otel_rl.api.step import get_step, set_step
 from otel_rl.api.summary import SummaryWriter
 from otel_rl.api.timing import span
-from otel_rl.api.tracing import CurrentRunTracerProvider
 from otel_rl.config import Config, load_config
 from otel_rl.errors import ConfigError, MissingExtraError
 from otel_rl.model.semconv import STEP_ATTRIBUTE
@@ -53,7 +47,6 @@ _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _active: Pipeline | None = None
 _ended: weakref.ref[Pipeline] | None = None  # the run the last shutdown() ended
-_global_set = False
 
 
 def init(config: Config | dict | str | None = None, *, set_global: bool = True) -> Pipeline:
@@ -67,34 +60,16 @@ def init(config: Config | dict | str | None = None, *, set_global: bool = True) 
     and a sweep can run one run per thread; each run is complete and separate. ``set_global=False`` leaves the OTel
     globals alone (use ``pipeline.get_meter``/``get_tracer``).
     """
-    global _active, _global_set
-    if set_global and not _global_set:
-        _check_no_foreign_meter_provider()
+    global _active
+    if set_global:
+        _globals.check_no_foreign_meter_provider()
     pipeline = Pipeline(config)
     pipeline.activate()
     with _lock:
         _active = pipeline
-        if set_global and not _global_set:
-            _metrics.set_meter_provider(_meter.MeterProvider())
-            _trace.set_tracer_provider(CurrentRunTracerProvider())
-            _logs.set_logger_provider(_samples.LoggerProvider())
-            _global_set = True
+    if set_global:
+        _globals.install("otel_rl.init", strict=True)
     return pipeline
-
-
-def _check_no_foreign_meter_provider() -> None:
-    """An OTel SDK meter provider installed before otel-rl (``opentelemetry-instrument``, an
-    app's own ``set_meter_provider``) would take every meter-API call while OTel refuses otel-rl's
-    with one warning: refuse clearly instead of recording nothing."""
-    from opentelemetry.metrics._internal import _ProxyMeterProvider
-
-    existing = _metrics.get_meter_provider()
-    if not isinstance(existing, (_ProxyMeterProvider, _meter.MeterProvider)):
-        raise ConfigError(
-            f"otel_rl.init: a meter provider is already installed ({type(existing).__module__}."
-            f"{type(existing).__name__}, e.g. by opentelemetry-instrument or the app), and OTel allows "
-            "one per process: meter-API calls would go to it, not to this run. Start without it, or "
-            "call otel_rl.init(..., set_global=False) and record with run.get_meter(name)")
 
 
 def log_hyperparams(params: dict) -> None:

@@ -126,3 +126,18 @@ def read_mapping(source: Mapping[str, Any] | str | Path | None, what: str) -> di
     if source is not None and not isinstance(source, Mapping):
         raise ConfigError(f"{what}: expected a mapping, a YAML path or a Config, got {source!r}")
     return dict(source or {})
+
+
+def writable_dir(path: str, directory: str | os.PathLike) -> None:
+    """Create ``directory`` (and parents) and check that a file can be written in it: a typo'd or
+    unwritable directory fails at start with the path and the OS error, not after a run of
+    retries at exit."""
+    import tempfile
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".otel-rl-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write to {os.fspath(directory)!r}: "
+                          f"{e.strerror or e} (errno {e.errno})") from None

@@ -372,6 +372,12 @@ class TensorBoardServer:
         with urllib.request.urlopen(f"{self.url}{path}?{urlencode(query)}", timeout=30) as r:
             return json.loads(r.read())
 
+    def post(self, path: str, body: dict):
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
+
     def wait_loaded(self, runs: list[str], tags: list[str], timeout_s: float = 120.0) -> dict:
         """The scalar tags per run once every run in ``runs`` lists every tag in ``tags``."""
         deadline = time.monotonic() + timeout_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 from conftest import ROOT, f32_close, read_tensorboard
@@ -32,6 +33,53 @@ def test_demo_writes_every_step_of_every_metric(tmp_path, python):
     hist = tb["histograms"]["episode/return_dist"]
     assert sorted(hist) == list(range(40))
     assert all(h[:, 2].sum() == 8 for h in hist.values())
+
+
+def test_demo_shows_hparams_and_samples_in_a_real_tensorboard(tmp_path, python, monkeypatch):
+    """What a newcomer opens after `make demo`: the HParams tab lists the demo's hyperparameters
+    with its own metrics as columns (no system/* metrics), and the Text tab the episodes table."""
+    from backends import TensorBoardServer
+
+    monkeypatch.setenv("OTEL_RL_SYSTEM_METRICS", "true")  # on, as `make demo` runs it
+    proc = subprocess.run(
+        [python, str(ROOT / "examples" / "cartpole_pg.py"), "--log-dir", str(tmp_path / "runs"),
+         "--run-name", "demo", "--iterations", "12"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    server = TensorBoardServer(tmp_path / "runs").start()
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            experiment = server.post("/data/plugin/hparams/experiment", {"experimentName": ""})
+            texts = server.get("/data/plugin/text/tags")
+            if experiment.get("hparamInfos") and "episodes/text_summary" in texts.get("demo", []):
+                break
+            assert time.monotonic() < deadline, (experiment, texts)
+            time.sleep(1)
+        time.sleep(6)  # one more reload of the files
+        experiment = server.post("/data/plugin/hparams/experiment", {"experimentName": ""})
+        hparams = {h["name"] for h in experiment["hparamInfos"]}
+        assert {"lr", "gamma", "seed", "policy/kind", "episodes_per_iter"} <= hparams, hparams
+        columns = {m["name"]["tag"] for m in experiment["metricInfos"]}
+        assert {"reward/mean", "loss", "entropy", "env_steps"} <= columns, columns
+        assert not [c for c in columns if c.startswith("system")], columns
+        scalar_tags = server.get("/data/plugin/scalars/tags")["demo"]
+        assert any(t.startswith("system/") for t in scalar_tags)  # they are there, in their own section
+        assert all("." not in t.split("/")[0] for t in scalar_tags), scalar_tags  # no process.*/system.* groups
+        shown = server.get("/data/plugin/text/text", run="demo", tag="episodes/text_summary")
+        assert sorted(e["step"] for e in shown) == [0, 10, 11]
+        assert all("<table>" in e["text"] and "first actions" in e["text"] for e in shown)
+    finally:
+        server.stop()
+
+
+def test_demo_help_is_whole_sentences(python):
+    proc = subprocess.run([python, str(ROOT / "examples" / "cartpole_pg.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    description = proc.stdout.split("\n\n")[1].replace("\n", " ")
+    assert description.rstrip().endswith("meter API."), description
+    assert "(default: 150)" in proc.stdout  # every default shown
 
 
 def test_demo_default_finishes_and_learns(tmp_path, python):

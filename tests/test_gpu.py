@@ -143,15 +143,17 @@ def test_one_sampler_per_node(tmp_path):
     otel_rl.shutdown()
 
 
-def test_no_gpu_is_a_log_line_not_an_exception(tmp_path, caplog):
-    """The real pynvml on a machine without NVIDIA driver: zero GPUs, no instruments."""
-    caplog.set_level(logging.INFO)
+def test_no_gpu_is_a_warning_not_an_exception(tmp_path, caplog):
+    """The real pynvml on a machine without NVIDIA driver: zero GPUs, no instruments, and a
+    warning at the default log level (the user asked for GPU gauges)."""
+    caplog.set_level(logging.WARNING)
     pipeline = otel_rl.init({"run_name": "nogpu", "tensorboard": {"log_dir": str(tmp_path)},
                              "gpu": {"enabled": True}})
     otel_rl.set_step(0)
     pipeline.force_flush()
     otel_rl.shutdown()
     assert pipeline.gpu is None
-    assert any("GPU gauges disabled" in r.getMessage() for r in caplog.records)
+    assert any("gpu.enabled is set but GPU gauges are off" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)
     assert not (tmp_path / "nogpu").exists() or not any(
         k.startswith("hw.gpu") for k in read_tensorboard(tmp_path / "nogpu")["scalars"])

@@ -124,7 +124,7 @@ def test_samples_and_system_metrics_reach_every_backend(tmp_path, mlflow_server,
         (prom_sink,) = [sink for sink in pipeline.sinks if sink.name == "prometheus"]
         prometheus = PrometheusServer(tmp_path, [f"127.0.0.1:{prom_sink.port}"]).start()
         try:
-            memory = prometheus.wait_for('process_memory_usage{run="grpo"}', lambda r: len(r) == 1)
+            memory = prometheus.wait_for('system_process_memory_usage{run="grpo"}', lambda r: len(r) == 1)
             assert float(memory[0]["value"][1]) > 10e6 and "step" not in memory[0]["metric"]
             assert not prometheus.query('{__name__=~"val.*"}')
         finally:
@@ -178,12 +178,14 @@ def test_samples_and_system_metrics_reach_every_backend(tmp_path, mlflow_server,
     # system metrics at the training steps, in every backend
     for name in ("tensorboard", "wandb", "swanlab", "mlflow"):
         scalars = read_scalars(name, tmp_path, "grpo", mlflow_server.url)
-        for key in ("process.memory.usage", "system.memory.usage/state:used"):
+        assert [k for k in scalars if not k.startswith(("system/", "val/samples"))] == ["loss"], (name, sorted(scalars))
+        assert not [k for k in scalars if "device:lo/" in k], (name, sorted(scalars))  # no loopback
+        for key in ("system/process.memory.usage", "system/memory.usage/state:used"):
             assert key in scalars, (name, key, sorted(scalars))
             # several reads at one step are all kept where the backend can (MLflow: "duplicates")
             steps = {s for s in scalars[key] if s != "duplicates"}
             assert steps and steps <= {0, 1, 2}, (name, key, scalars[key])
-        assert scalars["process.memory.usage"][max(steps)] > 10e6, name
+        assert scalars["system/process.memory.usage"][max(steps)] > 10e6, name
 
 
 def test_samples_through_the_collector_protobuf_and_json(tmp_path, mlflow_server):

@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from otel_rl.api.globals import install as install_globals
 from otel_rl.api.run import Pipeline
 from otel_rl.config import Config
 from otel_rl.model.steps import check_step
@@ -41,7 +42,9 @@ class Logger:
     def __init__(self, cfg: Config | dict | str | None = None, *, pipeline: Pipeline | None = None) -> None:
         self._owns_pipeline = pipeline is None
         self.pipeline = pipeline or Pipeline(cfg)
-        self.pipeline.activate(only_if_none=True)  # so otel_rl.span() times into it
+        self.pipeline.activate(only_if_none=True)  # so otel_rl.span() and the meter API record into it
+        if self._owns_pipeline:
+            install_globals("otel_rl.Logger", strict=False)
         self._recorder = self.pipeline.recorder
         self._warned: set[str] = set()
         #: Calls made after :meth:`finish` (not recorded; warned once).

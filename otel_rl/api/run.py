@@ -108,6 +108,7 @@ class Pipeline:
 
     def __init__(self, config: Config | dict | str | None = None) -> None:
         self.config = load_config(config)
+        self.config.check_local_dirs()
         pcfg = self.config.pipeline
         self.resource = resolve_resource(self.config)
         self.run_name = str(self.resource.attributes[RUN_ID])

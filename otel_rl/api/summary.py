@@ -30,6 +30,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from otel_rl.api.globals import install as install_globals
 from otel_rl.api.run import Pipeline
 from otel_rl.config import Config
 from otel_rl.model.steps import check_step
@@ -80,6 +81,8 @@ class SummaryWriter:
         if purge_step is not None:
             _log.warning("SummaryWriter: purge_step is ignored: otel-rl never discards logged values")
         self.pipeline = Pipeline(_config(self.log_dir, config))
+        self.pipeline.activate(only_if_none=True)  # so otel_rl.span() and the meter API record into it
+        install_globals("otel_rl.SummaryWriter", strict=False)
         self._recorder = self.pipeline.recorder
         self._warned: set[str] = set()
         self._closed = False

@@ -24,7 +24,7 @@ from otel_rl.config.dialects import adapt
 from otel_rl.errors import ConfigError
 from otel_rl.model.tables import SamplesConfig
 from otel_rl.route.retry import RetryPolicy
-from otel_rl.settings import build, env_default, positive, read_mapping
+from otel_rl.settings import build, env_default, positive, read_mapping, writable_dir
 from otel_rl.sinks import registry
 from otel_rl.sources.gpu import GpuConfig
 from otel_rl.sources.system import SystemMetricsConfig
@@ -104,6 +104,15 @@ class Config:
 
     def enabled(self) -> dict[str, Any]:
         return {name: cfg for name, cfg in self.backends.items() if getattr(cfg, "enabled", False)}
+
+    def check_local_dirs(self) -> None:
+        """Create every directory an enabled backend writes on this machine and check it takes a
+        file (a section declares them with ``local_dirs()``): a typo or a read-only path fails
+        at start with the path and the OS error."""
+        for name, cfg in self.enabled().items():
+            local_dirs = getattr(cfg, "local_dirs", None)  # optional for third-party sections
+            for key, directory in (local_dirs() if local_dirs else {}).items():
+                writable_dir(f"{name}.{key}", directory)
 
 
 def load_config(source: Config | Mapping[str, Any] | str | Path | None = None) -> Config:

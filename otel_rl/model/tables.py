@@ -114,12 +114,25 @@ def table_from_rows(rows: list[dict[str, Any]]) -> Table:
     return Table(order, tuple(tuple(row.get(c) for c in order) for row in rows))
 
 
+#: Characters of a cell the console preview shows (the backends keep up to ``max_chars``).
+PREVIEW_CHARS = 200
+
+
+def preview_cell(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    """A cell cut to ``limit`` characters for the console."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [{len(text) - limit} more characters]"
+
+
 def print_table(run: str, name: str, step: int, table: Table, limit: int) -> None:
-    """The first ``limit`` rows, one block per row (NeMo-RL's validation sample print)."""
+    """The first ``limit`` rows, one block per row (NeMo-RL's validation sample print), each cell
+    cut to :data:`PREVIEW_CHARS` characters: a preview; the backends hold the whole cells."""
     lines = [f"===== {name} · run {run} · step {step} · {len(table.rows)} rows ====="]
     for i, row in enumerate(table.rows[:limit]):
         lines.append(f"--- sample {i} ---")
-        lines.extend(f"{column}: {value}" for column, value in zip(table.columns, row))
+        lines.extend(f"{column}: {preview_cell(value)}" for column, value in zip(table.columns, row))
     if len(table.rows) > limit:
         lines.append(f"... {len(table.rows) - limit} more")
     print("\n".join(lines), flush=True)

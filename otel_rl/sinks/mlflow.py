@@ -54,6 +54,19 @@ class MlflowConfig:
     def validate(self, path: str) -> None:
         positive(f"{path}.timeout_s", self.timeout_s)
 
+    def local_dirs(self) -> dict[str, str]:
+        """The directory of an embedded store (``sqlite:///path``, ``file:`` or a plain path),
+        checked at start; none for a server."""
+        uri = self.tracking_uri or ""
+        if uri.startswith("sqlite:///"):
+            parent = os.path.dirname(uri[len("sqlite:///"):])
+        elif uri.startswith("file:") or "://" not in uri:
+            path = urllib.parse.urlsplit(uri).path if uri.startswith("file:") else uri
+            parent = path
+        else:
+            return {}
+        return {"tracking_uri": parent or "."} if parent != ":memory:" else {}
+
 
 class MlflowExporter(Sink):
     """One MLflow run per otel-rl run (found again by the ``otel_rl.run_id`` tag)."""

@@ -59,6 +59,10 @@ class SwanlabConfig:
                               "'local', 'disabled'")
         readable_file(f"{path}.api_key_file", self.api_key_file)
 
+    def local_dirs(self) -> dict[str, str]:
+        """Directories this section writes on this machine (checked at start)."""
+        return {} if self.mode == "disabled" else {"logdir": self.logdir}
+
 
 class SwanlabExporter(Sink):
     """Logs per-step records to SwanLab."""

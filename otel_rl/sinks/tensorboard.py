@@ -63,8 +63,13 @@ class TensorBoardConfig:
     def validate(self, path: str) -> None:
         positive(f"{path}.max_open_files", self.max_open_files)
 
+    def local_dirs(self) -> dict[str, str]:
+        """Directories this section writes on this machine (checked at start)."""
+        return {"log_dir": self.log_dir}
+
 
 _SCALAR_KINDS = frozenset({"gauge", "counter", "sum"})
+_MAX_METRIC_COLUMNS = 2_000
 _SUMS = frozenset({"counter", "sum"})
 
 
@@ -94,6 +99,9 @@ class TensorBoardExporter(Sink):
         from otel_rl.model.lru import LRU
 
         self._last = LRU(200_000)  # (run, generation, tag) -> highest step written
+        #: run -> (its hyperparameters, its scalar tags outside ``system/``): the HParams
+        #: plugin's experiment, written at close so that its metric columns are the run's own
+        self._experiments: dict[str, tuple[dict, set[str]]] = {}
         #: Points written to a ``late-<n>`` sub-run because their tag had passed their step.
         self.late_points = 0
         #: Event files closed to stay within ``max_open_files`` (reopened on demand).
@@ -139,6 +147,8 @@ class TensorBoardExporter(Sink):
         self._dirs.update((state or {}).get("dirs", {}))
         for key, step in (state or {}).get("last", []):
             self._last.put(tuple(key), step)
+        for run, (params, tags) in (state or {}).get("experiments", {}).items():
+            self._experiments[run] = (dict(params), set(tags))
 
     def _limit_open(self) -> None:
         """Close the least recently used event files past ``max_open_files`` (not those the
@@ -164,7 +174,8 @@ class TensorBoardExporter(Sink):
         files.update({_run_key(run): [f.path.name, f.size] for run, f in self._runs.items()})
         self._checkpointed = files
         return {"files": files, "dirs": dict(self._dirs),
-                "last": [[list(k), v] for k, v in self._last.items()]}
+                "last": [[list(k), v] for k, v in self._last.items()],
+                "experiments": {run: [params, sorted(tags)] for run, (params, tags) in self._experiments.items()}}
 
     def _dir(self, run: str) -> Path:
         """The directory of a run key: ``run`` or ``(run, generation)`` for a late sub-run."""
@@ -243,6 +254,8 @@ class TensorBoardExporter(Sink):
             # the common case inline (the tag's steps do not go backwards); else _target.
             # self._last is trimmed to its limit after the batch (write)
             last = last_of((run, 0, tag))
+            if last is None and scalar:
+                self._metric_tag(run, tag)
             if last is None or step > last:
                 lasts[(run, 0, tag)] = step
                 to_end((run, 0, tag))
@@ -329,8 +342,22 @@ class TensorBoardExporter(Sink):
         tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_DOUBLE, tensor_shape=shape, double_val=flat)
         return self._summary_pb2.Summary.Value(tag=tag, metadata=self._hist_meta, tensor=tensor)
 
+    def _metric_tag(self, run: str, tag: str) -> None:
+        """A scalar tag seen for the first time in ``run``: one of the HParams metric columns,
+        unless it is a system metric (``system/...``)."""
+        experiment = self._experiments.get(run)
+        if experiment is not None and not tag.startswith("system/") and len(experiment[1]) < _MAX_METRIC_COLUMNS:
+            experiment[1].add(tag)
+
     def _write_hparams(self, params: RunParams) -> None:
         from tensorboard.plugins.hparams import plugin_data_pb2
+
+        experiment = self._experiments.setdefault(params.run, ({}, set()))
+        experiment[0].update(params.params)
+        scalar_tags = {tag for tag, _ in self._scalars.values()}  # tags written before the hparams
+        experiment[1].update(tag for (run, generation, tag) in self._last.keys()
+                             if run == params.run and not generation and tag in scalar_tags
+                             and not tag.startswith("system/") and len(experiment[1]) < _MAX_METRIC_COLUMNS)
 
         info = plugin_data_pb2.SessionStartInfo(start_time_secs=params.time)
         for key, value in params.params.items():
@@ -347,6 +374,19 @@ class TensorBoardExporter(Sink):
         return self._event_pb2.Event(wall_time=wall_time, step=0,
                                      summary=self._summary_pb2.Summary(value=[value]))
 
+    def _experiment_event(self, run: str):
+        """The HParams plugin's experiment for ``run``: its hyperparameters and, as metric
+        columns, its own scalar tags (system metrics left out). Without it the plugin makes a
+        column of every scalar tag. Written once, at close (the plugin reads the first one)."""
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+        params, tags = self._experiments[run]
+        experiment = api_pb2.Experiment(
+            hparam_infos=[api_pb2.HParamInfo(name=key) for key in sorted(params)],
+            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in sorted(tags)])
+        return self._hparams_event("_hparams_/experiment", plugin_data_pb2.HParamsPluginData(experiment=experiment),
+                                   time.time())
+
     def flush(self) -> None:
         for f in self._runs.values():
             f.flush()
@@ -362,6 +402,8 @@ class TensorBoardExporter(Sink):
             if f is None:
                 f = (SHARED_FILES.acquire(self._dir(run)) if self._spool_id is None
                      else EventFile(self._dir(run), self._spool_id, self._evicted[run][1]))
+            if run in self._experiments:
+                f.write(self._experiment_event(run))
             end = plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time())
             f.write(self._hparams_event("_hparams_/session_end_info",
                                         plugin_data_pb2.HParamsPluginData(session_end_info=end), time.time()))

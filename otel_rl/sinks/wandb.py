@@ -80,6 +80,10 @@ class WandbConfig:
         if self.max_open_runs < 1:
             raise ConfigError(f"{path}.max_open_runs: must be >= 1, got {self.max_open_runs}")
 
+    def local_dirs(self) -> dict[str, str]:
+        """Directories this section writes on this machine (checked at start)."""
+        return {} if self.mode == "disabled" else {"dir": self.dir}
+
 
 def wandb_run_id(run: str) -> str:
     """A stable W&B run id for an otel-rl run, so a restarted process resumes the same W&B run

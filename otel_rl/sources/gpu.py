@@ -79,7 +79,8 @@ def _load_nvml():
     try:
         import pynvml
     except ImportError:
-        _log.info("GPU gauges disabled: nvidia-ml-py is not installed (pip install 'otel-rl[gpu]')")
+        _log.warning("otel-rl: gpu.enabled is set but GPU gauges are off: nvidia-ml-py is not installed "
+                     "(pip install 'otel-rl[gpu]')")
         return None
     return pynvml
 
@@ -111,10 +112,11 @@ class GpuSampler:
             nvml.nvmlInit()
             count = nvml.nvmlDeviceGetCount()
         except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded: zero GPUs
-            _log.info("GPU gauges disabled: no NVIDIA GPU visible (NVML: %s)", exc)
+            _log.warning("otel-rl: gpu.enabled is set but GPU gauges are off: no NVIDIA GPU visible (NVML: %s)",
+                         exc)
             return False
         if count == 0:
-            _log.info("GPU gauges disabled: NVML reports 0 GPUs")
+            _log.warning("otel-rl: gpu.enabled is set but GPU gauges are off: NVML reports 0 GPUs")
             return False
         if not self._take_node_lock():
             return False

@@ -1,6 +1,7 @@
 """System and process metrics with the OpenTelemetry semantic conventions (``system.*``,
 ``process.*``), from the maintained psutil-based ``opentelemetry-instrumentation-system-metrics``,
-recorded at the run's step like the GPU gauges.
+recorded at the run's step like the GPU gauges, under one ``system/`` section in every backend
+(``system/memory.usage``, ``system/process.cpu.utilization``, as W&B names its own).
 
 On by default with a small set that is cheap to read and bounded in series (no per-CPU or
 per-disk breakdown, which on a 128-core node would be hundreds of series in every backend):
@@ -61,9 +62,31 @@ class SystemMetricsConfig:
         positive(f"{path}.interval_s", self.interval_s)
 
 
+#: Network interfaces left out by default: loopback (traffic of the process with itself).
+#: An interface that has moved no bytes (an idle virtual one: ifb0, a down bridge) is left
+#: out until it does.
+_SKIPPED_DEVICES = frozenset({"lo", "lo0"})
+
+
+def display_name(name: str) -> str:
+    """Where a system metric shows: one ``system/`` section in every backend, as W&B shows its
+    own (``system.memory.usage`` -> ``system/memory.usage``, ``process.thread.count`` ->
+    ``system/process.thread.count``)."""
+    return "system/" + (name[len("system."):] if name.startswith("system.") else name)
+
+
+def _keep(observation) -> bool:
+    attributes = observation.attributes or {}
+    device = attributes.get("device")
+    if device is None:
+        return True
+    return device not in _SKIPPED_DEVICES and observation.value != 0
+
+
 class _ThrottledMeter:
     """A meter whose observable callbacks run at most every ``interval_s`` (each callback on its
-    own clock), so reading /proc does not follow the export interval."""
+    own clock), so reading /proc does not follow the export interval; instruments are named
+    :func:`display_name` and loopback and idle interfaces are left out."""
 
     def __init__(self, meter, interval_s: float) -> None:
         self._meter = meter
@@ -79,19 +102,20 @@ class _ThrottledMeter:
                 if now - last[0] < self._interval_s:
                     return []
                 last[0] = now
-                return callback(options)
+                return [o for o in callback(options) if _keep(o)]
 
             wrapped.append(throttled)
         return wrapped
 
     def create_observable_counter(self, name, callbacks=None, unit="", description=""):
-        return self._meter.create_observable_counter(name, self._wrap(callbacks), unit, description)
+        return self._meter.create_observable_counter(display_name(name), self._wrap(callbacks), unit, description)
 
     def create_observable_up_down_counter(self, name, callbacks=None, unit="", description=""):
-        return self._meter.create_observable_up_down_counter(name, self._wrap(callbacks), unit, description)
+        return self._meter.create_observable_up_down_counter(display_name(name), self._wrap(callbacks), unit,
+                                                             description)
 
     def create_observable_gauge(self, name, callbacks=None, unit="", description=""):
-        return self._meter.create_observable_gauge(name, self._wrap(callbacks), unit, description)
+        return self._meter.create_observable_gauge(display_name(name), self._wrap(callbacks), unit, description)
 
     def __getattr__(self, name):
         return getattr(self._meter, name)
