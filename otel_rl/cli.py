@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from otel_rl.config import load_config
@@ -42,11 +43,14 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print("trainer config: valid")
     if cfg.framework:
         print(f"read as a {cfg.framework} logger config (docs/integrations.md)")
     print(f"pipeline: {dataclasses.asdict(cfg.pipeline)}")
     for name, backend in cfg.backends.items():
         print(f"{name}: {dataclasses.asdict(backend)}")
+    for name, section in cfg.sources.items():
+        print(f"{name}: {dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section}")
     print(f"enabled: {', '.join(cfg.enabled()) or 'none'}")
     return 0
 
@@ -73,11 +77,17 @@ def _collector(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        print(f"error: {exc.strerror or exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
+
+    def on_signal(number, _frame) -> None:
+        logging.getLogger("otel_rl_collector").info("collector: %s received; shutting down",
+                                                    signal.Signals(number).name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     # Every request allocates thousands of short-lived records: with the default thresholds the
     # cyclic GC runs every 700 allocations and re-scans what is queued (measured: ~0.3 µs per
     # point). What start-up loaded is frozen out of the scans; records are freed by reference
@@ -123,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--project", help="W&B / SwanLab project (default: otel-rl)")
     rep.set_defaults(func=_replay)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `otel-rl check-config x.yaml | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail again
+        return 0
 
 
 if __name__ == "__main__":

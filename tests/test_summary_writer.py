@@ -115,3 +115,16 @@ def test_summary_writer_api_shapes(tmp_path):
     assert tb["scalars"]["hparam/score"] == {0: 0.5}
     _, _, wall = _events(tmp_path / "run")[0]["x"][0]
     assert wall == 1_700_000_000.0
+
+
+def test_drop_in_script_shows_its_own_tags_plus_only_system(tmp_path):
+    """With system metrics on (the default outside the tests), the unmodified script's TensorBoard
+    run holds the script's tags and, beyond them, only the `system/` section."""
+    _run("tensorboardX", tmp_path / "tbx")
+    _run("otel_rl", tmp_path / "runs", {"OTEL_RL_SYSTEM_METRICS": "true"})
+    ref_scalars, ref_others = _events(tmp_path / "tbx" / RUN)
+    got_scalars, got_others = _events(tmp_path / "runs" / RUN)
+    extra = set(got_scalars) - set(ref_scalars)
+    assert set(ref_scalars) <= set(got_scalars) and set(got_others) == set(ref_others)
+    assert extra and all(tag.startswith("system/") for tag in extra), sorted(extra)
+    assert not [t for t in extra if "device:lo/" in t], sorted(extra)

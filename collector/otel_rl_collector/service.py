@@ -108,10 +108,16 @@ class Collector:
             self._trace_thread = threading.Thread(target=self._trace_loop, name="otel-rl-traces", daemon=True)
             self._trace_thread.start()
         receivers = self.config.receivers
-        if receivers.http.enabled:
-            self._receivers.append(HttpReceiver(self, receivers.http, self.config.tls).start())
-        if receivers.grpc.enabled:
-            self._receivers.append(GrpcReceiver(self, receivers.grpc, self.config.tls).start())
+        for kind, key, make in (("OTLP/HTTP", "http", HttpReceiver), ("OTLP/gRPC", "grpc", GrpcReceiver)):
+            cfg = getattr(receivers, key)
+            if cfg.enabled:
+                try:
+                    self._receivers.append(make(self, cfg, self.config.tls).start())
+                except (OSError, RuntimeError) as exc:  # grpcio says RuntimeError("Failed to bind")
+                    reason = getattr(exc, "strerror", None) or str(exc)
+                    raise OSError(getattr(exc, "errno", None) or 0,
+                                  f"the {kind} receiver cannot listen on {cfg.host}:{cfg.port}: {reason} "
+                                  f"(receivers.{key}.port)") from exc
         _log.info("otel-rl collector: %s -> %s", ", ".join(r.describe() for r in self._receivers),
                   ", ".join(w.sink.name for w in self.workers) or "no sinks")
         return self

@@ -103,7 +103,8 @@ class Recorder:
                          "it through a collector)", what, os.getpid(), self.forked_from)
         else:
             _log.warning("otel-rl: %s after its run ended (shutdown, close or finish): not recorded; "
-                         "warned once, counted in the run's stats()['records_after_close']; start a new "
+                         "warned once, counted in its Pipeline's stats()['records_after_close'] (the object "
+                         "otel_rl.init returned; Logger.pipeline, SummaryWriter.pipeline); start a new "
                          "run to record more", what)
 
     def ignore_log_record(self) -> None:
@@ -112,7 +113,7 @@ class Recorder:
         if self.ignored_log_records == 1:
             _log.warning("otel-rl: a log record without an event_name reached the OTel logs API: otel-rl "
                          "keeps only records with an event_name (rows of the samples table of that name); "
-                         "ignored, counted in stats()['ignored_log_records'] (warned once)")
+                         "ignored, counted in otel_rl.get_pipeline().stats()['ignored_log_records'] (warned once)")
 
     def put(self, record: tuple) -> None:
         if self.closed:

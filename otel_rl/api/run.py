@@ -239,7 +239,8 @@ class Pipeline:
             if "sample_rows" not in self._warned:
                 self._warned.add("sample_rows")
                 _log.warning("otel-rl: log_samples(%r): %d rows past samples.max_rows=%d dropped (warned "
-                             "once; counted in stats()['dropped_sample_rows'])", name, dropped, cfg.max_rows)
+                             "once; counted in otel_rl.get_pipeline().stats()['dropped_sample_rows'])",
+                             name, dropped, cfg.max_rows)
         self.recorder.put((ROWS, str(name), table, self.recorder.step if step is None else step,
                            time.time_ns(), None))
 
@@ -296,8 +297,13 @@ class Pipeline:
             self.gpu.close()
         if self.system is not None:
             self.system.close()
-        _bounded(lambda: self.tracer_provider.shutdown(), deadline)
-        return self._route.close(status, deadline)
+        try:
+            _bounded(lambda: self.tracer_provider.shutdown(), deadline)
+            return self._route.close(status, deadline)
+        except KeyboardInterrupt:  # Ctrl-C during the exit flush: one line, not a traceback
+            print(f"otel-rl: interrupted while delivering run {self.run_name!r}; {self._route.interrupt()}",
+                  file=sys.stderr, flush=True)
+            return False
 
 
 def _closed_in_child() -> None:

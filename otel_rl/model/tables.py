@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -135,4 +136,6 @@ def print_table(run: str, name: str, step: int, table: Table, limit: int) -> Non
         lines.extend(f"{column}: {preview_cell(value)}" for column, value in zip(table.columns, row))
     if len(table.rows) > limit:
         lines.append(f"... {len(table.rows) - limit} more")
-    print("\n".join(lines), flush=True)
+    # the console: in the helper process, sys.stdout takes backend SDKs' banners to the logger and
+    # keeps the real output as .console (otel_rl.runtime.child)
+    print("\n".join(lines), file=getattr(sys.stdout, "console", sys.stdout), flush=True)

@@ -334,13 +334,17 @@ class SinkWorker:
                         return reason
                 elif verdict is Verdict.PERMANENT:
                     return reason
+                repeated = reason == self.failing
                 self.failing = reason
                 wait = self.policy.wait_s(attempt, getattr(exc, "retry_after_s", None))
                 limit = self.policy.max_elapsed_s
                 if limit is not None and time.monotonic() - started + wait > limit:
                     return f"{reason} (gave up after {attempt} attempts)"
-                _log.warning("%s: write of %d records failed (%s); retry %d in %.1f s", self.sink.name,
-                             len(batch), reason, attempt, wait)
+                if repeated:  # the same error again: one short line, the reason was said
+                    _log.warning("%s: still failing (same error); retry %d in %.1f s", self.sink.name, attempt, wait)
+                else:
+                    _log.warning("%s: write of %d records failed (%s); retry %d in %.1f s", self.sink.name,
+                                 len(batch), reason, attempt, wait)
             with self._cv:  # sleep, but wake early when stop() gives up waiting
                 if self._cv.wait_for(lambda: self._abandon, timeout=wait):
                     return "stop"

@@ -221,7 +221,8 @@ class Engine:
             if kind not in self._warned and len(self._warned) < 10_000:
                 self._warned.add(kind)
                 self.rejected_reasons.setdefault(kind, reason)
-                _log.warning("otel-rl: %s (reported once; counted in stats()['rejected_points'])", reason)
+                _log.warning("otel-rl: %s (reported once; counted in "
+                             "otel_rl.get_pipeline().stats()['rejected_points'])", reason)
 
     @property
     def held(self) -> int:

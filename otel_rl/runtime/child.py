@@ -81,6 +81,55 @@ class _Out:
                 return False
 
 
+class _LinesToLog:
+    """``sys.stdout`` of the helper: each line a backend SDK prints (SwanLab's banner, a run URL)
+    becomes an INFO record of ``otel_rl.backends``, shown by the training process at its log
+    level, so banners do not land in the middle of the training output."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, console) -> None:
+        self._log = logging.getLogger("otel_rl.backends")
+        self._partial = ""
+        #: the real standard output, for what otel-rl prints on purpose (the samples preview)
+        self.console = console
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + str(text)).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.strip():
+                self._log.info("%s", line.rstrip())
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+def _route_sdk_logging() -> None:
+    """Backend SDKs that print through their own stream handlers (MLflow's ``INFO
+    mlflow.store.db.utils``) log through the forwarding root handler instead."""
+    for logger in list(logging.root.manager.loggerDict.values()):
+        if not isinstance(logger, logging.Logger) or logger.name.startswith("otel_rl"):
+            continue
+        streams = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+        if streams:
+            for handler in streams:
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -89,6 +138,8 @@ def main(argv: list[str]) -> int:
     root_logger = logging.getLogger()
     root_logger.handlers[:] = [_Forward(out)]
     root_logger.setLevel(logging.INFO)
+    sys.stdout = _LinesToLog(sys.stdout)
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # MLflow's records go through the root handler
     frame = read_frame(in_fd)
     if frame is None or frame[0] != HELLO:
         return 2
@@ -110,6 +161,7 @@ def main(argv: list[str]) -> int:
     except BaseException as exc:  # noqa: BLE001 - reported to the training process, which raises it
         out.send(READY, 0, {"error": (type(exc).__module__, type(exc).__qualname__, str(exc))})
         return 1
+    _route_sdk_logging()
     sinks = [{"name": sink.name, "port": sink.port, "describe": line}
              for sink, line in zip(engine.sinks, engine.describe())]
     out.send(READY, 0, {"emission": engine.emission, "sinks": sinks, "pid": os.getpid()})

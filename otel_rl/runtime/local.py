@@ -43,3 +43,10 @@ class LocalRoute:
 
     def close(self, status: str, deadline: Deadline) -> bool:
         return self.engine.shutdown(deadline, status)
+
+    def interrupt(self) -> str:
+        """The sinks' threads stop with the process: spooled points stay in the spool."""
+        root = self.engine.root
+        if root is None:
+            return "points still queued for a backend are not delivered (configure a spool to keep them)"
+        return f"what was not delivered is kept in {root}; send it with `otel-rl replay {root}`"

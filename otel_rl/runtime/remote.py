@@ -55,8 +55,9 @@ def new_session() -> str:
 class RemoteRoute:
     frame_records = FRAME_RECORDS
 
-    def __init__(self, link: HelperLink) -> None:
+    def __init__(self, link: HelperLink, root: Path) -> None:
         self.link = link
+        self.root = root  # the helper's spool
         self._sinks = [RemoteSink(info) for info in link.ready["sinks"]]
         self._closed = False
 
@@ -78,7 +79,7 @@ class RemoteRoute:
             if private:
                 shutil.rmtree(root, ignore_errors=True)
             raise
-        return cls(link)
+        return cls(link, root)
 
     @property
     def backlogged(self) -> bool:
@@ -122,3 +123,13 @@ class RemoteRoute:
     def close(self, status: str, deadline: Deadline) -> bool:
         self._closed = True
         return self.link.close(status, deadline)
+
+    def interrupt(self) -> str:
+        """End the helper at once: every frame it acknowledged is in its spool (the state a
+        SIGKILL leaves, which replay resumes), and it writes nothing more to the terminal."""
+        self._closed = True
+        unacked = self.link.stats()["helper_unacknowledged_frames"]
+        self.link.kill()
+        root = self.root
+        lost = f"; {unacked} frames never reached it" if unacked else ""
+        return f"what was not delivered is kept in {root}{lost}; send it with `otel-rl replay {root}`"

@@ -53,6 +53,10 @@ class Route(Protocol):
         """Deliver what is held and close every sink with the run's ``status``; True when
         everything was delivered."""
 
+    def interrupt(self) -> str:
+        """Stop delivering now (Ctrl-C during the exit flush): what was handed over stays where
+        it is durable; returns one sentence saying where, and how to send it later."""
+
 
 def start_route(config: Config, run_name: str, rank: int, resource: dict[str, Any]) -> Route:
     """The helper process when ``helper`` is set and a metric sink is enabled, else this one."""

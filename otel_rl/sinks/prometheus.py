@@ -27,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from otel_rl.errors import ConfigError
 from otel_rl.model.records import Batch, HistogramValue, Point
 from otel_rl.settings import env_default, positive
 from otel_rl.sinks.base import Sink
@@ -50,6 +51,8 @@ class PrometheusConfig:
 
     def validate(self, path: str) -> None:
         positive(f"{path}.max_series", self.max_series)
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{path}.port: {self.port} is not a port (0-65535; 0 picks a free one)")
 
 
 def metric_name(name: str) -> str:
@@ -135,7 +138,11 @@ class PrometheusExporter(Sink):
         self.port = None
         if not serve:
             return
-        self._server = ThreadingHTTPServer((self.config.host, self.config.port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((self.config.host, self.config.port), Handler)
+        except OSError as exc:
+            raise ConfigError(f"prometheus: cannot listen on {self.config.host}:{self.config.port}: "
+                              f"{exc.strerror or exc} (prometheus.port; 0 picks a free one)") from None
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="otel-rl-prometheus",
