@@ -235,3 +235,27 @@ def test_package_metadata():
     assert project["license"] == "Apache-2.0" and (ROOT / "LICENSE").is_file()
     assert "hf" in project["optional-dependencies"]["all"][0]
     assert not list(ROOT.glob("*.whl"))
+
+
+def test_the_annotated_metrics_port_serves_the_collectors_health_too(tmp_path):
+    """The chart's prometheus.io/port annotation points at the training-metrics port; the
+    collector's own otel_rl_collector_* series are there too (deploy.md tells operators to watch
+    them), unless auth.metrics keeps them behind the token."""
+    pytest.importorskip("otel_rl_collector")
+    import urllib.request
+
+    from otel_rl_collector import create
+
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    for protected in (False, True):
+        collector = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                            "tensorboard": {"enabled": False}, "prometheus": {"enabled": True, "port": 0},
+                            "auth": {"token_file": str(token), "metrics": protected} if protected else {}}).start()
+        try:
+            (prom,) = [w.sink for w in collector.workers if w.sink.name == "prometheus"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{prom.port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            assert ("otel_rl_collector_requests_total" in text) is not protected, text[:500]
+        finally:
+            collector.shutdown()

@@ -85,6 +85,10 @@ class Collector:
         from otel_rl_collector.selfmetrics import SelfMetrics
 
         self.selfmetrics = SelfMetrics(self)
+        if not self.config.auth.metrics:  # one scrape of the metrics port gets the collector's health too
+            for worker in self.sinkset.workers:
+                if worker.sink.name == "prometheus":
+                    worker.sink.also_serve = self.selfmetrics.render
         self._stop = threading.Event()
         self._abort = threading.Event()  # the shutdown deadline passed: the router thread stops now
         self._drained = threading.Event()

@@ -24,6 +24,7 @@ import operator
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -117,6 +118,9 @@ class PrometheusExporter(Sink):
         self.evicted = 0
         #: Series whose metric or label name was changed to keep the exposition valid.
         self.renamed = 0
+        #: More exposition text served after this sink's own (the collector's self-metrics, so that
+        #: one ``prometheus.io/port`` annotation scrapes both); None: nothing more.
+        self.also_serve: Callable[[], str] | None = None
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -124,7 +128,10 @@ class PrometheusExporter(Sink):
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "only /metrics is served here")
                     return
-                body = exporter.render().encode()
+                text = exporter.render()
+                if exporter.also_serve is not None:
+                    text += exporter.also_serve()
+                body = text.encode()
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE)
                 self.send_header("Content-Length", str(len(body)))

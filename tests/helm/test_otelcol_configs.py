@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "helm"))
 import render_examples  # noqa: E402
 
 OTELCOL = ROOT.parent / "shared" / "tools" / "otelcol" / "otelcol"
-ENV = {**os.environ, "OTEL_RL_TOKEN": "t0ken", "K8S_NODE_NAME": "node-1"}
+ENV = {**os.environ, "OTEL_RL_TOKEN": "t0ken", "K8S_NODE_NAME": "node-1", "MY_POD_IP": "127.0.0.1"}
 
 _needs_otelcol = pytest.mark.skipif(not OTELCOL.exists(), reason=f"the upstream collector is not at {OTELCOL}")
 
