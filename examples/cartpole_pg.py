@@ -86,7 +86,7 @@ def update(policy, episodes, gamma: float, lr: float):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="an otel-rl YAML config (used instead of --backends, --log-dir and --mlflow-uri)")
+    parser.add_argument("--config", help="an otel-rl YAML config (used instead of --backends, --log-dir, --mlflow-uri)")
     parser.add_argument("--backends", default="tensorboard",
                         help="comma-separated subset of tensorboard,wandb,swanlab,mlflow")
     parser.add_argument("--log-dir", default="runs", help="TensorBoard log dir")

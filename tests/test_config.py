@@ -107,18 +107,24 @@ def test_cli_check_config(tmp_path, capsys):
     assert "config.wandbb: unknown key" in capsys.readouterr().err
 
 
-def test_the_readme_configuration_block_is_a_valid_config():
-    """The annotated config in README.md loads as it is (no field the code does not know)."""
+def test_the_documented_configuration_blocks_are_valid_configs():
+    """The annotated config in docs/configuration.md (every setting) and README's short one load
+    as they are (no field the code does not know)."""
     import re
 
     import yaml
     from conftest import ROOT
 
+    full = (ROOT / "docs" / "configuration.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", full, re.S).group(1)
+    config = load_config(yaml.safe_load(block))
+    assert config.sources["retry"].unknown_attempts == 5 and config.pipeline.shutdown_timeout_s == 30
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Configuration"):]
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     config = load_config(yaml.safe_load(block))
-    assert config.sources["retry"].unknown_attempts == 5 and config.pipeline.shutdown_timeout_s == 30
+    assert set(config.enabled()) == {"tensorboard", "wandb", "mlflow", "prometheus"}
+    assert config.sources["gpu"].enabled and config.sources["samples"].print_rows == 2
 
 
 def test_the_default_backend_comes_with_the_base_install():

@@ -247,7 +247,7 @@ def test_collector_four_ranks_every_step_reduced_in_every_backend(tmp_path, mlfl
 
 
 def test_names_arrive_under_their_documented_key_in_every_backend(tmp_path, mlflow_server):
-    """Case kept, nothing skipped for its spelling; each backend's key as README's table says."""
+    """Case kept, nothing skipped for its spelling; each backend's key as docs/guarantees.md's table says."""
     from backends import read_scalars
 
     from otel_rl import Logger

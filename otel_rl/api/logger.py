@@ -6,7 +6,7 @@ gauge points at the step, on the same OTel stream as instrument users' values (a
 to a collector). Nothing waits on a backend; the tape is bounded (``max_queue_points``, a
 drain thread starved past it drops and counts).
 
-Input rules (documented in README, "Bad input"):
+Input rules (documented in docs/guarantees.md, "Bad input"):
 
 - nested dicts are flattened with ``/``; ``prefix`` is prepended as ``prefix/key``;
 - names are kept exactly as written (case included: ``Loss`` and ``loss`` are two series);
@@ -14,7 +14,7 @@ Input rules (documented in README, "Bad input"):
   for its spelling;
 - bool, int, float, and 1-element numpy/torch values are recorded as float; NaN and +-inf
   arrive as they are (a NaN loss is worth seeing);
-- logging the same name twice at one step keeps both values (see README, "Repeated values");
+- logging the same name twice at one step keeps both values (docs/guarantees.md, "Every value as it was logged");
 - strings, None and multi-element arrays are not numbers: reported once per key and counted
   in ``stats()["rejected_points"]``; the other metrics of the call still arrive;
 - a bad ``step`` (negative, not an int) raises ``ValueError``/``TypeError`` at the call.

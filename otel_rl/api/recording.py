@@ -149,7 +149,7 @@ class Recorder:
             self.step = step
             self._on_step(step)
 
-    # -- span timings: which step they belong to (README, "Timing spans") --------------------
+    # -- span timings: which step they belong to (docs/guide.md, "Timing spans") --------------------
     def defer(self, settle: Callable[[int | None], None]) -> None:
         """A span ended: ``settle(step)`` runs with the step of the next value recorded (when it
         is not lower than the step now), or with the step now when the step changes first."""

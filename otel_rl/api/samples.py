@@ -12,7 +12,7 @@ record that has an ``event_name`` as a row of the table of that name (its body a
 columns; a string body is the column ``body``). Records without an event name are not samples
 and are not carried.
 
-Limits (``samples`` config section, documented in the README):
+Limits (``samples`` config section, documented in docs/guide.md, "Samples and tables"):
 
 - ``max_rows`` (default 1,000) rows per call; the rest are dropped, counted in
   ``stats()["dropped_sample_rows"]`` and warned once;

@@ -13,7 +13,7 @@
   ``train/*`` (``loss``, ``grad_norm``, ``learning_rate``, ``epoch``, and the end-of-training
   ``train_runtime``, ``train_loss``, ...). Values that are not numbers are skipped.
 - ``on_train_end`` finishes the run (status ``success``); a run whose process raised is marked
-  failed by otel-rl's exit hook (README, "Runs").
+  failed by otel-rl's exit hook (docs/guarantees.md, "Runs").
 - Only the world's main process logs, like transformers' integrations.
 
 ``report_to="otel_rl"`` works because importing this module adds an entry to

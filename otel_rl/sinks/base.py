@@ -41,7 +41,7 @@ class SinkContext:
     - ``resource``: the sending process's OTel resource attributes (service name, run id, rank,
       world size).
     - ``resume``: a run id that the backend already holds from an earlier process continues that
-      backend run (True) or starts a new one (False, the default; README, "Runs").
+      backend run (True) or starts a new one (False, the default; docs/guarantees.md, "Runs").
     """
 
     resource: dict[str, Any] = field(default_factory=dict)

@@ -209,7 +209,7 @@ class PrometheusExporter(Sink):
                 series.edges = edges
             if series.buckets is not None and edges != series.edges:
                 # bins fitted to each step's data: adding them up would make a new `le` series
-                # every step; the series keeps _count and _sum only (fixed bounds: see README)
+                # every step; the series keeps _count and _sum only (fixed bounds: see docs/guide.md, "Prometheus")
                 series.buckets = None
                 self.warn_once(f"edges:{p.name}", "prometheus: histogram %r changes its bucket bounds "
                                "between steps (bins fitted to the data); exported as _count and _sum "
