@@ -8,6 +8,7 @@ once (or, where the guarantee says so, counted as dropped), nothing acknowledged
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,9 +99,10 @@ def test_full_spool_drops_are_counted_and_the_rest_arrives_once(tmp_path):
     import otel_rl
 
     blocker = tmp_path / "tb"
-    blocker.write_text("not a directory")
     pipeline = otel_rl.Pipeline({"run_name": "full", "export_interval_s": 0.05, "spool_dir": str(tmp_path / "spool"),
                                  "spool_max_bytes": 40_000, "tensorboard": {"log_dir": str(blocker)}})
+    shutil.rmtree(blocker)  # init checked that it takes files; it goes away before the first write
+    blocker.write_text("not a directory")
     gauge = pipeline.get_meter("t").create_gauge("x")
     started = time.perf_counter()
     for step in range(3000):
