@@ -83,3 +83,24 @@ class GrpcReceiver:
 
     def stop(self) -> None:
         self._server.stop(grace=2).wait(5)
+
+
+def start_receivers(collector) -> list:
+    """Start the enabled receivers; a port that cannot be bound is an ``OSError`` that names the
+    receiver, the address and its setting."""
+    from otel_rl_collector.http_receiver import HttpReceiver
+
+    receivers, started = collector.config.receivers, []
+    for kind, key, make in (("OTLP/HTTP", "http", HttpReceiver), ("OTLP/gRPC", "grpc", GrpcReceiver)):
+        cfg = getattr(receivers, key)
+        if not cfg.enabled:
+            continue
+        try:
+            started.append(make(collector, cfg, collector.config.tls).start())
+        except (OSError, RuntimeError) as exc:  # grpcio says RuntimeError("Failed to bind")
+            for receiver in started:
+                receiver.stop()
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise OSError(getattr(exc, "errno", None) or 0, f"the {kind} receiver cannot listen on "
+                          f"{cfg.host}:{cfg.port}: {reason} (receivers.{key}.port)") from exc
+    return started

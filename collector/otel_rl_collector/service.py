@@ -101,8 +101,7 @@ class Collector:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Collector:
-        from otel_rl_collector.http_receiver import HttpReceiver
-        from otel_rl_collector.receivers import GrpcReceiver
+        from otel_rl_collector.receivers import start_receivers
 
         if self.ingress is not None:
             self._recover()
@@ -111,17 +110,7 @@ class Collector:
         if self.trace_sink is not None:
             self._trace_thread = threading.Thread(target=self._trace_loop, name="otel-rl-traces", daemon=True)
             self._trace_thread.start()
-        receivers = self.config.receivers
-        for kind, key, make in (("OTLP/HTTP", "http", HttpReceiver), ("OTLP/gRPC", "grpc", GrpcReceiver)):
-            cfg = getattr(receivers, key)
-            if cfg.enabled:
-                try:
-                    self._receivers.append(make(self, cfg, self.config.tls).start())
-                except (OSError, RuntimeError) as exc:  # grpcio says RuntimeError("Failed to bind")
-                    reason = getattr(exc, "strerror", None) or str(exc)
-                    raise OSError(getattr(exc, "errno", None) or 0,
-                                  f"the {kind} receiver cannot listen on {cfg.host}:{cfg.port}: {reason} "
-                                  f"(receivers.{key}.port)") from exc
+        self._receivers.extend(start_receivers(self))
         _log.info("otel-rl collector: %s -> %s", ", ".join(r.describe() for r in self._receivers),
                   ", ".join(w.sink.name for w in self.workers) or "no sinks")
         return self
