@@ -47,6 +47,9 @@ class ReceiverConfig:
 class ReceiversConfig:
     http: ReceiverConfig = field(default_factory=lambda: ReceiverConfig(port=4318))
     grpc: ReceiverConfig = field(default_factory=lambda: ReceiverConfig(port=4317))
+    #: ``GET /health`` and ``/ready`` on a listener of their own (the probes), so that a full
+    #: OTLP port does not make the liveness probe fail and restart the pod.
+    health: ReceiverConfig = field(default_factory=lambda: ReceiverConfig(enabled=False, port=13133))
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,22 @@ class LimitsConfig:
     read_timeout_s: float = 30.0
     workers: int = 4
     max_pending_requests: int = 64
+    #: Seconds from accepting a connection (or the end of its last response) to a complete
+    #: request head; a connection that sends nothing, or a head byte by byte, is closed then.
+    header_timeout_s: float = 5.0
+    #: Concurrent connections from one client address (OTLP/HTTP), so one client cannot take
+    #: every slot of ``max_connections``; past it the new connection is closed.
+    max_connections_per_client: int = 64
+    #: OTLP logs (samples, texts) per request: records, and per table its distinct columns and
+    #: cells (rows x columns); what is past a limit is refused in the partial success.
+    max_log_records: int = 10_000
+    max_table_columns: int = 64
+    max_table_cells: int = 100_000
 
     def validate(self, path: str) -> None:
         for name in ("max_request_bytes", "max_decompressed_bytes", "max_queue_points", "max_connections",
-                     "idle_timeout_s", "read_timeout_s", "workers", "max_pending_requests"):
+                     "idle_timeout_s", "read_timeout_s", "workers", "max_pending_requests", "header_timeout_s",
+                     "max_connections_per_client", "max_log_records", "max_table_columns", "max_table_cells"):
             positive(f"{path}.{name}", getattr(self, name))
         if not 0 < self.overload_fraction <= 1:
             raise ConfigError(f"{path}.overload_fraction: must be in (0, 1], got {self.overload_fraction}")
@@ -173,13 +188,13 @@ _SECTIONS = {"auth": AuthConfig, "tls": TlsConfig, "limits": LimitsConfig, "redu
 
 def _receivers(data: Mapping | None) -> ReceiversConfig:
     data = dict(data or {})
-    unknown = sorted(set(data) - {"http", "grpc"})
+    unknown = sorted(set(data) - {"http", "grpc", "health"})
     if unknown:
-        raise ConfigError(f"receivers.{unknown[0]}: unknown receiver; allowed: grpc, http")
+        raise ConfigError(f"receivers.{unknown[0]}: unknown receiver; allowed: grpc, health, http")
     defaults = ReceiversConfig()
     return ReceiversConfig(**{
         name: build(ReceiverConfig, {**dataclasses.asdict(getattr(defaults, name)), **(data.get(name) or {})},
-                    f"receivers.{name}") for name in ("http", "grpc")})
+                    f"receivers.{name}") for name in ("http", "grpc", "health")})
 
 
 def load_collector_config(source: Mapping | str | Path | None = None) -> CollectorConfig:

@@ -38,13 +38,18 @@ class Gate:
     def __init__(self, token: str | None, limits, stats: CollectorStats) -> None:
         self.token, self.limits, self.stats = token, limits, stats
 
-    def check_auth(self, authorization: str | None) -> None:
+    def authorized(self, authorization: str | None) -> bool:
+        """Whether ``authorization`` carries the token (always, with auth off). Two
+        ``Authorization`` headers (joined with ``,``) never do: which one counts is ambiguous."""
         if self.token is None:
-            return
+            return True
         scheme, _, token = (authorization or "").strip().partition(" ")
         # the scheme is case-insensitive (RFC 9110); the token is compared in constant time
         ok = hmac.compare_digest(token.strip().encode("utf-8", "surrogatepass"), self.token.encode())
-        if not (scheme.lower() == "bearer" and ok):
+        return scheme.lower() == "bearer" and ok
+
+    def check_auth(self, authorization: str | None) -> None:
+        if not self.authorized(authorization):
             self.stats.reject("unauthenticated")
             raise RequestError(401, "missing or wrong bearer token")
 

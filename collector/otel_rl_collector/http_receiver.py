@@ -33,6 +33,7 @@ from google.rpc import status_pb2
 
 from otel_rl_collector import wire
 from otel_rl_collector.config import ReceiverConfig, TlsConfig
+from otel_rl_collector.guard import guarded_h11, throttled_exception_handler
 
 _log = logging.getLogger(__name__)
 _HTTP_CODES = {400: 3, 401: 16, 404: 5, 408: 4, 411: 3, 413: 8, 415: 3, 500: 13, 503: 14}  # google.rpc.Code
@@ -65,14 +66,19 @@ class HttpReceiver:
             self._app, lifespan="off", access_log=False, log_level="warning", server_header=False,
             date_header=False, limit_concurrency=limits.max_connections,
             timeout_keep_alive=int(max(1, limits.idle_timeout_s)), h11_max_incomplete_event_size=64 * 1024,
-            http="h11", loop="asyncio", interface="asgi3", proxy_headers=False, **kwargs))
+            http=guarded_h11(limits, collector.stats.reject), loop="asyncio", interface="asgi3",
+            proxy_headers=False, **kwargs))
         self._thread = threading.Thread(target=self._run, name="otel-rl-otlp-http", daemon=True)
 
     def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(throttled_exception_handler())
         try:
-            self._server.run(sockets=[self._sock])
+            loop.run_until_complete(self._server.serve(sockets=[self._sock]))
         except Exception:
             _log.exception("collector: the HTTP receiver stopped")
+        finally:
+            loop.close()
 
     def start(self) -> HttpReceiver:
         self._thread.start()
@@ -98,12 +104,17 @@ class HttpReceiver:
             return
         from otel_rl_collector.wire import RequestError
 
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:  # a repeated header is joined, as RFC 9110 merges them
+            key, value = k.decode("latin-1").lower(), v.decode("latin-1")
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
         method, path = scope["method"], scope["path"]
         content_type = headers.get("content-type")
         try:
             if method == "GET" and path in ("/health", "/ready"):
                 ok, details = self.collector.health() if path == "/health" else self.collector.ready()
+                if not self.collector.authorized(headers.get("authorization")):
+                    details = {"status": details["status"]}  # which sink fails, and why: for the operator
                 await _send(send, 200 if ok else 503, json.dumps(details).encode(), "application/json")
             elif method == "GET" and path == "/metrics":
                 if self.collector.config.auth.metrics:

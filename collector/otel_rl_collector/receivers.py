@@ -33,14 +33,45 @@ _GRPC_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUT
                500: grpc.StatusCode.INTERNAL, 503: grpc.StatusCode.UNAVAILABLE}
 
 
+class _TokenInterceptor(grpc.ServerInterceptor):
+    """Refuse a call without the bearer token on its metadata, before the server reads its
+    message or gives it a worker: four token-less calls that never sent their message held all
+    four workers and stopped OTLP/gRPC ingestion."""
+
+    def __init__(self, collector) -> None:
+        self._collector = collector
+
+        def deny(requests, context):  # never reads the message: the worker is free at once
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        self._deny = grpc.stream_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, handler_call_details):
+        values = [v for k, v in (handler_call_details.invocation_metadata or ()) if k == "authorization"]
+        if len(values) == 1 and self._collector.authorized(values[0]):
+            return continuation(handler_call_details)
+        if self._collector.gate.token is None:
+            return continuation(handler_call_details)
+        self._collector.stats.reject("unauthenticated")
+        return self._deny
+
+
 class GrpcReceiver:
     kind = "grpc"
 
     def __init__(self, collector, config: ReceiverConfig, tls: TlsConfig) -> None:
         self.collector = collector
-        limit = collector.config.limits.max_request_bytes
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="otel-rl-grpc"),
-                                   options=[("grpc.max_receive_message_length", limit)])
+        limits = collector.config.limits
+        # the token is checked on the call's metadata before its message is read
+        # (_TokenInterceptor); maximum_concurrent_rpcs bounds the calls in progress (past it:
+        # RESOURCE_EXHAUSTED at once), each with a thread, so slow senders never starve the rest
+        workers = limits.max_pending_requests
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otel-rl-grpc"),
+            interceptors=[_TokenInterceptor(collector)], maximum_concurrent_rpcs=limits.max_pending_requests,
+            options=[("grpc.max_receive_message_length", limits.max_request_bytes),
+                     ("grpc.max_concurrent_streams", 16),
+                     ("grpc.http2.max_pings_without_data", 2)])
         handlers = [
             ("opentelemetry.proto.collector.metrics.v1.MetricsService", collector.ingest_metrics),
             ("opentelemetry.proto.collector.trace.v1.TraceService", collector.ingest_traces),
@@ -64,7 +95,7 @@ class GrpcReceiver:
         def export(request: bytes, context: grpc.ServicerContext) -> bytes:
             metadata = dict(context.invocation_metadata())
             try:
-                self.collector.check_auth(metadata.get("authorization"))
+                self.collector.check_auth(metadata.get("authorization"))  # the interceptor checked it first
                 return ingest(request, wire.PROTOBUF).SerializeToString()
             except RequestError as exc:
                 context.abort(_GRPC_CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message)
@@ -88,10 +119,12 @@ class GrpcReceiver:
 def start_receivers(collector) -> list:
     """Start the enabled receivers; a port that cannot be bound is an ``OSError`` that names the
     receiver, the address and its setting."""
+    from otel_rl_collector.guard import HealthListener
     from otel_rl_collector.http_receiver import HttpReceiver
 
     receivers, started = collector.config.receivers, []
-    for kind, key, make in (("OTLP/HTTP", "http", HttpReceiver), ("OTLP/gRPC", "grpc", GrpcReceiver)):
+    for kind, key, make in (("OTLP/HTTP", "http", HttpReceiver), ("OTLP/gRPC", "grpc", GrpcReceiver),
+                            ("probes", "health", HealthListener)):
         cfg = getattr(receivers, key)
         if not cfg.enabled:
             continue

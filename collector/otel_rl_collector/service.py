@@ -61,6 +61,7 @@ class Collector:
         self.stats = CollectorStats()
         self.gate = Gate(config.auth.token(), config.limits, self.stats)
         self.check_auth, self.decode_body = self.gate.check_auth, self.gate.decode_body
+        self.authorized = self.gate.authorized
         self.reducer = Reducer(config.reduce.rules.items(), gauge_op=config.reduce.gauge,
                                counter_op=config.reduce.counter, timeout_s=config.reduce.timeout_s)
         self.router = Router(self.reducer)

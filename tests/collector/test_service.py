@@ -100,7 +100,7 @@ def test_config_errors_name_the_field():
         create({"tls": {"cert_file": __file__}})
     with pytest.raises(ConfigError, match=r"collector config.otlp: unknown key; allowed: auth, limits, mlflow"):
         create({"otlp": {}})
-    with pytest.raises(ConfigError, match="receivers.kafka: unknown receiver; allowed: grpc, http"):
+    with pytest.raises(ConfigError, match="receivers.kafka: unknown receiver; allowed: grpc, health, http"):
         create({"receivers": {"kafka": {}}})
 
 
