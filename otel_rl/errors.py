@@ -3,6 +3,8 @@ the layer that defines the behaviour."""
 
 from __future__ import annotations
 
+import re
+
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the field and what is allowed."""
@@ -31,3 +33,14 @@ class SinkClosedError(PermanentError):
 
 class SpoolLockedError(RuntimeError):
     """The spool directory is in use by another process."""
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s:]*:[^/@\s]*@")
+_SECRET_PARAMS = re.compile(r"(?i)(?P<key>[?&](?:token|access_token|api_key|apikey|password|secret)=)[^&\s]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials in URIs (``https://user:pass@host``) and secret query
+    parameters (``?token=...``) replaced by ``***``: for logs, errors and ``/health``."""
+    text = _CREDENTIALS.sub(r"\g<scheme>***@", text)
+    return _SECRET_PARAMS.sub(r"\g<key>***", text)

@@ -17,7 +17,9 @@ import json
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from otel_rl.sinks.prometheus import BoundedHTTPServer
 
 _log = logging.getLogger(__name__)
 
@@ -114,8 +116,6 @@ class HealthListener:
     kind = "health"
 
     def __init__(self, collector, config, tls=None) -> None:
-        slots = threading.BoundedSemaphore(16)
-
         class Handler(BaseHTTPRequestHandler):
             timeout = 5.0
 
@@ -135,22 +135,7 @@ class HealthListener:
             def log_message(self, *args):
                 pass
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def process_request(self, request, client_address):
-                if not slots.acquire(blocking=False):
-                    self.shutdown_request(request)
-                    return
-                super().process_request(request, client_address)
-
-            def process_request_thread(self, request, client_address):
-                try:
-                    super().process_request_thread(request, client_address)
-                finally:
-                    slots.release()
-
-        self._server = Server((config.host, config.port), Handler)
+        self._server = BoundedHTTPServer((config.host, config.port), Handler, max_connections=16)
         self.host, self.port = config.host, self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="otel-rl-health", daemon=True)
 

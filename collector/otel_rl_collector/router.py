@@ -26,9 +26,12 @@ from otel_rl_collector.reduce import Reducer
 
 _RUN, _RUN_STEP = operator.attrgetter("run"), operator.attrgetter("run", "step")
 _TEMPORALITY, _GAUGES = operator.attrgetter("temporality"), frozenset({""})
-#: Batch ids remembered for de-duplication (a sender resends within its retry window; at 10
-#: batches/s from each of 100 ranks this covers about a minute). Checkpointed with the router.
-SEEN_LIMIT = 50_000
+#: Batch ids remembered for de-duplication, per sender (a sender resends within its retry
+#: window; at 10 batches/s this covers over 8 minutes of one sender), for the most recently
+#: active senders. One window per sender: a flood of ids from one sender forgets only its own.
+#: Checkpointed with the router.
+SEEN_LIMIT = 5_000
+SENDERS_LIMIT = 10_000
 WORLD_LIMIT = 100_000
 
 
@@ -37,7 +40,8 @@ class Router:
         self.reducer = reducer
         self.stream = Stream()
         self.world: LRU = LRU(WORLD_LIMIT)  # run -> world size
-        self.seen: LRU = LRU(limit)  # (sender, batch id) -> None
+        self.seen: LRU = LRU(SENDERS_LIMIT)  # sender -> LRU of its batch ids
+        self._seen_limit = limit
         self.emission = 0
         self.info: dict[str, tuple] = {}  # what senders' instruments said of their metrics
         self._info_again = False
@@ -45,12 +49,17 @@ class Router:
 
     def is_duplicate(self, sender: str, batch_id: str) -> bool:
         with self._seen_lock:
-            return (sender, batch_id) in self.seen
+            window = self.seen.get(sender)
+            return window is not None and batch_id in window
 
     def remember(self, ids) -> None:
         with self._seen_lock:
             for sender, batch_id in ids:
-                self.seen.put((sender, batch_id), None)
+                window = self.seen.get(sender)
+                if window is None:
+                    window = LRU(self._seen_limit)
+                self.seen.put(sender, window)
+                window.put(batch_id, None)
 
     def process(self, record: Batch) -> Batch:
         """One admitted record (or tick) -> what goes to the sinks, numbered."""
@@ -98,14 +107,15 @@ class Router:
 
     def _seen_copy(self) -> list:
         with self._seen_lock:
-            return list(self.seen)
+            return [(sender, batch_id) for sender, window in self.seen.items() for batch_id in window]
 
     def restore(self, state: dict[str, Any]) -> None:
         self.reducer.restore(state["reducer"])
         self.stream.restore(state["stream"])
         self.world = LRU(WORLD_LIMIT, state["world"])
         with self._seen_lock:
-            self.seen = LRU(self.seen.limit, ((tuple(key), None) for key in state["seen"]))
+            self.seen = LRU(SENDERS_LIMIT)
+        self.remember(tuple(key) for key in state["seen"])
         self.emission = state["emission"]
         self.info = dict(state.get("info", {}))
         self._info_again = bool(self.info)

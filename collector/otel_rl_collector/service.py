@@ -293,8 +293,10 @@ class Collector:
                     "router_alive": alive}
 
     def _new_resources(self, request, field: str = "resource_metrics") -> list[tuple[str, str]]:
-        """Drop resource blocks already admitted (a resend); the ids of the new ones."""
-        ids, keep = [], []
+        """Drop resource blocks already admitted (a resend); the ids of the new ones that carry
+        data (an empty block's id is not remembered: a flood of them cannot push real ids out of
+        the window)."""
+        ids, keep, new = [], [], set()
         blocks = getattr(request, field)
         for rm in blocks:
             sender = batch_id = None
@@ -303,10 +305,11 @@ class Collector:
                     sender = kv.value.string_value
                 elif kv.key == BATCH_ID:
                     batch_id = kv.value.string_value
-            if sender and batch_id:
-                if self.router.is_duplicate(sender, batch_id) or (sender, batch_id) in ids:
+            if sender and batch_id and _has_data(rm):
+                if (sender, batch_id) in new or self.router.is_duplicate(sender, batch_id):
                     self.stats.duplicate_batches += 1
                     continue
+                new.add((sender, batch_id))
                 ids.append((sender, batch_id))
             keep.append(rm)
         if len(keep) != len(blocks):
@@ -379,7 +382,9 @@ class Collector:
         request = self._admissible(payload, content_type, lpb.ExportLogsServiceRequest)
         with self._lock:
             ids = self._new_resources(request, "resource_logs")
-            translation = translate_logs(request)
+            limits = self.config.limits
+            translation = translate_logs(request, max_records=limits.max_log_records,
+                                         max_columns=limits.max_table_columns, max_cells=limits.max_table_cells)
             self._admit(translation, {}, ids)
             self.stats.received_log_records += sum(
                 len(p.value.rows) if p.kind == "table" else 1 for p in translation.batch.points)
@@ -441,3 +446,11 @@ def create(config: CollectorConfig | Mapping | str | Path | None = None) -> Coll
     if not isinstance(config, CollectorConfig):
         config = load_collector_config(config)
     return Collector(config)
+
+
+def _has_data(block) -> bool:
+    """Whether a resource block holds any point, record or span."""
+    for scopes, items in (("scope_metrics", "metrics"), ("scope_logs", "log_records"), ("scope_spans", "spans")):
+        if any(getattr(scope, items) for scope in getattr(block, scopes, ())):
+            return True
+    return False

@@ -111,24 +111,31 @@ def _bulk_gauges(run: str, rank: int, metrics: list) -> list[Point] | None:
     return gauge_points(Point, run, rank, [(m.name, m.gauge.SerializeToString()) for m in metrics])
 
 
-def translate_logs(request, max_chars: int = 10_000) -> Translation:
+def translate_logs(request, max_chars: int = 10_000, max_records: int | None = None,
+                   max_columns: int | None = None, max_cells: int | None = None) -> Translation:
     """Translate an OTLP ``ExportLogsServiceRequest``: a record with an ``event_name`` is a text
     (``otel_rl.kind = text``) or one row of the samples table of that name, at its ``step``
     attribute; consecutive rows of one table, step and time are one table (otel-rl's OTLP sink
     numbers them with ``otel_rl.sample.index``). A record without an event name is not a sample:
-    rejected, with the reason in the partial success."""
+    rejected, with the reason in the partial success.
+
+    Bounds (the collector's ``limits``; None: none): ``max_records`` per request; per table,
+    ``max_columns`` distinct columns and ``max_cells`` rows x columns (N records with one key
+    each would make an N x N table); a text and every cell at most ``max_chars`` characters.
+    A record past a bound is rejected with its reason; the rest of the request is kept."""
     from otel_rl.model.semconv import INDEX_ATTRIBUTE, KIND_ATTRIBUTE
-    from otel_rl.model.tables import row_of, table_from_rows
+    from otel_rl.model.tables import cut_text, row_of, table_from_rows
 
     out = Translation()
     points = out.batch.points
+    seen = 0
     for rl in request.resource_logs:
         resource = proto_attributes(rl.resource.attributes)
         if empty_run(out, resource, sum(len(sl.log_records) for sl in rl.scope_logs)):
             continue
         rank, run = rank_of(resource), run_of(resource)
         for sl in rl.scope_logs:
-            table: list | None = None  # [name, step, time, rows]
+            table: list | None = None  # [name, step, time, rows, columns]
 
             def flush() -> None:  # noqa: B023 - called within the iteration that defines it
                 if table is not None:  # noqa: B023
@@ -136,6 +143,11 @@ def translate_logs(request, max_chars: int = 10_000) -> Translation:
                                         "table", (), rank))  # noqa: B023
 
             for record in sl.log_records:
+                seen += 1
+                if max_records is not None and seen > max_records:
+                    out.reject(1, "too_many_records", f"more than limits.max_log_records={max_records} log "
+                               "records in one request; send the rest in another")
+                    continue
                 name = record.event_name
                 if not name:
                     out.reject(1, "no_event_name", "log records without an event_name are not samples or "
@@ -149,15 +161,24 @@ def translate_logs(request, max_chars: int = 10_000) -> Translation:
                 if attrs.get(KIND_ATTRIBUTE) == "text" and isinstance(body, str):
                     flush()
                     table = None
-                    points.append(Point(run, name, step, body, t, "text", (), rank))
+                    points.append(Point(run, name, step, cut_text(body, max_chars), t, "text", (), rank))
                     continue
                 row = row_of(body, max_chars)
-                if table is not None and (table[0], table[1], table[2]) == (name, step, t) and \
-                        attrs.get(INDEX_ATTRIBUTE) != 0:
+                same = table is not None and (table[0], table[1], table[2]) == (name, step, t) and \
+                    attrs.get(INDEX_ATTRIBUTE) != 0
+                columns = (table[4] if same else set()) | row.keys()
+                rows = (len(table[3]) if same else 0) + 1
+                if (max_columns is not None and len(columns) > max_columns) or \
+                        (max_cells is not None and rows * len(columns) > max_cells):
+                    out.reject(1, "table_too_large", f"table {name!r}: past limits.max_table_columns="
+                               f"{max_columns} columns or limits.max_table_cells={max_cells} cells")
+                    continue
+                if same:
                     table[3].append(row)
+                    table[4] = columns
                 else:
                     flush()
-                    table = [name, step, t, [row]]
+                    table = [name, step, t, [row], columns]
             flush()
     return finish(out)
 

@@ -100,6 +100,13 @@ def _get(row: Mapping, column: str) -> Any:
     return None
 
 
+def cut_text(text: str, max_chars: int) -> str:
+    """``text`` within ``max_chars`` characters, marked where it was cut."""
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}… [{len(text) - max_chars} more characters]"
+
+
 def row_of(body: Any, max_chars: int) -> dict[str, Any]:
     """A Logs-API record's body as one row."""
     if isinstance(body, Mapping):

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from otel_rl.errors import TransientError
+from otel_rl.errors import TransientError, redact
 from otel_rl.model.records import Batch
 from otel_rl.route.deadline import Deadline
 from otel_rl.route.queues import MemoryQueue, SpoolQueue
@@ -325,7 +325,7 @@ class SinkWorker:
                 attempt += 1
                 self.stats.failed_attempts += 1
                 verdict = classify(exc)
-                reason = f"{type(exc).__name__}: {exc}"[:500]
+                reason = redact(f"{type(exc).__name__}: {exc}")[:500]
                 if verdict is Verdict.UNKNOWN:
                     unknown += 1
                     if unknown >= self.policy.unknown_attempts:

@@ -25,7 +25,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from otel_rl.errors import PermanentError, TransientError
+from otel_rl.errors import PermanentError, TransientError, redact
 from otel_rl.model.naming import NameMapper
 from otel_rl.model.records import Batch, scalar_items
 from otel_rl.settings import env_default, positive
@@ -101,7 +101,7 @@ class MlflowExporter(Sink):
         return f"mlflow:{urllib.parse.urlunsplit(parts)}"
 
     def location(self, run: str) -> str:
-        return f"{self.config.tracking_uri} (experiment {self.config.experiment!r}, run {run!r})"
+        return f"{redact(self.config.tracking_uri)} (experiment {self.config.experiment!r}, run {run!r})"
 
     def run_id(self, run: str) -> str:
         """The MLflow run id for otel-rl run ``run`` (created on first use)."""

@@ -124,6 +124,8 @@ class PrometheusExporter(Sink):
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10.0  # a connection that sends no request is closed after it (a thread each)
+
             def do_GET(self):  # noqa: N802
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "only /metrics is served here")
@@ -146,7 +148,7 @@ class PrometheusExporter(Sink):
         if not serve:
             return
         try:
-            self._server = ThreadingHTTPServer((self.config.host, self.config.port), Handler)
+            self._server = BoundedHTTPServer((self.config.host, self.config.port), Handler)
         except OSError as exc:
             raise ConfigError(f"prometheus: cannot listen on {self.config.host}:{self.config.port}: "
                               f"{exc.strerror or exc} (prometheus.port; 0 picks a free one)") from None
@@ -301,3 +303,26 @@ class PrometheusExporter(Sink):
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """At most ``max_connections`` connections served at once (a thread each); more are closed
+    at accept, so idle connections cannot pile up threads (with the handler's ``timeout``)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int = 32) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
