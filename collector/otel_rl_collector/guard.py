@@ -111,7 +111,7 @@ def throttled_exception_handler(interval_s: float = 10.0):
 
 class HealthListener:
     """``GET /health`` (liveness) and ``GET /ready`` (readiness) on their own port; each
-    connection has 5 s to send its request, and at most 16 are served at once."""
+    connection has 5 s to send its request; at most 64 are served at once, 8 per client."""
 
     kind = "health"
 
@@ -135,7 +135,7 @@ class HealthListener:
             def log_message(self, *args):
                 pass
 
-        self._server = BoundedHTTPServer((config.host, config.port), Handler, max_connections=16)
+        self._server = BoundedHTTPServer((config.host, config.port), Handler, max_connections=64, per_client=8)
         self.host, self.port = config.host, self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="otel-rl-health", daemon=True)
 

@@ -124,7 +124,7 @@ class PrometheusExporter(Sink):
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
-            timeout = 10.0  # a connection that sends no request is closed after it (a thread each)
+            timeout = 5.0  # a connection that sends no request is closed after it (a thread each)
 
             def do_GET(self):  # noqa: N802
                 if self.path.split("?")[0] != "/metrics":
@@ -306,17 +306,27 @@ class PrometheusExporter(Sink):
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):
-    """At most ``max_connections`` connections served at once (a thread each); more are closed
-    at accept, so idle connections cannot pile up threads (with the handler's ``timeout``)."""
+    """At most ``max_connections`` connections served at once (a thread each), and at most
+    ``per_client`` from one address; more are closed at accept. With the handler's ``timeout``,
+    silent connections cannot pile up threads, and one client cannot take every slot."""
 
     daemon_threads = True
 
-    def __init__(self, address, handler, max_connections: int = 32) -> None:
+    def __init__(self, address, handler, max_connections: int = 256, per_client: int = 8) -> None:
         super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._max, self._per_client = max_connections, per_client
+        self._open: dict[str, int] = {}
+        self._open_lock = threading.Lock()
 
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
+        host = client_address[0] if client_address else ""
+        with self._open_lock:
+            if sum(self._open.values()) >= self._max or self._open.get(host, 0) >= self._per_client:
+                refused = True
+            else:
+                refused = False
+                self._open[host] = self._open.get(host, 0) + 1
+        if refused:
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -325,4 +335,10 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            host = client_address[0] if client_address else ""
+            with self._open_lock:
+                left = self._open.get(host, 1) - 1
+                if left > 0:
+                    self._open[host] = left
+                else:
+                    self._open.pop(host, None)

@@ -1,0 +1,262 @@
+"""The collector exposed to a cluster, second pass: the findings of the second probe, each the way
+it was found, on 127.0.0.1 with bounded loops. A legitimate client is served throughout."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from conftest import read_tensorboard_events
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
+from test_exposed import AUTH, TOKEN, _post, _request, _url
+
+from otel_rl_collector import create
+
+
+@pytest.fixture
+def exposed(tmp_path):
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    started = []
+
+    def start(**sections):
+        cfg = {"receivers": {"http": {"port": 0}, "grpc": {"port": 0}, "health": {"enabled": True, "port": 0}},
+               "auth": {"token_file": str(token)}, "reduce": {"timeout_s": 1},
+               "tensorboard": {"log_dir": str(tmp_path / "tb")}}
+        for key, value in sections.items():
+            cfg[key] = {**cfg.get(key, {}), **value}
+        collector = create(cfg).start()
+        started.append(collector)
+        return collector
+
+    yield start
+    for collector in started:
+        collector.shutdown()
+
+
+def _silent(port: int, n: int, source: str = "127.0.0.2") -> list[socket.socket]:
+    """``n`` TCP connections that send nothing (from another loopback address: another client)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind((source, 0))
+        s.settimeout(10)
+        s.connect(("127.0.0.1", port))
+        socks.append(s)
+    return socks
+
+
+def _closed(s: socket.socket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:  # still open after the socket's timeout
+        return False
+
+
+def test_silent_connections_are_closed_and_never_take_the_port_or_the_probes(exposed):
+    """256 silent connections used to take OTLP/HTTP and /health down for as long as they stayed
+    open. Now one client gets at most max_connections_per_client of them, each is closed at
+    header_timeout_s, and a legitimate client and the probes are served throughout."""
+    c = exposed(limits={"header_timeout_s": 1.0, "max_connections_per_client": 64})
+    socks = _silent(c.http_port, 256)
+    try:
+        started = time.monotonic()
+        status, _ = _post(_url(c), _request("ok", 1, 1.5).SerializeToString(), AUTH)
+        assert status == 200
+        probe_port = next(r.port for r in c._receivers if r.kind == "health")
+        with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}/health", timeout=5) as r:
+            assert r.status == 200 and json.loads(r.read()) == {"status": "ok"}
+        assert all(_closed(s) for s in socks)  # past the cap at once, the rest at the deadline
+        assert time.monotonic() - started < 8
+        assert c.stats.by_reason.get("too_many_connections", 0) >= 256 - 64
+        assert c.stats.by_reason.get("idle_connection", 0) >= 1
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_head_sent_byte_by_byte_is_closed_at_the_deadline(exposed):
+    c = exposed(limits={"header_timeout_s": 1.0})
+    (s,) = _silent(c.http_port, 1)
+    try:
+        started = time.monotonic()
+        for byte in b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\n":
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        assert _closed(s) and time.monotonic() - started < 6
+    finally:
+        s.close()
+
+
+def test_token_less_grpc_calls_that_never_send_their_message_stop_nothing(exposed):
+    """Four (here 20) calls without a token that never send their message used to hold every
+    gRPC worker; the token is now checked on the metadata, before the message is read."""
+    c = exposed()
+    channel = grpc.insecure_channel(f"127.0.0.1:{c.grpc_port}")
+    export = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+    stall = threading.Event()
+
+    def never():
+        stall.wait(30)
+        yield b""
+
+    try:
+        hostile = [channel.stream_unary(export).future(never(), timeout=20) for _ in range(20)]
+        for call in hostile:
+            with pytest.raises(grpc.RpcError) as err:
+                call.result(timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        legit = channel.unary_unary(export)
+        body = _request("grpc-ok", 1, 2.5).SerializeToString()
+        legit(body, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5)
+    finally:
+        stall.set()
+        channel.close()
+
+
+def test_two_authorization_headers_are_refused(exposed):
+    c = exposed()
+    with socket.create_connection(("127.0.0.1", c.http_port), timeout=10) as s:
+        body = _request("two", 1, 1.0).SerializeToString()
+        s.sendall(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                  b"Authorization: Bearer wrong\r\nAuthorization: Bearer " + TOKEN.encode() +
+                  b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert s.recv(4096).startswith(b"HTTP/1.1 401")
+
+
+def test_health_details_only_for_an_authenticated_caller(exposed, tmp_path):
+    c = exposed(mlflow={"enabled": True, "tracking_uri": "http://bob:hunter2@127.0.0.1:9/"})
+    _post(_url(c), _request("cred", 1, 1.0).SerializeToString(), AUTH)
+    deadline = time.monotonic() + 30
+    while True:  # MLflow is unreachable: the sink retries and /health names it, to the operator
+        request = urllib.request.Request(_url(c, "/health"), headers=AUTH)
+        with urllib.request.urlopen(request, timeout=5) as r:
+            details = json.loads(r.read())
+        if details.get("failing_sinks"):
+            break
+        assert time.monotonic() < deadline, details
+        time.sleep(0.2)
+    assert "hunter2" not in json.dumps(details) and "***@127.0.0.1" in json.dumps(details)
+    with urllib.request.urlopen(_url(c, "/health"), timeout=5) as r:  # anyone: the status only
+        assert set(json.loads(r.read())) == {"status"}
+
+
+def _logs(records: list[tuple[str, dict | str, dict]]) -> bytes:
+    request = lpb.ExportLogsServiceRequest()
+    rl = request.resource_logs.add()
+    kv = rl.resource.attributes.add()
+    kv.key, kv.value.string_value = "otel_rl.run.id", "bomb"
+    scope = rl.scope_logs.add()
+    for name, body, attributes in records:
+        record = scope.log_records.add()
+        record.event_name, record.time_unix_nano = name, 1_700_000_000_000_000_000
+        if isinstance(body, str):
+            record.body.string_value = body
+        else:
+            for key, value in body.items():
+                item = record.body.kvlist_value.values.add()
+                item.key, item.value.string_value = key, value
+        for key, value in {"step": 1, **attributes}.items():
+            attr = record.attributes.add()
+            attr.key = key
+            if isinstance(value, int):
+                attr.value.int_value = value
+            else:
+                attr.value.string_value = value
+    return request.SerializeToString()
+
+
+def test_a_log_table_bomb_is_cut_to_the_limits(exposed, tmp_path):
+    """4,000 records with one distinct key each used to become a 4,000 x 4,000 table (619 MB
+    RSS, a 48 MB TensorBoard event). Past max_table_columns the records are refused in the
+    partial success, the table written is bounded, and a text is cut to max_chars."""
+    c = exposed(limits={"max_table_columns": 64})
+    records = [("val/samples", {f"k{i}": "v"}, {}) for i in range(4000)]
+    records.append(("notes", "x" * 50_000, {"otel_rl.kind": "text"}))
+    status, body = _post(_url(c, "/v1/logs"), _logs(records), AUTH)
+    assert status == 200
+    response = lpb.ExportLogsServiceResponse.FromString(body)
+    assert response.partial_success.rejected_log_records == 4000 - 64
+    assert "max_table_columns" in response.partial_success.error_message
+    c.shutdown()
+    tb = tmp_path / "tb" / "bomb"
+    size = sum(f.stat().st_size for f in tb.rglob("events.out.tfevents.*"))
+    assert size < 1_000_000, size
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb), size_guidance={"tensors": 0})
+    acc.Reload()
+    (text,) = [e.tensor_proto.string_val[0] for e in acc.Tensors("notes/text_summary")]
+    assert 10_000 <= len(text) < 10_100 and text.endswith(b"more characters]")
+    (table,) = [e.tensor_proto.string_val[0].decode() for e in acc.Tensors("val/samples/text_summary")]
+    assert table.splitlines()[0].count("|") == 64 + 1  # 64 columns
+
+
+def test_a_flood_of_ids_from_one_sender_keeps_another_senders_resend_from_counting_twice(exposed, tmp_path):
+    """A flood of 60,000 empty resource blocks with fresh ids used to push real ids out of the
+    50,000-id window, so a resent counter batch counted twice (5/10/20 instead of 5/10/15)."""
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+
+    c = exposed(reduce={"timeout_s": 0.2})
+
+    def counter(step: int, increment: float, batch: str) -> bytes:  # as otel-rl's OTLP sink sends them
+        request = mpb.ExportMetricsServiceRequest()
+        rm = request.resource_metrics.add()
+        for key, value in (("otel_rl.run.id", "flood"), ("otel_rl.sender.id", "rank0"), ("otel_rl.batch.id", batch)):
+            kv = rm.resource.attributes.add()
+            kv.key, kv.value.string_value = key, value
+        metric = rm.scope_metrics.add().metrics.add()
+        metric.name = "tokens"
+        metric.sum.is_monotonic, metric.sum.aggregation_temporality = True, 1  # delta
+        dp = metric.sum.data_points.add()
+        dp.as_double, dp.time_unix_nano, dp.start_time_unix_nano = increment, int(time.time() * 1e9), 1
+        attr = dp.attributes.add()
+        attr.key, attr.value.int_value = "step", step
+        return request.SerializeToString()
+
+    for step in (1, 2):
+        assert _post(_url(c), counter(step, 5.0, f"b{step}"), AUTH)[0] == 200
+    flood = mpb.ExportMetricsServiceRequest()
+    for i in range(60_000):
+        rm = flood.resource_metrics.add()
+        for key, value in (("otel_rl.run.id", "other"), ("otel_rl.sender.id", "attacker"),
+                           ("otel_rl.batch.id", f"f{i}")):
+            kv = rm.resource.attributes.add()
+            kv.key, kv.value.string_value = key, value
+    started = time.monotonic()
+    assert _post(_url(c), flood.SerializeToString(), AUTH)[0] == 200
+    assert time.monotonic() - started < 10  # duplicate checks are constant time
+    assert _post(_url(c), counter(2, 5.0, "b2"), AUTH)[0] == 200  # rank0 resends batch b2
+    assert _post(_url(c), counter(3, 5.0, "b3"), AUTH)[0] == 200
+    c.shutdown()
+    latest = dict(read_tensorboard_events(tmp_path / "tb" / "flood")["tokens"])  # a step's last value
+    assert latest == {1: 5.0, 2: 10.0, 3: 15.0}
+
+
+def test_silent_connections_to_the_prometheus_port_are_closed(tmp_path):
+    from otel_rl.sinks.prometheus import PrometheusConfig, PrometheusExporter
+
+    sink = PrometheusExporter(PrometheusConfig(port=0))
+    try:
+        before = threading.active_count()
+        socks = _silent(sink.port, 300)  # one client: past its cap, closed at accept
+        with urllib.request.urlopen(f"http://127.0.0.1:{sink.port}/metrics", timeout=15) as r:
+            assert r.status == 200  # the scraper, another client, is served
+        assert threading.active_count() - before <= 8 + 1
+        started = time.monotonic()
+        assert all(_closed(s) for s in socks)  # the rest at the handler's timeout
+        assert time.monotonic() - started < 15
+    finally:
+        for s in socks:
+            s.close()
+        sink.shutdown()
