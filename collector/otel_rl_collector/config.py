@@ -123,11 +123,18 @@ class LimitsConfig:
     max_log_records: int = 10_000
     max_table_columns: int = 64
     max_table_cells: int = 100_000
+    #: What one request may decode into: resource blocks, and metrics + points + records +
+    #: spans in all (a batch of 500 steps x 100 metrics is 50,100); OTLP/JSON bodies (verbose,
+    #: and 30x their size once parsed) at most this many bytes after gzip.
+    max_resource_blocks: int = 10_000
+    max_request_objects: int = 200_000
+    max_json_bytes: int = 8 * 2**20
 
     def validate(self, path: str) -> None:
         for name in ("max_request_bytes", "max_decompressed_bytes", "max_queue_points", "max_connections",
                      "idle_timeout_s", "read_timeout_s", "workers", "max_pending_requests", "header_timeout_s",
-                     "max_connections_per_client", "max_log_records", "max_table_columns", "max_table_cells"):
+                     "max_connections_per_client", "max_log_records", "max_table_columns", "max_table_cells",
+                     "max_resource_blocks", "max_request_objects", "max_json_bytes"):
             positive(f"{path}.{name}", getattr(self, name))
         if not 0 < self.overload_fraction <= 1:
             raise ConfigError(f"{path}.overload_fraction: must be in (0, 1], got {self.overload_fraction}")

@@ -82,6 +82,49 @@ class Gate:
         return b"".join(parts)
 
     def parse(self, payload: bytes, content_type: str, message_cls):
+        """The request, parsed, refused (413) when what decoding would build is past the limits:
+        bytes bound the body, not the objects it becomes (8 MB of empty resource blocks grew to
+        2.5 GB; 63 KB of gzipped JSON to 2 GB)."""
+        limits = self.limits
+        if wire.media_type(content_type) == wire.JSON:
+            if len(payload) > limits.max_json_bytes:
+                self.stats.reject("too_large")
+                raise RequestError(413, f"an OTLP/JSON body of {len(payload)} bytes exceeds limits.max_json_bytes="
+                                   f"{limits.max_json_bytes} (send protobuf, or less per request)")
+            objects = payload.count(b"{") + payload.count(b"[")
+            if objects > limits.max_request_objects:
+                self.stats.reject("too_large")
+                raise RequestError(413, f"an OTLP/JSON body with {objects} objects and arrays exceeds "
+                                   f"limits.max_request_objects={limits.max_request_objects}")
+        request = self._parse(payload, content_type, message_cls)
+        self._check_counts(request)
+        return request
+
+    def _check_counts(self, request) -> None:
+        """Resource blocks, then metrics, points and records, counted without building more."""
+        limits = self.limits
+        field = next(f for f in ("resource_metrics", "resource_logs", "resource_spans") if hasattr(request, f))
+        blocks = getattr(request, field)
+        if len(blocks) > limits.max_resource_blocks:
+            self.stats.reject("too_large")
+            raise RequestError(413, f"{len(blocks)} resource blocks in one request exceed "
+                               f"limits.max_resource_blocks={limits.max_resource_blocks}")
+        items = 0
+        for block in blocks:
+            for scope in getattr(block, field.replace("resource_", "scope_")):
+                entries = scope.metrics if field == "resource_metrics" else \
+                    scope.log_records if field == "resource_logs" else scope.spans
+                items += len(entries)
+                if field == "resource_metrics":
+                    for metric in entries:
+                        kind = metric.WhichOneof("data")
+                        items += len(getattr(metric, kind).data_points) if kind else 0
+            if items > limits.max_request_objects:
+                self.stats.reject("too_large")
+                raise RequestError(413, f"more than limits.max_request_objects={limits.max_request_objects} "
+                                   "metrics, points, records and spans in one request")
+
+    def _parse(self, payload: bytes, content_type: str, message_cls):
         try:
             return wire.parse(payload, content_type, message_cls)
         except wire.UnsupportedMediaType as exc:
