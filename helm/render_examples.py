@@ -22,13 +22,23 @@ def value_sets() -> dict[str, dict]:
     return sets
 
 
-def render(values: dict) -> str:
+def _render(values: dict) -> dict[str, str]:
     import helm_python
 
     with helm_python.Chart.load(CHART) as chart:
-        out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    parts = [f"# Source: {path}\n{text.strip()}\n" for path, text in sorted(out.items()) if text.strip()]
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def render(values: dict) -> str:
+    """The manifests, as `helm template` prints them (NOTES.txt is not a manifest)."""
+    parts = [f"# Source: {path}\n{text.strip()}\n" for path, text in sorted(_render(values).items())
+             if text.strip() and not path.endswith("NOTES.txt")]
     return "---\n".join(parts)
+
+
+def notes(values: dict) -> str:
+    """What `helm install` prints after installing (templates/NOTES.txt)."""
+    return next((text for path, text in _render(values).items() if path.endswith("NOTES.txt")), "")
 
 
 def main() -> int:

@@ -57,9 +57,9 @@ def test_default_objects_ports_probes_and_security():
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
-        "otlp-grpc": 4317, "otlp-http": 4318, "metrics": 9464}
+        "otlp-grpc": 4317, "otlp-http": 4318, "health": 13133, "metrics": 9464}
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
-    assert container["readinessProbe"]["httpGet"]["port"] == "otlp-http"
+    assert container["readinessProbe"]["httpGet"]["port"] == "health"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -94,7 +94,8 @@ def test_secrets_come_from_existing_secrets_only():
     volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
     assert volumes["auth"]["secret"]["secretName"] == "otel-rl-token"
     assert volumes["tls"]["secret"]["secretName"] == "otel-rl-tls"
-    assert deploy["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    # TLS on OTLP; the probes' own port stays plain HTTP (the kubelet sends no token, sees no data)
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"] == "health"
     assert not by_kind(docs, "Secret")  # the chart never creates or inlines secrets
     (monitor,) = by_kind(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -169,7 +170,10 @@ def test_spool_on_the_volume_by_default_and_extra_env_and_volumes():
     docs = render()
     assert collector_config(docs)["spool"] == {"dir": "/data/spool", "max_bytes": 2147483648,
                                                "checkpoint_interval_s": 1}
-    assert "spool" not in collector_config(render({"persistence": {"enabled": False}}))  # emptyDir: no promise
+    # an emptyDir would lose what was acknowledged at a restart: refused unless said explicitly
+    with pytest.raises(Exception, match="spool.enabled: the spool lives on the data volume"):
+        render({"persistence": {"enabled": False}})
+    assert "spool" not in collector_config(render({"persistence": {"enabled": False}, "spool": {"enabled": False}}))
     docs = render({"extraEnv": [{"name": "WANDB_BASE_URL", "value": "https://wandb.corp"}],
                    "extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
                    "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}]})
@@ -199,3 +203,30 @@ def test_optional_tensorboard_ingress():
     backend = rule["http"]["paths"][0]["backend"]["service"]
     (service,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("tensorboard")]
     assert backend == {"name": service["metadata"]["name"], "port": {"number": 6006}}
+
+
+def test_probes_have_their_own_port_and_the_listener_is_configured():
+    docs = render()
+    (deploy,) = by_kind(docs, "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert {"name": "health", "containerPort": 13133, "protocol": "TCP"} in container["ports"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "health"}
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if "collector.yaml" in d["data"]]
+    config = yaml.safe_load(cm["data"]["collector.yaml"])
+    assert config["receivers"]["health"] == {"enabled": True, "host": "0.0.0.0", "port": 13133}
+    assert config["limits"]["header_timeout_s"] == 5 and config["limits"]["max_table_columns"] == 64
+    from otel_rl_collector.config import load_collector_config
+
+    load_collector_config({k: v for k, v in config.items() if k not in ("mlflow", "mlflow_traces")})
+
+
+def test_a_network_policy_by_default_and_a_loud_warning_without_auth():
+    (policy,) = by_kind(render(), "NetworkPolicy")
+    (otlp, probes) = policy["spec"]["ingress"]
+    assert {p["port"] for p in otlp["ports"]} == {4317, 4318, 9464}
+    assert {"namespaceSelector": {"matchLabels": {"otel-rl.io/access": "true"}}} in otlp["from"]
+    assert probes == {"ports": [{"port": 13133, "protocol": "TCP"}]}
+    assert not by_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
+    assert "WARNING: auth.existingSecret is not set" in render_examples.notes({})
+    assert "WARNING" not in render_examples.notes({"auth": {"existingSecret": "otel-rl-token"}})

@@ -87,6 +87,7 @@ def _replica_config(rendered: dict, root: Path, secrets: dict[str, Path], ports:
     # the pod's ports, here on 127.0.0.1
     cfg["receivers"]["grpc"].update(host="127.0.0.1", port=ports["grpc"])
     cfg["receivers"]["http"].update(host="127.0.0.1", port=ports["http"])
+    cfg["receivers"]["health"].update(host="127.0.0.1", port=0)
     cfg["prometheus"].update(host="127.0.0.1", port=ports["prometheus"])
     return cfg
 
@@ -96,6 +97,7 @@ def _gateway_config(rendered: dict, replicas: list[str], ca: Path, ports: dict[s
     protocols = cfg["receivers"]["otlp"]["protocols"]
     protocols["grpc"]["endpoint"] = f"127.0.0.1:{ports['grpc']}"
     protocols["http"]["endpoint"] = f"127.0.0.1:{ports['http']}"
+    cfg["extensions"]["health_check"]["endpoint"] = f"127.0.0.1:{free_port()}"  # the probes' port
     lb = cfg["exporters"]["loadbalancing"]
     assert lb["routing_key"] == "attributes" and lb["routing_attributes"] == ["otel_rl.run.id"]
     assert lb["resolver"]["dns"]["hostname"] == "rl-otel-rl-headless.observability.svc.cluster.local"

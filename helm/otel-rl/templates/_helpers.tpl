@@ -68,6 +68,9 @@ Cross-field checks the JSON schema cannot express. Each fails with
 {{- if and $v.backends.mlflow.enabled (not (regexMatch "^https?://" $v.backends.mlflow.trackingUri)) -}}
 {{- fail "[ERROR] backends.mlflow.trackingUri: must be an http(s) tracking server URI when backends.mlflow.enabled. Set it, e.g. http://mlflow.mlflow.svc:5000." -}}
 {{- end -}}
+{{- if and $v.spool.enabled (not $v.persistence.enabled) -}}
+{{- fail "[ERROR] spool.enabled: the spool lives on the data volume, and without persistence it is an emptyDir that a restart empties, so acknowledged data would be lost. Set persistence.enabled=true, or spool.enabled=false to run without a spool knowingly." -}}
+{{- end -}}
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.backends.prometheus.enabled) -}}
 {{- fail "[ERROR] metrics.serviceMonitor.enabled: there is no training-metrics endpoint to scrape. Set backends.prometheus.enabled=true." -}}
 {{- end -}}
@@ -86,6 +89,7 @@ Cross-field checks the JSON schema cannot express. Each fails with
 receivers:
   http: {enabled: true, host: 0.0.0.0, port: {{ $v.service.httpPort }}}
   grpc: {enabled: true, host: 0.0.0.0, port: {{ $v.service.grpcPort }}}
+  health: {enabled: true, host: 0.0.0.0, port: {{ $v.service.healthPort }}}
 {{- if $v.auth.existingSecret }}
 auth: {token_file: /var/run/secrets/otel-rl/auth/{{ $v.auth.tokenKey }}, metrics: {{ $v.auth.metrics }}}
 {{- end }}
@@ -101,6 +105,14 @@ limits:
   read_timeout_s: {{ $v.collector.readTimeoutSeconds }}
   workers: {{ int $v.collector.workers }}
   max_pending_requests: {{ int $v.collector.maxPendingRequests }}
+  header_timeout_s: {{ $v.collector.headerTimeoutSeconds }}
+  max_connections_per_client: {{ int $v.collector.maxConnectionsPerClient }}
+  max_log_records: {{ int $v.collector.maxLogRecords }}
+  max_table_columns: {{ int $v.collector.maxTableColumns }}
+  max_table_cells: {{ int $v.collector.maxTableCells }}
+  max_resource_blocks: {{ int $v.collector.maxResourceBlocks }}
+  max_request_objects: {{ int $v.collector.maxRequestObjects }}
+  max_json_bytes: {{ int $v.collector.maxJsonBytes }}
 reduce:
   gauge: {{ $v.collector.reduceGauge }}
   counter: {{ $v.collector.reduceCounter }}
