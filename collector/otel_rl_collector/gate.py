@@ -86,7 +86,12 @@ class Gate:
         bytes bound the body, not the objects it becomes (8 MB of empty resource blocks grew to
         2.5 GB; 63 KB of gzipped JSON to 2 GB)."""
         limits = self.limits
-        if wire.media_type(content_type) == wire.JSON:
+        try:
+            kind = wire.media_type(content_type)
+        except wire.UnsupportedMediaType as exc:
+            self.stats.reject("bad_content_type")
+            raise RequestError(415, str(exc)) from exc
+        if kind == wire.JSON:
             if len(payload) > limits.max_json_bytes:
                 self.stats.reject("too_large")
                 raise RequestError(413, f"an OTLP/JSON body of {len(payload)} bytes exceeds limits.max_json_bytes="

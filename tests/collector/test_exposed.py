@@ -79,8 +79,9 @@ def test_auth_is_checked_before_the_body_is_read(collector):
     hundred of them hold no memory; the legitimate client is served meanwhile."""
     socks = []
     try:
-        for _ in range(100):
-            s = socket.create_connection(("127.0.0.1", collector.http_port), timeout=10)
+        for i in range(100):  # 50 clients (loopback addresses), 2 connections each
+            s = socket.create_connection(("127.0.0.1", collector.http_port), timeout=10,
+                                         source_address=(f"127.0.0.{2 + i % 50}", 0))
             s.sendall(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
                       b"Authorization: Bearer wrong\r\nContent-Length: 8000000\r\n\r\n")
             socks.append(s)

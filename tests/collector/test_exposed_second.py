@@ -203,8 +203,9 @@ def test_a_log_table_bomb_is_cut_to_the_limits(exposed, tmp_path):
 
 
 def test_a_flood_of_ids_from_one_sender_keeps_another_senders_resend_from_counting_twice(exposed, tmp_path):
-    """A flood of 60,000 empty resource blocks with fresh ids used to push real ids out of the
-    50,000-id window, so a resent counter batch counted twice (5/10/20 instead of 5/10/15)."""
+    """A flood of 60,000 resource blocks with fresh ids from another sender used to push real ids
+    out of the one 50,000-id window, so a resent counter batch counted twice (5/10/20 instead of
+    5/10/15). Each sender now has its own window."""
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 
     c = exposed(reduce={"timeout_s": 0.2})
@@ -226,16 +227,21 @@ def test_a_flood_of_ids_from_one_sender_keeps_another_senders_resend_from_counti
 
     for step in (1, 2):
         assert _post(_url(c), counter(step, 5.0, f"b{step}"), AUTH)[0] == 200
-    flood = mpb.ExportMetricsServiceRequest()
-    for i in range(60_000):
-        rm = flood.resource_metrics.add()
-        for key, value in (("otel_rl.run.id", "other"), ("otel_rl.sender.id", "attacker"),
-                           ("otel_rl.batch.id", f"f{i}")):
-            kv = rm.resource.attributes.add()
-            kv.key, kv.value.string_value = key, value
     started = time.monotonic()
-    assert _post(_url(c), flood.SerializeToString(), AUTH)[0] == 200
-    assert time.monotonic() - started < 10  # duplicate checks are constant time
+    for part in range(6):  # limits.max_resource_blocks per request: the flood comes in 6 requests
+        flood = mpb.ExportMetricsServiceRequest()
+        for i in range(10_000):
+            rm = flood.resource_metrics.add()
+            for key, value in (("otel_rl.run.id", "other"), ("otel_rl.sender.id", "attacker"),
+                               ("otel_rl.batch.id", f"f{part}-{i}")):
+                kv = rm.resource.attributes.add()
+                kv.key, kv.value.string_value = key, value
+            gauge = rm.scope_metrics.add().metrics.add()  # with data, so its id is remembered
+            gauge.name = "x"
+            dp = gauge.gauge.data_points.add()
+            dp.as_double, dp.time_unix_nano = 1.0, 1
+        assert _post(_url(c), flood.SerializeToString(), AUTH)[0] == 200
+    assert time.monotonic() - started < 60  # duplicate checks are constant time
     assert _post(_url(c), counter(2, 5.0, "b2"), AUTH)[0] == 200  # rank0 resends batch b2
     assert _post(_url(c), counter(3, 5.0, "b3"), AUTH)[0] == 200
     c.shutdown()
@@ -260,3 +266,21 @@ def test_silent_connections_to_the_prometheus_port_are_closed(tmp_path):
         for s in socks:
             s.close()
         sink.shutdown()
+
+
+def test_a_request_that_decodes_into_too_much_is_refused_before_it_is_built(exposed):
+    """8 MB of empty resource blocks grew to 2.5 GB; 63 KB of gzipped JSON to 2 GB."""
+    import gzip
+
+    import psutil
+
+    c = exposed()
+    rss = psutil.Process().memory_info().rss
+    status, body = _post(_url(c), b"\x0a\x00" * 4_000_000, AUTH)  # 4M empty resource blocks
+    assert status == 413 and b"max_resource_blocks" in body
+    nested = gzip.compress(b'{"resourceMetrics": [' + b",".join([b'{"scopeMetrics": [{}]}'] * 400_000) + b"]}")
+    assert len(nested) < 100_000
+    status, body = _post(_url(c), nested, {**AUTH, "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert status == 413 and (b"max_json_bytes" in body or b"max_request_objects" in body)
+    assert psutil.Process().memory_info().rss - rss < 600 * 2**20
+    assert _post(_url(c), _request("after", 1, 1.0).SerializeToString(), AUTH)[0] == 200
