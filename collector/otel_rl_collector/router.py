@@ -21,6 +21,7 @@ from typing import Any
 
 from otel_rl.model.lru import LRU
 from otel_rl.model.records import Batch
+from otel_rl.model.semconv import BATCH_ID, SENDER_ID
 from otel_rl.route.admit import Stream
 from otel_rl_collector.reduce import Reducer
 
@@ -60,6 +61,31 @@ class Router:
                     window = LRU(self._seen_limit)
                 self.seen.put(sender, window)
                 window.put(batch_id, None)
+
+    def new_resources(self, request, field: str) -> tuple[list[tuple[str, str]], int]:
+        """Drop the resource blocks of ``request`` already admitted (a resend): the ids of the
+        new ones that carry data (an empty block's id is not remembered, so a flood of them
+        cannot push real ids out of a window), and how many were dropped."""
+        ids, keep, new, duplicates = [], [], set(), 0
+        blocks = getattr(request, field)
+        for rm in blocks:
+            sender = batch_id = None
+            for kv in rm.resource.attributes:
+                if kv.key == SENDER_ID:
+                    sender = kv.value.string_value
+                elif kv.key == BATCH_ID:
+                    batch_id = kv.value.string_value
+            if sender and batch_id and _has_data(rm):
+                if (sender, batch_id) in new or self.is_duplicate(sender, batch_id):
+                    duplicates += 1
+                    continue
+                new.add((sender, batch_id))
+                ids.append((sender, batch_id))
+            keep.append(rm)
+        if len(keep) != len(blocks):
+            del blocks[:]
+            blocks.extend(keep)
+        return ids, duplicates
 
     def process(self, record: Batch) -> Batch:
         """One admitted record (or tick) -> what goes to the sinks, numbered."""
@@ -119,3 +145,11 @@ class Router:
         self.emission = state["emission"]
         self.info = dict(state.get("info", {}))
         self._info_again = bool(self.info)
+
+
+def _has_data(block) -> bool:
+    """Whether a resource block holds any point, record or span."""
+    for scopes, items in (("scope_metrics", "metrics"), ("scope_logs", "log_records"), ("scope_spans", "spans")):
+        if any(getattr(scope, items) for scope in getattr(block, scopes, ())):
+            return True
+    return False

@@ -33,9 +33,10 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 
+from otel_rl.model.codec import load_state
 from otel_rl.model.decode import proto_attributes, translate_logs, translate_proto
 from otel_rl.model.records import Batch
-from otel_rl.model.semconv import BATCH_ID, RANK, SENDER_ID, WORLD_SIZE
+from otel_rl.model.semconv import RANK, WORLD_SIZE
 from otel_rl.model.translate import rank_of, run_of
 from otel_rl.route.deadline import Deadline
 from otel_rl.route.delivery import SinkSet
@@ -183,7 +184,7 @@ class Collector:
         state = (self.ingress.state or {}).get("router")
         if state:
             try:
-                self.router.restore(pickle.loads(base64.b64decode(state)))
+                self.router.restore(load_state(base64.b64decode(state)))
             except Exception:
                 _log.exception("collector: could not restore the router checkpoint; starting empty")
         replay = 0
@@ -293,28 +294,9 @@ class Collector:
                     "router_alive": alive}
 
     def _new_resources(self, request, field: str = "resource_metrics") -> list[tuple[str, str]]:
-        """Drop resource blocks already admitted (a resend); the ids of the new ones that carry
-        data (an empty block's id is not remembered: a flood of them cannot push real ids out of
-        the window)."""
-        ids, keep, new = [], [], set()
-        blocks = getattr(request, field)
-        for rm in blocks:
-            sender = batch_id = None
-            for kv in rm.resource.attributes:
-                if kv.key == SENDER_ID:
-                    sender = kv.value.string_value
-                elif kv.key == BATCH_ID:
-                    batch_id = kv.value.string_value
-            if sender and batch_id and _has_data(rm):
-                if (sender, batch_id) in new or self.router.is_duplicate(sender, batch_id):
-                    self.stats.duplicate_batches += 1
-                    continue
-                new.add((sender, batch_id))
-                ids.append((sender, batch_id))
-            keep.append(rm)
-        if len(keep) != len(blocks):
-            del blocks[:]
-            blocks.extend(keep)
+        """Drop resource blocks already admitted (a resend); the ids of the new ones."""
+        ids, duplicates = self.router.new_resources(request, field)
+        self.stats.duplicate_batches += duplicates
         return ids
 
     def _admissible(self, payload: bytes, content_type: str, message_cls):
@@ -446,11 +428,3 @@ def create(config: CollectorConfig | Mapping | str | Path | None = None) -> Coll
     if not isinstance(config, CollectorConfig):
         config = load_collector_config(config)
     return Collector(config)
-
-
-def _has_data(block) -> bool:
-    """Whether a resource block holds any point, record or span."""
-    for scopes, items in (("scope_metrics", "metrics"), ("scope_logs", "log_records"), ("scope_spans", "spans")):
-        if any(getattr(scope, items) for scope in getattr(block, scopes, ())):
-            return True
-    return False

@@ -58,6 +58,34 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"spool record names {module}.{name}: only plain values are allowed")
 
 
+#: Classes outside otel-rl that a checkpoint may hold (containers, and numpy's array rebuild).
+_STATE_GLOBALS = frozenset({
+    ("collections", "OrderedDict"), ("collections", "deque"), ("builtins", "set"), ("builtins", "frozenset"),
+    ("builtins", "complex"), ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"), ("copyreg", "_reconstructor"), ("builtins", "object"),
+})
+
+
+class _StateUnpickler(pickle.Unpickler):
+    """A checkpoint (the engine's state, the collector's router state): otel-rl's own classes
+    and a few containers only, never a function, so a planted file cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _STATE_GLOBALS:
+            return super().find_class(module, name)
+        if module.split(".")[0] in ("otel_rl", "otel_rl_collector") and "." not in name:
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
+        raise pickle.UnpicklingError(f"checkpoint names {module}.{name}: not a class a checkpoint holds")
+
+
+def load_state(payload: bytes):
+    """A checkpoint written with ``pickle.dumps``, read with :class:`_StateUnpickler`."""
+    return _StateUnpickler(io.BytesIO(payload)).load()
+
+
 def decode_batch(payload: bytes) -> Batch:
     try:
         doc = _PlainUnpickler(io.BytesIO(payload)).load()

@@ -23,18 +23,19 @@ already holds (:meth:`otel_rl.route.delivery.SinkSet.submit`), so every value is
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from otel_rl.errors import ConfigError
+from otel_rl.model.codec import load_state
 from otel_rl.model.records import Batch
 from otel_rl.model.tables import print_table
 from otel_rl.model.tape import record_step, translate_records
 from otel_rl.route.admit import Stream
 from otel_rl.route.deadline import Deadline
 from otel_rl.route.delivery import SinkSet
+from otel_rl.route.spool import Spool, write_atomic
 from otel_rl.sinks import registry
 from otel_rl.sinks.base import SUCCESS, Sink, SinkContext
 
@@ -78,8 +79,6 @@ def open_spools(root: Path | None, names: list[str], max_bytes: int, fsync: bool
     """A durable spool per sink under ``root``, or {} (in-memory queues)."""
     if root is None:
         return {}
-    from otel_rl.route.spool import Spool
-
     spools = {}
     try:
         for name in names:
@@ -105,10 +104,11 @@ class Engine:
             sink.bind(SinkContext(dict(resource), pcfg.resume))
         self.root = root
         spools = open_spools(root, [s.name for s in sinks], pcfg.spool_max_bytes, fsync)
+        self._fsync = fsync
         for sink in sinks:  # what `otel-rl replay <root>` sends each spool to
             target = sink.replay_target()
             if sink.name in spools and target:
-                (spools[sink.name].dir / REPLAY_TARGET).write_text(target + "\n")
+                write_atomic(spools[sink.name].dir / REPLAY_TARGET, (target + "\n").encode(), fsync)
         self._numbered = numbered
         self._state_path = root / STATE_FILE if (root is not None and numbered) else None
         self._stream = Stream()
@@ -140,7 +140,7 @@ class Engine:
         if self._state_path is None or not self._state_path.exists():
             return
         try:
-            state = pickle.loads(self._state_path.read_bytes())
+            state = load_state(self._state_path.read_bytes())
         except Exception as exc:  # unreadable: the spools' emission numbers still prevent duplicates
             _log.error("otel-rl: unreadable engine state %s (%s); continuing without it", self._state_path, exc)
             return
@@ -163,10 +163,7 @@ class Engine:
             return
         doc = {"session": session, "emission": self.emission, "held": self._held,
                "held_since": self._held_since, "stream": self._stream, "info": self._info}
-        tmp = self._state_path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(tmp, self._state_path)
+        write_atomic(self._state_path, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL), self._fsync)
 
     # -- the path ----------------------------------------------------------------------------
     def process(self, records: list[tuple], step: int | None, release: bool, now: float,

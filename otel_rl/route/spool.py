@@ -29,6 +29,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -36,7 +37,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from otel_rl.errors import SpoolLockedError
+from otel_rl.errors import ConfigError, SpoolLockedError
 from otel_rl.model.codec import decode_batch, encode_batch
 from otel_rl.model.records import Batch
 
@@ -46,6 +47,53 @@ _FRAME = struct.Struct("<II")
 
 _last_encoded: tuple = (None, b"")
 
+#: Never follow a symlink planted where a spool file goes; close on exec.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def private_opener(path, flags: int) -> int:
+    """``open(..., opener=private_opener)``: the file is this user's only (0600), and a symlink
+    at ``path`` is refused, not followed (a planted one truncated a victim file)."""
+    return os.open(path, flags | _NOFOLLOW, 0o600)
+
+
+def secure_dir(directory: Path) -> None:
+    """Create ``directory`` 0700, or accept an existing one only when this user owns it, it is
+    not a symlink, and no one else can write it: whoever can write a spool directory could
+    plant state that this process then reads (prompts and generations are in it too)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(f"spool directory {str(directory)!r} is a symlink; give its real path")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"spool directory {str(directory)!r} belongs to uid {st.st_uid}, not to this "
+                          f"process (uid {os.geteuid()}); use a directory of your own")
+    if st.st_mode & 0o022:
+        raise ConfigError(f"spool directory {str(directory)!r} is writable by others (mode "
+                          f"{stat.S_IMODE(st.st_mode):o}); run `chmod go-w {directory}` or use another one")
+
+
+def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data``: a private temp file, fsynced before the rename (a crash
+    leaves the old content or the new, never a torn file), then the directory fsynced."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        os.unlink(tmp)  # a leftover of a crash, or something planted: a link is removed, not followed
+    except FileNotFoundError:
+        pass
+    with open(tmp, "xb", opener=private_opener) as f:
+        f.write(data)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
 
 class Spool:
     """One sink's spool. Thread-safe: one appender and one reader may run concurrently."""
@@ -53,7 +101,7 @@ class Spool:
     def __init__(self, directory: str | Path, max_bytes: int = 1 << 30, segment_bytes: int = 16 << 20,
                  fsync: bool = True) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        secure_dir(self.dir)
         self._lock_file = _lock_dir(self.dir)
         self.id = _spool_id(self.dir)
         self.max_bytes = max_bytes
@@ -69,7 +117,7 @@ class Spool:
         if self._sizes:
             self._repair_tail(max(self._sizes))
         self._segment = max(self._sizes, default=self.cursor[0])
-        self._file = open(self._path(self._segment), "ab")
+        self._file = open(self._path(self._segment), "ab", opener=private_opener)
         self._sizes.setdefault(self._segment, self._file.tell())
         self.quarantined_records = 0
         self._skips: dict[tuple[int, int], int] = {}  # corrupt stretches: start -> where reading goes on
@@ -131,7 +179,7 @@ class Spool:
             if self.pending_bytes + len(frame) > self.max_bytes:
                 return False
             if self._sizes[self._segment] + len(frame) > self.segment_bytes and self._sizes[self._segment]:
-                new_file = open(self._path(self._segment + 1), "ab")  # failing here changes nothing
+                new_file = open(self._path(self._segment + 1), "ab", opener=private_opener)  # failing: no change
                 self._file.close()
                 self._segment += 1
                 self._file = new_file
@@ -160,7 +208,7 @@ class Spool:
         except OSError:
             pass
         os.truncate(path, size)
-        self._file = open(path, "ab")
+        self._file = open(path, "ab", opener=private_opener)
 
     def read(self, cursor: tuple[int, int] | None = None) -> tuple[Batch, tuple[int, int]] | None:
         """The batch at ``cursor`` (default: the checkpoint) and the cursor after it, or None."""
@@ -211,7 +259,8 @@ class Spool:
         qdir = self.dir / "quarantine"
         qdir.mkdir(exist_ok=True)
         target = qdir / f"seg-{seg:08d}-{off}.corrupt"
-        target.write_bytes(data[:resume])
+        with open(target, "wb", opener=private_opener) as f:
+            f.write(data[:resume])
         self.quarantined_records += 1
         _log.error("spool %s: corrupt record at %d:%d; %d bytes moved to %s, reading goes on at %d:%d",
                    self.dir, seg, off, resume, target, seg, off + resume)
@@ -230,25 +279,19 @@ class Spool:
         qdir.mkdir(exist_ok=True)
         target = qdir / f"refused-{time.time_ns()}.json"
         doc = {"reason": reason, "batch": base64.b64encode(encode_batch(batch)).decode()}
-        target.write_text(json.dumps(doc))
+        write_atomic(target, json.dumps(doc).encode())
         return target
 
     def ack(self, cursor: tuple[int, int], state: dict | None = None) -> None:
         """Checkpoint: everything before ``cursor`` was delivered, and the consumer's ``state``
         (JSON-able) goes with it atomically. Deletes consumed segments."""
-        tmp = self.dir / "checkpoint.json.tmp"
         doc = {"segment": cursor[0], "offset": cursor[1]}
         if state is not None:
             doc["state"] = state
             emission = state.get("emission")
             if isinstance(emission, int) and emission > self.last_emission:
                 self.last_emission = emission
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, self.dir / "checkpoint.json")
+        write_atomic(self.dir / "checkpoint.json", json.dumps(doc).encode(), self.fsync)
         with self._lock:
             self.cursor = cursor
             if state is not None:
@@ -274,7 +317,7 @@ class Spool:
 
 
 def _lock_dir(directory: Path):
-    f = open(directory / "lock", "a+")
+    f = open(directory / "lock", "a+", opener=private_opener)
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -297,9 +340,7 @@ def _spool_id(directory: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         value = uuid.uuid4().hex[:16]
-        tmp = directory / "id.tmp"
-        tmp.write_text(value)
-        os.replace(tmp, path)
+        write_atomic(path, value.encode())
         return value
 
 
