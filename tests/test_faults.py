@@ -121,18 +121,6 @@ def test_full_spool_drops_are_counted_and_the_rest_arrives_once(tmp_path):
     assert len(got) + stats["dropped_points"] == 3000  # every value delivered once or counted
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs: a disk that really fills up (ENOSPC)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.decode()[:200]}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def _fill(disk, leave_kib: int):
     """A file filling ``disk`` (the 2 MiB tmpfs) but about ``leave_kib`` KiB; unlink it to free it."""
     filler = disk / "filler"

@@ -20,6 +20,7 @@ The path is the embedded pipeline's (translate, :class:`~otel_rl_collector.route
 from __future__ import annotations
 
 import base64
+import errno
 import logging
 import operator
 import pickle
@@ -150,6 +151,10 @@ class Collector:
         self.selfmetrics.shutdown()
         if self.ingress is not None:
             self._thread.join(1.0)
+            if self.ingress.read(self.ingress.cursor) is not None:  # admitted, never processed
+                delivered = False
+                _log.warning("collector: stopped with acknowledged requests not yet processed; they are kept "
+                             "in %s and replayed at the next start", self.ingress.dir)
             self.ingress.close()
         self._report_left(delivered)
         return delivered
@@ -351,9 +356,16 @@ class Collector:
         batch.meta = {"t": time.time(), "world": world, "ids": ids}
         if self.ingress is not None:
             # Durable first, then acknowledged: the router thread takes it from here.
-            if not self.ingress.append(batch):
+            try:
+                stored = self.ingress.append(batch)
+            except OSError as exc:  # a full disk is the server's state, not the request's: retry later
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                stored = False
+            if not stored:
                 self.stats.reject("overloaded")
-                raise RequestError(503, "the ingress spool is full; retry later", retry_after_s=5.0)
+                raise RequestError(503, "the collector's spool is full or its disk has no room; retry later",
+                                   retry_after_s=10.0)
             self.router.remember(ids)
         else:
             self._emit(self.router.process(batch))

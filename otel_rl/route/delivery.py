@@ -21,6 +21,7 @@ or failing sink delays only its own queue; the training thread and the other sin
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -91,6 +92,7 @@ class SinkWorker:
         self.failing: str | None = None
         #: Why the first batch refused for good was refused (None: nothing was).
         self.refusal: str | None = None
+        self._warned_disk = False
         self._thread = threading.Thread(target=self._run, name=f"otel-rl-sink-{sink.name}", daemon=True)
         if spool is not None:
             sink.bind_spool(spool.id, (spool.state or {}).get("sink"))
@@ -117,6 +119,12 @@ class SinkWorker:
     def last_emission(self) -> int:
         """The highest ``emission`` number (batch meta) this sink's spool holds or delivered."""
         return self.spool.last_emission if self.spool is not None else -1
+
+    def warn_full_disk(self, exc: OSError) -> None:
+        if not self._warned_disk:
+            self._warned_disk = True
+            _log.error("%s: its spool's disk is full (%s); the batch waits and is offered again as space "
+                       "comes back (delivered batches free theirs)", self.sink.name, exc)
 
     def submit(self, batch: Batch) -> bool:
         """Queue a batch (durably, with a spool); False (and counted as dropped) when the queue
@@ -383,13 +391,21 @@ class SinkSet:
         return not self.submit_each(batch)
 
     def submit_each(self, batch: Batch, workers=None) -> list[SinkWorker]:
-        """Queue on each of ``workers`` (default all); the workers that refused."""
+        """Queue on each of ``workers`` (default all); the workers that refused (a spool whose
+        disk is full refuses too: the caller, which holds the batch durably, tries again)."""
         emission = batch.meta.get("emission")
         refused = []
         for worker in workers or self.workers:
             if emission is not None and emission <= worker.last_emission:
                 continue  # already spooled before a restart: exactly once
-            if not worker.submit(batch):
+            try:
+                taken = worker.submit(batch)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                worker.warn_full_disk(exc)
+                taken = False
+            if not taken:
                 refused.append(worker)
         return refused
 

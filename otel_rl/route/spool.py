@@ -25,6 +25,7 @@ state (:meth:`ack`), so a sink's own progress and the spool's agree after a cras
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import json
 import logging
@@ -120,6 +121,8 @@ class Spool:
         self._file = open(self._path(self._segment), "ab", opener=private_opener)
         self._sizes.setdefault(self._segment, self._file.tell())
         self.quarantined_records = 0
+        self._reserve = self.dir / "reserve"
+        self._reserve_ok = self._make_reserve()
         self._skips: dict[tuple[int, int], int] = {}  # corrupt stretches: start -> where reading goes on
 
     def _path(self, segment: int) -> Path:
@@ -172,12 +175,36 @@ class Spool:
         seg, off = self.cursor
         return sum(size for s, size in self._sizes.items() if s >= seg) - off
 
+    #: Bytes kept on disk, in a file, for a full disk: deleting it lets the checkpoint of a
+    #: delivered batch be written (which frees that batch's space) when nothing else could be.
+    RESERVE_BYTES = 256 * 1024
+
+    def _make_reserve(self) -> bool:
+        """(Re)create the reserve; False when the disk has no room for it (then new data is
+        refused: a disk that full would soon fail appends half-way)."""
+        try:
+            if not self._reserve.exists() or self._reserve.stat().st_size < self.RESERVE_BYTES:
+                with open(self._reserve, "wb", opener=private_opener) as f:
+                    if hasattr(os, "posix_fallocate"):
+                        os.posix_fallocate(f.fileno(), 0, self.RESERVE_BYTES)
+                    else:
+                        f.write(b"\0" * self.RESERVE_BYTES)
+            return True
+        except OSError:
+            self._reserve.unlink(missing_ok=True)
+            return False
+
     def append(self, batch: Batch) -> bool:
-        """Durably append ``batch``; False (nothing written) when the spool is full."""
+        """Durably append ``batch``; False (nothing written) when the spool is full, or its disk
+        too full to keep the reserve."""
         frame = _encoded(batch)
         with self._lock:
             if self.pending_bytes + len(frame) > self.max_bytes:
                 return False
+            if not self._reserve_ok:
+                self._reserve_ok = self._make_reserve()
+                if not self._reserve_ok:
+                    return False
             if self._sizes[self._segment] + len(frame) > self.segment_bytes and self._sizes[self._segment]:
                 new_file = open(self._path(self._segment + 1), "ab", opener=private_opener)  # failing: no change
                 self._file.close()
@@ -285,13 +312,25 @@ class Spool:
     def ack(self, cursor: tuple[int, int], state: dict | None = None) -> None:
         """Checkpoint: everything before ``cursor`` was delivered, and the consumer's ``state``
         (JSON-able) goes with it atomically. Deletes consumed segments."""
+        cursor = self._rotate_if_consumed(cursor)
         doc = {"segment": cursor[0], "offset": cursor[1]}
         if state is not None:
             doc["state"] = state
             emission = state.get("emission")
             if isinstance(emission, int) and emission > self.last_emission:
                 self.last_emission = emission
-        write_atomic(self.dir / "checkpoint.json", json.dumps(doc).encode(), self.fsync)
+        data = json.dumps(doc).encode()
+        try:
+            write_atomic(self.dir / "checkpoint.json", data, self.fsync)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # a full disk: give the reserve up so that this checkpoint, which frees the
+            # delivered segments, can be written; appends wait until it is back
+            with self._lock:
+                self._reserve.unlink(missing_ok=True)
+                self._reserve_ok = False
+            write_atomic(self.dir / "checkpoint.json", data, self.fsync)
         with self._lock:
             self.cursor = cursor
             if state is not None:
@@ -299,6 +338,24 @@ class Spool:
             for seg in [s for s in self._sizes if s < cursor[0]]:
                 del self._sizes[seg]
                 self._path(seg).unlink(missing_ok=True)
+
+    def _rotate_if_consumed(self, cursor: tuple[int, int]) -> tuple[int, int]:
+        """When everything appended was delivered and the segment is big (or the disk is short
+        of space), the next append goes to a new segment, so this one is deleted with this
+        checkpoint and its space comes back (else the current segment would only shrink the disk)."""
+        with self._lock:
+            size = self._sizes.get(self._segment, 0)
+            if cursor != (self._segment, size) or not size or (self._reserve_ok and size < 1 << 20):
+                return cursor
+            try:
+                new_file = open(self._path(self._segment + 1), "ab", opener=private_opener)
+            except OSError:
+                return cursor
+            self._file.close()
+            self._segment += 1
+            self._file = new_file
+            self._sizes[self._segment] = 0
+            return (self._segment, 0)
 
     def __iter__(self):
         """Every unacknowledged batch, in order (for replay tools); does not ack."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import statistics
 import time
@@ -292,5 +293,47 @@ def test_a_full_sink_spool_answers_503_and_everything_acknowledged_arrives(tmp_p
     finally:
         assert collector.shutdown(timeout_s=120)
     events = read_tensorboard_events(blocker / "full")
+    for i in range(10):
+        assert exactly_once(events[f"m{i}"]) == {s: float(s) for s in acked}
+
+
+def test_a_full_disk_under_the_collector_spool_is_503_and_the_reserve_lets_it_drain(tmp_path, small_disk):
+    """The collector's spool on a disk that fills up, its TensorBoard down meanwhile: requests it
+    cannot keep get 503 with Retry-After (a 500 was final to OTLP clients, otel-rl's own sink
+    included, which dropped the data), and once TensorBoard is back the collector drains
+    everything it acknowledged although the disk is still full (acknowledging needs a checkpoint
+    write, which the spool's reserve makes room for)."""
+    from otel_rl.model.records import Point
+    from otel_rl.sinks.otlp import encode_request
+
+    blocker = tmp_path / "tb"
+    blocker.write_text("not a directory")
+    collector = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                        "spool": {"dir": str(small_disk / "spool")}, "tensorboard": {"log_dir": str(blocker)}}).start()
+    filler = small_disk / "filler"
+    acked, refused = [], []
+    try:
+        free = shutil.disk_usage(small_disk).free
+        filler.write_bytes(b"\0" * max(0, free - 200 * 1024))  # about 200 KiB left
+        for step in range(400):
+            points = [Point("disk", f"m{i}", step, float(step), time.time()) for i in range(10)]
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{collector.http_port}/v1/metrics", method="POST",
+                data=encode_request(points, [], {"otel_rl.run.id": "disk"}, f"disk-{step}", "client-d").SerializeToString(),
+                headers={"Content-Type": "application/x-protobuf"})
+            try:
+                with urllib.request.urlopen(request, timeout=10):
+                    acked.append(step)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503, (exc.code, exc.read())
+                assert int(exc.headers["Retry-After"]) >= 1
+                refused.append(step)
+            if len(refused) >= 5:
+                break
+        assert acked and len(refused) >= 5
+        blocker.unlink()  # TensorBoard is back; the disk stays full
+    finally:
+        assert collector.shutdown(timeout_s=120)
+    events = read_tensorboard_events(blocker / "disk")
     for i in range(10):
         assert exactly_once(events[f"m{i}"]) == {s: float(s) for s in acked}
