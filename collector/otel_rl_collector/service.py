@@ -256,12 +256,13 @@ class Collector:
         first. Without one, a refusal is a counted drop."""
         if not out:
             return True
-        refused = self.sinkset.submit_each(out)
-        while refused and self.ingress is not None:
+        durable = self.ingress is not None
+        refused = self.sinkset.submit_each(out, full_disk_refuses=durable)
+        while refused and durable:
             if self._abort.is_set():
                 return False
             time.sleep(0.2)
-            refused = self.sinkset.submit_each(out, refused)
+            refused = self.sinkset.submit_each(out, refused, full_disk_refuses=True)
         return not refused
 
     # -- the request path ---------------------------------------------------------------------

@@ -390,9 +390,10 @@ class SinkSet:
         refused."""
         return not self.submit_each(batch)
 
-    def submit_each(self, batch: Batch, workers=None) -> list[SinkWorker]:
-        """Queue on each of ``workers`` (default all); the workers that refused (a spool whose
-        disk is full refuses too: the caller, which holds the batch durably, tries again)."""
+    def submit_each(self, batch: Batch, workers=None, full_disk_refuses: bool = False) -> list[SinkWorker]:
+        """Queue on each of ``workers`` (default all); the workers that refused. With
+        ``full_disk_refuses`` (a caller that holds the batch durably and offers it again: the
+        collector's router), a spool whose disk is full refuses too; else that error is raised."""
         emission = batch.meta.get("emission")
         refused = []
         for worker in workers or self.workers:
@@ -401,7 +402,7 @@ class SinkSet:
             try:
                 taken = worker.submit(batch)
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if not full_disk_refuses or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
                 worker.warn_full_disk(exc)
                 taken = False

@@ -195,16 +195,17 @@ class Spool:
             return False
 
     def append(self, batch: Batch) -> bool:
-        """Durably append ``batch``; False (nothing written) when the spool is full, or its disk
-        too full to keep the reserve."""
+        """Durably append ``batch``; False (nothing written) when the spool is full. A disk too
+        full to keep the reserve raises ``OSError(ENOSPC)``, as a write there would."""
         frame = _encoded(batch)
         with self._lock:
             if self.pending_bytes + len(frame) > self.max_bytes:
                 return False
             if not self._reserve_ok:
                 self._reserve_ok = self._make_reserve()
-                if not self._reserve_ok:
-                    return False
+                if not self._reserve_ok:  # as a write on a full disk fails: the caller holds the batch
+                    raise OSError(errno.ENOSPC, f"no room on the disk of spool {self.dir} for its "
+                                  f"{self.RESERVE_BYTES // 1024} KiB reserve")
             if self._sizes[self._segment] + len(frame) > self.segment_bytes and self._sizes[self._segment]:
                 new_file = open(self._path(self._segment + 1), "ab", opener=private_opener)  # failing: no change
                 self._file.close()

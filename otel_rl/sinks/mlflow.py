@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import urllib.parse
@@ -39,6 +40,9 @@ MAX_PARAM_VALUE = 6000
 #: The writer that created a run (a spool id, or a random id per process).
 INSTANCE_TAG = "otel_rl.instance"
 RUN_TAG = "otel_rl.run_id"
+#: A hash of the run id, what runs are searched by: MLflow's filter syntax has no escape for a
+#: quote or a trailing backslash ("bob's run" matched nothing and split into two runs).
+RUN_KEY_TAG = "otel_rl.run_key"
 
 
 @dataclass(frozen=True)
@@ -115,15 +119,20 @@ class MlflowExporter(Sink):
         it again); else, with ``resume``, the latest run of that id; else a new run."""
         client = self._client
         exp_id = self._experiment_id()
-        tag = f"tags.`{RUN_TAG}` = '{_quote(run)}'"
-        found = client.search_runs([exp_id], filter_string=f"{tag} and tags.`{INSTANCE_TAG}` = '{self.instance}'",
-                                   max_results=1)
-        if not found and self.resume:
-            found = client.search_runs([exp_id], filter_string=tag, max_results=1,
-                                       order_by=["attributes.start_time DESC"])
-        if found:
-            return found[0].info.run_id
-        return client.create_run(exp_id, run_name=run, tags={RUN_TAG: run, INSTANCE_TAG: self.instance}).info.run_id
+        key = run_key(run)
+        tags = [f"tags.`{RUN_KEY_TAG}` = '{key}'"]
+        if "'" not in run and "\\" not in run:  # runs written before the key was tagged
+            tags.append(f"tags.`{RUN_TAG}` = '{run}'")
+        for tag in tags:
+            found = client.search_runs([exp_id], filter_string=f"{tag} and tags.`{INSTANCE_TAG}` = '{self.instance}'",
+                                       max_results=1)
+            if not found and self.resume:
+                found = client.search_runs([exp_id], filter_string=tag, max_results=1,
+                                           order_by=["attributes.start_time DESC"])
+            if found:
+                return found[0].info.run_id
+        return client.create_run(exp_id, run_name=run, tags={RUN_TAG: run, RUN_KEY_TAG: key,
+                                                             INSTANCE_TAG: self.instance}).info.run_id
 
     def _experiment_id(self) -> str:
         """The experiment's id, creating it if missing. Writers starting together (collector
@@ -292,5 +301,6 @@ class MlflowExporter(Sink):
         self._run_ids.clear()
 
 
-def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("'", "\\'")
+def run_key(run: str) -> str:
+    """The value of :data:`RUN_KEY_TAG`: hex only, safe in any filter string."""
+    return hashlib.sha256(run.encode("utf-8", "surrogatepass")).hexdigest()[:32]
