@@ -100,3 +100,52 @@ def test_a_spool_directory_others_can_write_is_refused(tmp_path):
         os.chown(shared / "tensorboard", 12345, 12345)
         with pytest.raises(otel_rl.ConfigError, match="belongs to uid 12345"):
             otel_rl.init({"spool_dir": str(shared), "helper": False, "tensorboard": {"log_dir": str(tmp_path / "tb")}})
+
+
+def test_a_trainer_restarted_right_after_a_crash_takes_over_its_spool(tmp_path):
+    """SIGKILL a trainer whose MLflow hangs: its helper goes on delivering (up to its shutdown
+    deadline) and holds the spool. A trainer restarted at once used to die with
+    SpoolLockedError; it now waits for that orphaned helper and goes on from the same spool."""
+    import signal
+    import time
+
+    from test_faults import HungServer
+
+    hung = HungServer()
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time, otel_rl
+        from opentelemetry import metrics
+        run = otel_rl.init({{"run_name": "crash", "spool_dir": {str(tmp_path / "spool")!r}, "shutdown_timeout_s": 6,
+                             "system_metrics": {{"enabled": False}}, "tensorboard": {{"log_dir": {str(tmp_path / "tb")!r}}},
+                             "mlflow": {{"enabled": True, "tracking_uri": "http://127.0.0.1:{hung.port}", "timeout_s": 60}}}})
+        g = metrics.get_meter("t").create_gauge("x")
+        first = int(sys.argv[1])
+        for step in range(first, first + 10):
+            otel_rl.set_step(step)
+            g.set(float(step))
+        run.force_flush(3)  # TensorBoard has them; MLflow hangs
+        print("handed over", flush=True)
+        if first == 0:
+            time.sleep(600)  # killed here
+        otel_rl.shutdown(timeout_s=6)
+        print("done", flush=True)
+    """))
+    try:
+        first = subprocess.Popen([sys.executable, str(script), "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, cwd=tmp_path)
+        assert first.stdout.readline().strip() == "handed over"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        started = time.monotonic()
+        second = subprocess.run([sys.executable, str(script), "10"], capture_output=True, text=True, timeout=120,
+                                cwd=tmp_path)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "SpoolLockedError" not in second.stderr and second.stdout.split() == ["handed", "over", "done"]
+        assert "the helper of a process that ended, still delivering" in second.stderr
+        assert time.monotonic() - started < 60
+    finally:
+        hung.close()
+    events = read_tensorboard_events(tmp_path / "tb" / "crash")["x"]
+    steps = [s for s, _ in events]
+    assert sorted(steps) == list(range(20)), steps  # each step once

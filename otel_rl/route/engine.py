@@ -23,6 +23,7 @@ already holds (:meth:`otel_rl.route.delivery.SinkSet.submit`), so every value is
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,14 +76,18 @@ def spool_root(config: Config) -> Path | None:
     return Path(pcfg.spool_dir) / f"rank-{pcfg.rank}" if pcfg.rank is not None else Path(pcfg.spool_dir)
 
 
-def open_spools(root: Path | None, names: list[str], max_bytes: int, fsync: bool = True) -> dict:
-    """A durable spool per sink under ``root``, or {} (in-memory queues)."""
+def open_spools(root: Path | None, names: list[str], max_bytes: int, fsync: bool = True,
+                parent: int | None = None, lock_wait_s: float = 0.0) -> dict:
+    """A durable spool per sink under ``root``, or {} (in-memory queues). ``parent``: the
+    training process, when a helper opens them; ``lock_wait_s``: how long to wait for an orphaned
+    helper of an earlier process to release them (:func:`~otel_rl.route.spool._lock_dir`)."""
     if root is None:
         return {}
     spools = {}
     try:
         for name in names:
-            spools[name] = Spool(Path(root) / name, max_bytes=max_bytes, fsync=fsync)
+            spools[name] = Spool(Path(root) / name, max_bytes=max_bytes, fsync=fsync, parent=parent,
+                                 lock_wait_s=lock_wait_s)
     except BaseException:
         for spool in spools.values():
             spool.close()
@@ -103,7 +108,11 @@ class Engine:
         for sink in sinks:
             sink.bind(SinkContext(dict(resource), pcfg.resume))
         self.root = root
-        spools = open_spools(root, [s.name for s in sinks], pcfg.spool_max_bytes, fsync)
+        # a helper waits for an earlier process's orphaned helper (a crash, then a restart) as
+        # long as that one may deliver: its shutdown deadline, plus a margin
+        spools = open_spools(root, [s.name for s in sinks], pcfg.spool_max_bytes, fsync,
+                             parent=os.getppid() if numbered else None,
+                             lock_wait_s=pcfg.shutdown_timeout_s + 10 if numbered else 0.0)
         self._fsync = fsync
         for sink in sinks:  # what `otel-rl replay <root>` sends each spool to
             target = sink.replay_target()

@@ -100,10 +100,10 @@ class Spool:
     """One sink's spool. Thread-safe: one appender and one reader may run concurrently."""
 
     def __init__(self, directory: str | Path, max_bytes: int = 1 << 30, segment_bytes: int = 16 << 20,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, parent: int | None = None, lock_wait_s: float = 0.0) -> None:
         self.dir = Path(directory)
         secure_dir(self.dir)
-        self._lock_file = _lock_dir(self.dir)
+        self._lock_file = _lock_dir(self.dir, parent, lock_wait_s)
         self.id = _spool_id(self.dir)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
@@ -374,22 +374,51 @@ class Spool:
                 self._lock_file = None
 
 
-def _lock_dir(directory: Path):
+def _lock_dir(directory: Path, parent: int | None = None, wait_s: float = 0.0):
+    """Take the directory's lock. It says who holds it: ``pid P`` and, for a helper process,
+    ``parent Q``, its training process. When the holder is a helper whose training process has
+    ended (an orphan still delivering, after a crash), wait up to ``wait_s`` for it to finish: a
+    trainer restarted by torchrun or Kubernetes right away then takes over its spool instead of
+    failing."""
     f = open(directory / "lock", "a+", opener=private_opener)
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise SpoolLockedError(
-            f"spool directory {str(directory)!r} is in use by {holder}; each process needs its own "
-            "spool directory (ranks get rank-<n>/ automatically when RANK is set)") from None
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            if time.monotonic() < deadline and _orphaned(holder):
+                if not said:
+                    said = True
+                    _log.warning("spool %s: held by %s, the helper of a process that ended, still delivering; "
+                                 "waiting up to %.0f s for it to finish", directory, holder, wait_s)
+                time.sleep(0.2)
+                continue
+            f.close()
+            raise SpoolLockedError(
+                f"spool directory {str(directory)!r} is in use by {holder}; each process needs its own "
+                "spool directory (ranks get rank-<n>/ automatically when RANK is set)") from None
     f.seek(0)
     f.truncate()
-    f.write(f"pid {os.getpid()}")
+    f.write(f"pid {os.getpid()}" + (f" parent {parent}" if parent else ""))
     f.flush()
     return f
+
+
+def _orphaned(holder: str) -> bool:
+    """Whether the lock's ``holder`` line names a helper whose parent process is gone."""
+    words = holder.split()
+    if len(words) < 4 or words[2] != "parent" or not words[3].isdigit():
+        return False
+    try:
+        os.kill(int(words[3]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _spool_id(directory: Path) -> str:

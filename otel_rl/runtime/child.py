@@ -239,5 +239,21 @@ def _rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return 0
+
+
+def run(argv: list[str]) -> None:
+    """The helper's entry point: ``main``, then out at once. Its work is done and checkpointed by
+    then; what is left is a backend SDK's exit hooks and threads (a hung MLflow call kept an
+    orphaned helper, and its spool's lock, for a minute after its deadline)."""
+    code = main(argv)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - the terminal may be gone
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    run(sys.argv)

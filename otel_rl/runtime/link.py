@@ -100,7 +100,7 @@ class HelperLink:
         env["PYTHONPATH"] = os.pathsep.join([package_root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from otel_rl.runtime.child import main; sys.exit(main(sys.argv))",
+                [sys.executable, "-c", "import sys; from otel_rl.runtime.child import run; run(sys.argv)",
                  str(to_helper_r), str(from_helper_w)],
                 pass_fds=(to_helper_r, from_helper_w), env=env, stdin=subprocess.DEVNULL, close_fds=True)
         finally:
