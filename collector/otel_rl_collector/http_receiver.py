@@ -128,6 +128,8 @@ class HttpReceiver:
                 self.collector.check_auth(headers.get("authorization"))  # before reading the body
                 if path not in _PATHS:
                     raise RequestError(404, "OTLP paths: /v1/metrics, /v1/traces, /v1/logs")
+                if "transfer-encoding" in headers and "content-length" in headers:  # RFC 9112 6.1: smuggling
+                    raise RequestError(400, "a request has Content-Length or Transfer-Encoding, not both")
                 body = await self._read_body(receive, headers)
                 if body is None:
                     return  # the client went away

@@ -24,7 +24,6 @@ import errno
 import logging
 import operator
 import pickle
-import queue
 import threading
 import time
 from collections.abc import Mapping
@@ -47,12 +46,12 @@ from otel_rl_collector.config import CollectorConfig, load_collector_config
 from otel_rl_collector.gate import CollectorStats, Gate
 from otel_rl_collector.reduce import Reducer
 from otel_rl_collector.router import Router
+from otel_rl_collector.traces import TraceForwarder
 from otel_rl_collector.wire import RequestError
 
 _log = logging.getLogger(__name__)
 _RUN_RANK = operator.attrgetter("run", "rank")
 #: Span requests waiting to be forwarded (past it: 503), and tries per request.
-TRACE_QUEUE, TRACE_ATTEMPTS = 1_000, 4
 #: Checkpoint the router state at least every this many ingress records.
 CHECKPOINT_RECORDS = 2_000
 
@@ -67,12 +66,12 @@ class Collector:
         self.reducer = Reducer(config.reduce.rules.items(), gauge_op=config.reduce.gauge,
                                counter_op=config.reduce.counter, timeout_s=config.reduce.timeout_s)
         self.router = Router(self.reducer)
-        self.trace_sink = None
-        self._traces: queue.Queue = queue.Queue(maxsize=TRACE_QUEUE)
+        self.traces: TraceForwarder | None = None
+        self._stop = threading.Event()
         sinks = []
         for name, cfg in config.enabled_backends().items():
             if name == "mlflow_traces":
-                self.trace_sink = registry.create_span_exporter(name, cfg)
+                self.traces = TraceForwarder(registry.create_span_exporter(name, cfg), self.stats, self._stop)
             else:
                 sinks.append(registry.create(name, cfg))
         spool = config.spool
@@ -92,7 +91,6 @@ class Collector:
             for worker in self.sinkset.workers:
                 if worker.sink.name == "prometheus":
                     worker.sink.also_serve = self.selfmetrics.render
-        self._stop = threading.Event()
         self._abort = threading.Event()  # the shutdown deadline passed: the router thread stops now
         self._drained = threading.Event()
         self._thread = threading.Thread(target=self._ingress_loop if self.ingress else self._expire_loop,
@@ -110,9 +108,8 @@ class Collector:
             self._recover()
         self.sinkset.start()
         self._thread.start()
-        if self.trace_sink is not None:
-            self._trace_thread = threading.Thread(target=self._trace_loop, name="otel-rl-traces", daemon=True)
-            self._trace_thread.start()
+        if self.traces is not None:
+            self.traces.start()
         self._receivers.extend(start_receivers(self))
         _log.info("otel-rl collector: %s -> %s", ", ".join(r.describe() for r in self._receivers),
                   ", ".join(w.sink.name for w in self.workers) or "no sinks")
@@ -144,10 +141,8 @@ class Collector:
             with self._lock:
                 self._emit(self.router.process(Batch(meta={"tick": time.time(), "all": True})))
         delivered = self.sinkset.shutdown(deadline)
-        if self.trace_sink is not None:
-            self._traces.put(None)
-            self._trace_thread.join(max(0.0, min(deadline.left(), 10.0)))
-            self.trace_sink.shutdown()
+        if self.traces is not None:
+            self.traces.shutdown(min(deadline.left(), 10.0))
         self.selfmetrics.shutdown()
         if self.ingress is not None:
             self._thread.join(1.0)
@@ -396,32 +391,9 @@ class Collector:
         spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         self.stats.received_spans += spans
         response = tpb.ExportTraceServiceResponse()
-        if self.trace_sink is not None and spans:
-            # off the request path: a hung trace backend never holds a receiver thread
-            try:
-                self._traces.put_nowait((request, spans))
-            except queue.Full:
-                self.stats.reject("traces_backlog")
-                raise RequestError(503, "the trace backend is behind; retry later", retry_after_s=5.0) from None
+        if self.traces is not None and spans:
+            self.traces.offer(request, spans, len(payload))  # off the request path (traces.py)
         return response
-
-    def _trace_loop(self) -> None:
-        """Forward queued span requests, each retried a few times with backoff; what still fails
-        is dropped and counted (``dropped_spans``). Spans are not spooled."""
-        while True:
-            item = self._traces.get()
-            if item is None:
-                return
-            request, spans = item
-            for attempt in range(TRACE_ATTEMPTS):
-                if self.trace_sink.export_request(request):
-                    self.stats.forwarded_spans += spans
-                    break
-                if self._stop.wait(min(8.0, 0.5 * 2**attempt)) and attempt >= 1:
-                    self.stats.dropped_spans += spans
-                    break
-            else:
-                self.stats.dropped_spans += spans
 
     def self_metrics(self) -> dict:
         s = self.stats

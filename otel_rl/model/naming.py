@@ -119,6 +119,8 @@ class NameMapper:
         if rules.path_like:
             mapped = re.sub(r"/{2,}", "/", mapped).strip("/")
             mapped = mapped.replace("..", "__") or "_"
+            if "." in mapped.split("/"):  # a "." segment: MLflow refuses the whole log_batch
+                mapped = "/".join("_" if segment == "." else segment for segment in mapped.split("/"))
         if rules.max_len is not None and len(mapped) > rules.max_len:
             mapped = mapped[: rules.max_len - 9] + "_h" + _short_hash(neutral)
         if mapped != neutral:

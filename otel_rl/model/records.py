@@ -104,10 +104,14 @@ class Table:
 
     def markdown(self) -> str:
         """A markdown table (TensorBoard's text plugin renders it): ``|`` escaped, newlines as
-        ``<br>``."""
+        ``<br>``. Cells are untrusted text (a model's generations): HTML and markdown images and
+        links are shown as text, never rendered (an ``<img>`` or ``![](url)`` in a sample made
+        every viewer of the Text tab fetch that URL)."""
         def cell(value: Any) -> str:
             text = "" if value is None else str(value)
-            return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+            text = text.replace("\\", "\\\\").replace("|", "\\|").replace("&", "&amp;").replace("<", "&lt;")
+            text = text.replace(">", "&gt;").replace("[", "\\[").replace("]", "\\]").replace("`", "\\`")
+            return text.replace("\r", "").replace("\n", "<br>")
 
         lines = ["| " + " | ".join(cell(c) for c in self.columns) + " |",
                  "|" + "---|" * len(self.columns)]
