@@ -318,9 +318,14 @@ class Collector:
             size = rank_of({RANK: resource.get(WORLD_SIZE)})  # int or digit string (env)
             if size > 0:
                 world[run_of(resource)] = size
+        # translated outside the admission lock (translation is stateless): one client's big
+        # request does not hold every other client for its whole translation
+        translation = translate_proto(request)
         with self._lock:
+            before = len(request.resource_metrics)
             ids = self._new_resources(request)
-            translation = translate_proto(request)
+            if len(request.resource_metrics) != before:  # a resend: blocks dropped, translate what is left
+                translation = translate_proto(request)
             self._check_ranks(translation, world)
             self._admit(translation, world, ids)
             self.stats.received_points += len(translation.batch.points)
@@ -370,11 +375,18 @@ class Collector:
         """Samples and texts as OTLP log records (see :func:`otel_rl.model.decode.translate_logs`):
         the same admission, durability and sinks as metrics; not reduced across ranks."""
         request = self._admissible(payload, content_type, lpb.ExportLogsServiceRequest)
+        limits = self.config.limits
+
+        def translate():
+            return translate_logs(request, max_records=limits.max_log_records,
+                                  max_columns=limits.max_table_columns, max_cells=limits.max_table_cells)
+
+        translation = translate()  # outside the admission lock, as for metrics
         with self._lock:
+            before = len(request.resource_logs)
             ids = self._new_resources(request, "resource_logs")
-            limits = self.config.limits
-            translation = translate_logs(request, max_records=limits.max_log_records,
-                                         max_columns=limits.max_table_columns, max_cells=limits.max_table_cells)
+            if len(request.resource_logs) != before:
+                translation = translate()
             self._admit(translation, {}, ids)
             self.stats.received_log_records += sum(
                 len(p.value.rows) if p.kind == "table" else 1 for p in translation.batch.points)
