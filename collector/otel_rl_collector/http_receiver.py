@@ -73,6 +73,14 @@ class HttpReceiver:
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         loop.set_exception_handler(throttled_exception_handler())
+        create_server, handshake_s = loop.create_server, self._limits.header_timeout_s
+
+        def create_tls_server(*args, **kwargs):  # uvicorn has no setting for asyncio's 60 s default
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", handshake_s)
+            return create_server(*args, **kwargs)
+
+        loop.create_server = create_tls_server  # a silent TLS connect is closed at header_timeout_s
         try:
             loop.run_until_complete(self._server.serve(sockets=[self._sock]))
         except Exception:

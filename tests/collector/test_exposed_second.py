@@ -368,3 +368,20 @@ def test_the_span_queue_is_bounded_in_bytes_while_mlflow_hangs(exposed, monkeypa
         assert _post(_url(c), _request("spans", 1, 1.0).SerializeToString(), AUTH)[0] == 200
     finally:
         hung.close()
+
+
+def test_silent_tls_connects_are_closed_at_the_header_deadline(tmp_path, exposed):
+    """Silent TLS connects cost about 300 KB each until asyncio's 60 s handshake timeout: 7,000
+    of them OOM-killed the collector. The handshake now has limits.header_timeout_s."""
+    from backends import make_certificates
+
+    _, cert, key = make_certificates(tmp_path)
+    c = exposed(tls={"cert_file": str(cert), "key_file": str(key)}, limits={"header_timeout_s": 1.0})
+    socks = _silent(c.http_port, 50)
+    try:
+        started = time.monotonic()
+        assert all(_closed(s) for s in socks)
+        assert time.monotonic() - started < 8
+    finally:
+        for s in socks:
+            s.close()
