@@ -171,7 +171,7 @@ class Reducer:
         done_below = min(progress.values()) if len(progress) >= size else -1
         due = sorted((k for k, (first, parts) in groups.items()
                       if everything or k[4] < done_below or len({p.rank for p in parts}) >= size
-                      or (now is not None and now - first >= self.timeout_s)), key=lambda k: k[4])
+                      or (now is not None and self._waited(first, now))), key=lambda k: k[4])
         for key in due:
             _, parts = groups.pop(key)
             if now is not None and not everything and key[4] >= done_below:
@@ -188,7 +188,7 @@ class Reducer:
         """Emit groups waiting longer than ``timeout_s`` (all of them with ``everything``)."""
         ready: list[Point] = []
         for key in [k for k, (first, _) in self._pending.items()
-                    if everything or now - first >= self.timeout_s]:
+                    if everything or self._waited(first, now)]:
             _, ranks = self._pending.pop(key)
             self.partial_groups += 1
             point = self._reduced(key, self.op_for(key[1], key[2]), ranks)
@@ -206,11 +206,17 @@ class Reducer:
         self._increments = {run: {k: (now, parts) for k, (_, parts) in groups.items()}
                             for run, groups in self._increments.items()}
 
+    def _waited(self, first: float, now: float) -> bool:
+        """Whether a group that began waiting at ``first`` (wall time, as the ingress records it)
+        has waited ``timeout_s`` at ``now``. A clock set back by more than that counts as waited:
+        else a step would stay pending for the size of the jump."""
+        return abs(now - first) >= self.timeout_s
+
     def due(self, now: float) -> bool:
         """Whether :meth:`expire` at ``now`` would emit something."""
-        limit = now - self.timeout_s
-        return (any(first <= limit for first, _ in self._pending.values())
-                or any(first <= limit for groups in self._increments.values() for first, _ in groups.values()))
+        waited = self._waited
+        return (any(waited(first, now) for first, _ in self._pending.values())
+                or any(waited(first, now) for groups in self._increments.values() for first, _ in groups.values()))
 
     @property
     def pending(self) -> int:

@@ -163,3 +163,18 @@ def test_counter_group_of_a_silent_rank_is_emitted_after_the_timeout():
     assert r.expire(now=10.5) == []
     (out,) = r.expire(now=11.5)
     assert (out.step, out.value, r.partial_groups) == (2, 7.0, 1)
+
+
+def test_a_clock_set_back_does_not_hold_a_step_for_the_size_of_the_jump():
+    """The wall clock set back an hour while a step waits for its last rank: it used to wait an
+    hour; it is emitted once the jump exceeds the timeout, with the ranks present."""
+    r = Reducer(timeout_s=5)
+    t = 1_800_000_000.0
+    assert r.add([_p(0, 1.0), _p(1, 3.0)], {"r": 3}, now=t) == []
+    assert not r.due(t + 1) and r.expire(now=t + 1) == []
+    assert r.due(t - 3600)
+    (out,) = r.expire(now=t - 3600)
+    assert out.value == 2.0 and r.partial_groups == 1
+    counters = Reducer(timeout_s=5)
+    assert counters.add([_p(0, 1.0, kind="counter")], {"r": 2}, now=t) == []
+    assert counters.due(t - 3600) and [p.value for p in counters.expire(now=t - 3600)] == [1.0]
