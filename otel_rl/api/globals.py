@@ -70,7 +70,3 @@ def install(who: str, strict: bool) -> bool:
         _logs.set_logger_provider(_samples.LoggerProvider())
         _installed = True
         return True
-
-
-def installed() -> bool:
-    return _installed

@@ -27,6 +27,13 @@ class SamplesConfig:
             raise ConfigError(f"{path}: max_rows and max_chars must be >= 1 and print_rows >= 0")
 
 
+def cut_text(text: str, max_chars: int) -> str:
+    """``text`` within ``max_chars`` characters, marked where it was cut."""
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}… [{len(text) - max_chars} more characters]"
+
+
 def _cell(value: Any, max_chars: int) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
@@ -44,9 +51,7 @@ def _cell(value: Any, max_chars: int) -> Any:
             except (TypeError, ValueError):
                 pass
         value = str(value)
-    if len(value) > max_chars:
-        value = f"{value[:max_chars]}… [{len(value) - max_chars} more characters]"
-    return value
+    return cut_text(value, max_chars)
 
 
 def _columns_of(data: Any) -> dict[str, list] | None:
@@ -100,13 +105,6 @@ def _get(row: Mapping, column: str) -> Any:
     return None
 
 
-def cut_text(text: str, max_chars: int) -> str:
-    """``text`` within ``max_chars`` characters, marked where it was cut."""
-    if len(text) <= max_chars:
-        return text
-    return f"{text[:max_chars]}… [{len(text) - max_chars} more characters]"
-
-
 def row_of(body: Any, max_chars: int) -> dict[str, Any]:
     """A Logs-API record's body as one row."""
     if isinstance(body, Mapping):
@@ -128,10 +126,7 @@ PREVIEW_CHARS = 200
 
 def preview_cell(value: Any, limit: int = PREVIEW_CHARS) -> str:
     """A cell cut to ``limit`` characters for the console."""
-    text = str(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… [{len(text) - limit} more characters]"
+    return cut_text(str(value), limit)
 
 
 def print_table(run: str, name: str, step: int, table: Table, limit: int) -> None:

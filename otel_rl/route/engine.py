@@ -117,7 +117,8 @@ class Engine:
         for sink in sinks:  # what `otel-rl replay <root>` sends each spool to
             target = sink.replay_target()
             if sink.name in spools and target:
-                write_atomic(spools[sink.name].dir / REPLAY_TARGET, (target + "\n").encode(), fsync)
+                # rewritten at every start: no fsync (it was never synced), only the private, no-symlink write
+                write_atomic(spools[sink.name].dir / REPLAY_TARGET, (target + "\n").encode(), fsync=False)
         self._numbered = numbered
         self._state_path = root / STATE_FILE if (root is not None and numbered) else None
         self._stream = Stream()
