@@ -81,6 +81,7 @@ class HelperLink:
         #: The helper's last :data:`STATS` (sent with its reply to :data:`SHUTDOWN`).
         self.final_stats: dict[str, Any] | None = None
         self._closed = False
+        self._ending = False  # shutting down or abandoned: the helper's exit is expected, not a crash
         self._from_helper = -1
         _links.add(self)
 
@@ -181,7 +182,7 @@ class HelperLink:
                 if generation == self._generation and not self._dead:
                     self._dead = True
                     self._retry_at = time.monotonic() + self._backoff
-                    if not self._closed:
+                    if not self._closed and not self._ending:
                         _log.error("otel-rl: the helper process (pid %d) ended (exit %s); restarting it in "
                                    "%.1f s, nothing handed over is lost", proc.pid, proc.poll(), self._backoff)
                 self._replied.notify_all()
@@ -194,7 +195,7 @@ class HelperLink:
     def _ensure_alive_locked(self) -> bool:
         if not self._dead:
             return True
-        if self._closed or time.monotonic() < self._retry_at:
+        if self._closed or self._ending or time.monotonic() < self._retry_at:
             return False
         old = self._proc
         if self._to_helper >= 0:
@@ -321,6 +322,7 @@ class HelperLink:
         """Shut the helper down with the run's ``status``: every frame first, then the sinks; by
         the deadline, whatever it does. A helper still delivering then finishes on its own."""
         acked = self.wait_acked(deadline)
+        self._ending = True  # it exits right after its reply
         reply = self.call(SHUTDOWN, {"status": status, "timeout_s": deadline.left()}, deadline.left() + 0.5)
         if reply is not None:
             self.final_stats = reply["stats"]
@@ -343,10 +345,12 @@ class HelperLink:
                 pass
         return bool(acked and reply and reply["delivered"])
 
-    def kill(self) -> None:
-        """End the helper at once (tests, and a training process that gives up on it)."""
+    def kill(self, ending: bool = False) -> None:
+        """End the helper at once (tests, and a training process that gives up on it: ``ending``,
+        so its end is not reported as a crash to restart from)."""
         with self._lock:
             proc = self._proc
+            self._ending = self._ending or ending
         if proc is not None:
             proc.kill()
 

@@ -129,7 +129,7 @@ class RemoteRoute:
         SIGKILL leaves, which replay resumes), and it writes nothing more to the terminal."""
         self._closed = True
         unacked = self.link.stats()["helper_unacknowledged_frames"]
-        self.link.kill()
+        self.link.kill(ending=True)
         root = self.root
         lost = f"; {unacked} frames never reached it" if unacked else ""
         return f"what was not delivered is kept in {root}{lost}; send it with `otel-rl replay {root}`"
