@@ -166,9 +166,13 @@ class ReduceConfig:
     counter: Op = "sum"
     timeout_s: float = 5.0
     rules: dict = field(default_factory=dict)
+    #: Groups waiting for their ranks, all runs together (about 0.4 KB each). Past it, the
+    #: oldest of the run with the most waiting are emitted early, as after a timeout.
+    max_pending: int = 200_000
 
     def validate(self, path: str) -> None:
         positive(f"{path}.timeout_s", self.timeout_s)
+        positive(f"{path}.max_pending", self.max_pending)
         for pattern, op in self.rules.items():
             if op not in OPS:
                 raise ConfigError(f"{path}.rules[{pattern!r}]: {op!r} is not allowed; allowed: {', '.join(OPS)}")

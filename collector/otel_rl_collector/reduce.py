@@ -16,6 +16,12 @@ every rank sent one, or every rank of the run has moved past that step (it sent 
 later step), or after ``timeout_s``; the running total is computed after that, over the run. A rank's increment that
 arrives after its step was emitted is passed on as it is, so the total is never short.
 
+**Memory is bounded whatever clients send.** A group holds a folded value (a partial sum, the
+max, a merged histogram) and a count, not the points: a million late points for one step cost
+what a few do. At most ``max_pending`` groups wait at once; past that, the oldest groups of the
+run with the most waiting are emitted early (as after a timeout: a rank that comes later
+corrects them). A run idle for ``idle_s`` with nothing waiting is forgotten.
+
 Deterministic: time comes from the caller (``now``), so replaying the same input gives the same
 output, and :meth:`state` / :meth:`restore` snapshot everything.
 """
@@ -35,16 +41,50 @@ _RUN = operator.attrgetter("run")
 OPS = ("mean", "max", "min", "sum", "none")
 _SUMS = ("counter", "sum")
 _NOT_REDUCED = ("text", "table")
+#: Values a group keeps before folding them into one (exact sums come from ``math.fsum`` over
+#: up to this many partial sums).
+FOLD = 32
 
 
-def reduce_values(op: str, values: list) -> float | HistogramValue:
+def reduce_values(op: str, values: list, count: int | None = None) -> float | HistogramValue:
+    """``values`` reduced by ``op``; ``count`` is how many values they stand for (a folded
+    partial sum stands for several), for the mean."""
     if isinstance(values[0], HistogramValue):
-        return merge_histograms(values)
+        return merge_histograms(values) if len(values) > 1 else values[0]
     if op == "mean":
-        return math.fsum(values) / len(values)
+        return math.fsum(values) / (count or len(values))
     if op == "sum":
         return math.fsum(values)
     return max(values) if op == "max" else min(values)
+
+
+class Group:
+    """What one (run, metric, kind, attributes, step) holds while it waits, or after it was
+    emitted (for corrections): its size does not grow with the points it takes."""
+
+    __slots__ = ("first", "ranks", "values", "count", "time", "temporality", "emitted_at")
+
+    def __init__(self, first: float, temporality: str = "") -> None:
+        self.first = first
+        self.ranks: set[int] = set()
+        self.values: list = []
+        self.count = 0
+        self.time = 0.0
+        self.temporality = temporality
+        self.emitted_at = 0.0
+
+    def add(self, p: Point, op: str, rank: bool = True) -> None:
+        if rank:
+            self.ranks.add(p.rank)
+        self.values.append(p.value)
+        self.count += 1
+        if p.time > self.time:
+            self.time = p.time
+        if len(self.values) >= FOLD:
+            self.values = [reduce_values("sum" if op == "mean" else op, self.values)]
+
+    def value(self, op: str) -> float | HistogramValue:
+        return reduce_values(op, self.values, self.count)
 
 
 class Reducer:
@@ -52,17 +92,21 @@ class Reducer:
     collector calls it from one thread at a time."""
 
     def __init__(self, rules: Iterable[tuple[str, str]] = (), *, gauge_op: str = "mean",
-                 counter_op: str = "sum", timeout_s: float = 5.0, window: int = 20_000) -> None:
+                 counter_op: str = "sum", timeout_s: float = 5.0, window: int = 20_000,
+                 max_pending: int = 200_000, idle_s: float | None = None) -> None:
         self.rules = list(rules) + [("timing/*", "max")]
         self.gauge_op, self.counter_op = gauge_op, counter_op
         self.timeout_s = timeout_s
         self.window = window
+        self.max_pending = max_pending
+        self.idle_s = idle_s if idle_s is not None else max(600.0, 10 * timeout_s)
         self._ops: dict[tuple[str, str], str] = {}
-        self._pending: dict[tuple, tuple[float, dict[int, list[Point]]]] = {}  # group -> (first seen, ranks)
-        self._emitted: OrderedDict[tuple, dict[int, list[Point]]] = OrderedDict()
-        self._emitted_at: dict[tuple, float] = {}  # group -> time of its latest emission
-        self._increments: dict[str, dict[tuple, tuple[float, list[Point]]]] = {}  # run -> group -> ...
+        self._pending: dict[str, dict[tuple, Group]] = {}  # run -> gauge group -> ranks so far
+        self._increments: dict[str, dict[tuple, Group]] = {}  # run -> sum group -> increments so far
+        self._emitted: OrderedDict[tuple, Group | None] = OrderedDict()  # None: a summed step
         self._progress: dict[str, dict[int, int]] = {}  # run -> rank -> highest step seen
+        self._active: dict[str, float] = {}  # run -> when it last sent a reduced point
+        self._waiting = 0
         self.late_points = 0
         self.partial_groups = 0
 
@@ -95,21 +139,23 @@ class Reducer:
             if op == "none":
                 ready.append(p.replace(attributes=p.attributes + (("rank", str(p.rank)),), rank=-1))
             elif p.kind in _SUMS and p.temporality == "delta":
-                self._increment(p, now, ready)
+                self._increment(p, op, now, ready)
             else:
                 self._group(p, size, op, now, ready, late)
         for key, op in late.items():
-            emitted = self._emitted.get(key)
-            if emitted is None:  # evicted by newer groups of this same call
+            group = self._emitted.get(key)
+            if group is None:  # evicted by newer groups of this same call
                 continue
-            before = self._emitted_at.get(key, 0.0)
-            corrected = self._reduced(key, op, emitted)
+            corrected = self._point(key, op, group)
             # after the value it corrects, also for backends that order a step's values by time
-            corrected = corrected.replace(time=max(corrected.time, before + 0.001))
-            self._emitted_at[key] = corrected.time
+            corrected = corrected.replace(time=max(corrected.time, group.emitted_at + 0.001))
+            group.emitted_at = corrected.time
             ready.append(corrected)
         for run in touched:
+            self._active[run] = now
             self._flush_increments(run, world_size.get(run, 1), ready)
+        if self._waiting > self.max_pending:
+            self._shed(ready)
         return ready
 
     def _advance(self, run: str, rank: int, step: int) -> None:
@@ -123,44 +169,59 @@ class Reducer:
         emitted = self._emitted.get(key)
         if emitted is not None:  # late: the step is corrected once this call's points are in
             self.late_points += 1
-            emitted.setdefault(p.rank, []).append(p)
+            emitted.add(p, op, rank=False)
             late[key] = op
             return
-        first, ranks = self._pending.setdefault(key, (now, {}))
+        groups = self._pending.get(p.run)
+        if groups is None:
+            groups = self._pending[p.run] = {}
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = Group(now, p.temporality)
+            self._waiting += 1
         # every value a rank logged at this step counts (a name logged several times at one
         # step); a resent request never gets here (the collector dedupes batch ids)
-        ranks.setdefault(p.rank, []).append(p)
-        if len(ranks) >= size:
-            del self._pending[key]
-            point = self._reduced(key, op, ranks)
-            ready.append(point)
-            self._remember(key, ranks, point.time)
+        group.add(p, op)
+        if len(group.ranks) >= size:
+            self._emit_group(groups, key, op, ready)
 
-    def _reduced(self, key: tuple, op: str, ranks: dict[int, list[Point]]) -> Point:
+    def _emit_group(self, groups: dict, key: tuple, op: str, ready: list[Point]) -> None:
+        group = groups.pop(key)
+        self._waiting -= 1
+        if not groups:
+            del self._pending[key[0]]
+        point = self._point(key, op, group)
+        ready.append(point)
+        group.emitted_at = point.time
+        self._remember(key, group)
+
+    @staticmethod
+    def _point(key: tuple, op: str, group: Group) -> Point:
         run, name, kind, attributes, step = key
-        points = [p for values in ranks.values() for p in values]
-        value = reduce_values(op, [p.value for p in points])
-        return Point(run, name, step, value, max(p.time for p in points), kind, attributes,
-                     temporality=points[0].temporality)
+        return Point(run, name, step, group.value(op), group.time, kind, attributes, temporality=group.temporality)
 
-    def _remember(self, key: tuple, ranks: dict[int, list[Point]], at: float | None = None) -> None:
-        self._emitted[key] = ranks
-        if at is not None:
-            self._emitted_at[key] = at
+    def _remember(self, key: tuple, group: Group | None) -> None:
+        if group is not None:
+            group.ranks = set()  # a late point corrects the value whichever rank sends it
+        self._emitted[key] = group
         if len(self._emitted) > self.window:
-            old, _ = self._emitted.popitem(last=False)
-            self._emitted_at.pop(old, None)
+            self._emitted.popitem(last=False)
 
     # -- counters and sums: increments summed per step once every rank moved past it ----------
-    def _increment(self, p: Point, now: float, ready: list[Point]) -> None:
+    def _increment(self, p: Point, op: str, now: float, ready: list[Point]) -> None:
         key = (p.run, p.name, p.kind, p.attributes, p.step)
         if key in self._emitted:  # its step was emitted already: pass the increment on
             self.late_points += 1
             ready.append(p.replace(rank=-1))
             return
-        groups = self._increments.setdefault(p.run, {})
-        first, parts = groups.setdefault(key, (now, []))
-        parts.append(p)
+        groups = self._increments.get(p.run)
+        if groups is None:
+            groups = self._increments[p.run] = {}
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = Group(now, "delta")
+            self._waiting += 1
+        group.add(p, "sum")
 
     def _flush_increments(self, run: str, size: int, ready: list[Point], now: float | None = None,
                           everything: bool = False) -> None:
@@ -169,42 +230,70 @@ class Reducer:
             return
         progress = self._progress.get(run, {})
         done_below = min(progress.values()) if len(progress) >= size else -1
-        due = sorted((k for k, (first, parts) in groups.items()
-                      if everything or k[4] < done_below or len({p.rank for p in parts}) >= size
-                      or (now is not None and self._waited(first, now))), key=lambda k: k[4])
+        due = sorted((k for k, g in groups.items()
+                      if everything or k[4] < done_below or len(g.ranks) >= size
+                      or (now is not None and self._waited(g.first, now))), key=lambda k: k[4])
+        timed_out = now is not None and not everything
         for key in due:
-            _, parts = groups.pop(key)
-            if now is not None and not everything and key[4] >= done_below:
-                self.partial_groups += 1
-            self._remember(key, {})
-            value = math.fsum(p.value for p in parts)
-            ready.append(Point(key[0], key[1], key[4], value, max(p.time for p in parts), key[2], key[3],
-                               temporality="delta"))
+            self._emit_increments(groups, key, ready, partial=timed_out and key[4] >= done_below)
         if not groups:
-            del self._increments[run]
+            self._increments.pop(run, None)
+
+    def _emit_increments(self, groups: dict, key: tuple, ready: list[Point], partial: bool) -> None:
+        group = groups.pop(key)
+        self._waiting -= 1
+        if partial:
+            self.partial_groups += 1
+        self._remember(key, None)
+        ready.append(self._point(key, "sum", group))
+
+    def _shed(self, ready: list[Point]) -> None:
+        """Over ``max_pending``: emit the oldest groups of the run with the most waiting, as a
+        timeout would (never dropped; a rank that sends later corrects them)."""
+        while self._waiting > self.max_pending * 0.9:
+            counts: dict[str, int] = {}
+            for table in (self._pending, self._increments):
+                for run, groups in table.items():
+                    counts[run] = counts.get(run, 0) + len(groups)
+            run = max(counts, key=counts.__getitem__)
+            excess = max(1, self._waiting - int(self.max_pending * 0.9))
+            gauges, sums = self._pending.get(run, {}), self._increments.get(run, {})
+            for key in list(gauges)[:excess]:
+                self.partial_groups += 1
+                self._emit_group(gauges, key, self.op_for(key[1], key[2]), ready)
+            for key in sorted(sums, key=lambda k: k[4])[:max(0, excess - len(gauges))]:
+                self._emit_increments(sums, key, ready, partial=True)
+            if not sums:
+                self._increments.pop(run, None)
 
     # -- time ------------------------------------------------------------------------------
     def expire(self, now: float, everything: bool = False) -> list[Point]:
         """Emit groups waiting longer than ``timeout_s`` (all of them with ``everything``)."""
         ready: list[Point] = []
-        for key in [k for k, (first, _) in self._pending.items()
-                    if everything or self._waited(first, now)]:
-            _, ranks = self._pending.pop(key)
-            self.partial_groups += 1
-            point = self._reduced(key, self.op_for(key[1], key[2]), ranks)
-            ready.append(point)
-            self._remember(key, ranks, point.time)
+        for run in list(self._pending):
+            groups = self._pending[run]
+            for key in [k for k, g in groups.items() if everything or self._waited(g.first, now)]:
+                self.partial_groups += 1
+                self._emit_group(groups, key, self.op_for(key[1], key[2]), ready)
+                if run not in self._pending:
+                    break
         for run in list(self._increments):
             self._flush_increments(run, 1 << 30, ready, now=now, everything=everything)
+        for run in [r for r, t in self._active.items() if abs(now - t) >= self.idle_s
+                    and r not in self._pending and r not in self._increments]:
+            del self._active[run]  # idle: its ranks' progress is forgotten (a rank that comes
+            self._progress.pop(run, None)  # back is waited for by the timeout, as at the start)
         ready.sort(key=lambda p: (p.run, p.step))
         return ready
 
     def restart_clock(self, now: float) -> None:
         """A restart after downtime: every waiting group gets a fresh ``timeout_s`` from ``now``,
         so ranks replaying their spools are not taken for late ranks."""
-        self._pending = {k: (now, ranks) for k, (_, ranks) in self._pending.items()}
-        self._increments = {run: {k: (now, parts) for k, (_, parts) in groups.items()}
-                            for run, groups in self._increments.items()}
+        for table in (self._pending, self._increments):
+            for groups in table.values():
+                for group in groups.values():
+                    group.first = now
+        self._active = dict.fromkeys(self._active, now)
 
     def _waited(self, first: float, now: float) -> bool:
         """Whether a group that began waiting at ``first`` (wall time, as the ingress records it)
@@ -215,23 +304,52 @@ class Reducer:
     def due(self, now: float) -> bool:
         """Whether :meth:`expire` at ``now`` would emit something."""
         waited = self._waited
-        return (any(waited(first, now) for first, _ in self._pending.values())
-                or any(waited(first, now) for groups in self._increments.values() for first, _ in groups.values()))
+        return any(waited(g.first, now) for table in (self._pending, self._increments)
+                   for groups in table.values() for g in groups.values())
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + sum(len(g) for g in self._increments.values())
+        return self._waiting
 
     # -- snapshots -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"pending": self._pending, "emitted": list(self._emitted.items()), "emitted_at": self._emitted_at,
-                "increments": self._increments, "progress": self._progress,
+        return {"version": 2, "pending": self._pending, "emitted": list(self._emitted.items()),
+                "increments": self._increments, "progress": self._progress, "active": self._active,
                 "late_points": self.late_points, "partial_groups": self.partial_groups}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._pending = dict(state["pending"])
+        if state.get("version") != 2:
+            state = _from_points(state, self)
+        self._pending = state["pending"]
         self._emitted = OrderedDict(state["emitted"])
-        self._emitted_at = dict(state.get("emitted_at", {}))
         self._increments = state["increments"]
         self._progress = state["progress"]
+        self._active = dict(state.get("active", {}))
+        self._waiting = sum(len(g) for table in (self._pending, self._increments) for g in table.values())
         self.late_points, self.partial_groups = state["late_points"], state["partial_groups"]
+
+
+def _from_points(state: dict[str, Any], reducer: Reducer) -> dict[str, Any]:
+    """A checkpoint of the collector before groups were folded (points kept per rank)."""
+    def group(first: float, points: list[Point], op: str) -> Group:
+        g = Group(first, points[0].temporality if points else "")
+        for p in points:
+            g.add(p, op)
+        return g
+
+    pending: dict[str, dict[tuple, Group]] = {}
+    for key, (first, ranks) in state["pending"].items():
+        pending.setdefault(key[0], {})[key] = group(first, [p for ps in ranks.values() for p in ps],
+                                                    reducer.op_for(key[1], key[2]))
+    emitted = []
+    for key, ranks in state["emitted"]:
+        points = [p for ps in ranks.values() for p in ps]
+        g = group(0.0, points, reducer.op_for(key[1], key[2])) if points else None
+        if g is not None:
+            g.ranks = set()
+            g.emitted_at = state.get("emitted_at", {}).get(key, 0.0)
+        emitted.append((key, g))
+    increments = {run: {key: group(first, parts, "sum") for key, (first, parts) in groups.items()}
+                  for run, groups in state["increments"].items()}
+    return {"pending": pending, "emitted": emitted, "increments": increments, "progress": state["progress"],
+            "late_points": state["late_points"], "partial_groups": state["partial_groups"]}

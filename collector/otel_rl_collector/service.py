@@ -64,7 +64,8 @@ class Collector:
         self.check_auth, self.decode_body = self.gate.check_auth, self.gate.decode_body
         self.authorized = self.gate.authorized
         self.reducer = Reducer(config.reduce.rules.items(), gauge_op=config.reduce.gauge,
-                               counter_op=config.reduce.counter, timeout_s=config.reduce.timeout_s)
+                               counter_op=config.reduce.counter, timeout_s=config.reduce.timeout_s,
+                               max_pending=config.reduce.max_pending)
         self.router = Router(self.reducer)
         self.traces: TraceForwarder | None = None
         self._stop = threading.Event()

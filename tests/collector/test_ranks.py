@@ -178,3 +178,56 @@ def test_a_clock_set_back_does_not_hold_a_step_for_the_size_of_the_jump():
     counters = Reducer(timeout_s=5)
     assert counters.add([_p(0, 1.0, kind="counter")], {"r": 2}, now=t) == []
     assert counters.due(t - 3600) and [p.value for p in counters.expire(now=t - 3600)] == [1.0]
+
+
+def test_a_million_late_points_for_one_step_cost_what_a_few_do():
+    """Found through the collector: late points were kept to re-reduce their step, about 250 MB
+    per 1.6M. A group now holds a folded value and a count; the correction stays exact."""
+    import tracemalloc
+
+    r = Reducer(timeout_s=1.0)
+    r.add([_p(0, 2.0)], {"r": 2}, now=0.0)
+    r.expire(now=5.0)  # emitted with rank 0 only: what follows is late
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(20):
+        out = r.add([_p(1, 1.0)] * 10_000, {"r": 2}, now=5.0)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 200_000, f"reducer grew {grown} bytes for 200,000 late points"
+    assert r.late_points == 200_000 and [p.value for p in out] == [(2.0 + 200_000) / 200_001]
+
+
+def test_waiting_groups_are_bounded_and_the_flooding_run_is_the_one_emitted_early():
+    """A client inventing steps no other rank will send: past ``max_pending`` its oldest groups
+    are emitted as a timeout would emit them; another run's waiting step is not touched."""
+    r = Reducer(timeout_s=3600, max_pending=1_000)
+    world = {"r": 2, "other": 2}
+    r.add([Point("other", "loss", 0, 1.0, 1.0, rank=0)], world, now=0.0)
+    out = []
+    for step in range(5_000):
+        out += r.add([_p(0, float(step), step=step)], world, now=0.0)
+    assert r.pending <= 1_000 and r.partial_groups == len(out) >= 4_000
+    assert {p.run for p in out} == {"r"} and sorted(p.step for p in out) == list(range(len(out)))
+    (done,) = r.add([Point("other", "loss", 0, 3.0, 1.0, rank=1)], world, now=0.0)
+    assert done.value == 2.0  # both ranks of the quiet run, reduced as usual
+    (late,) = r.add([_p(1, 10.0, step=0)], world, now=0.0)  # the flooding run's rank 1 comes late
+    assert late.value == 5.0  # corrected, as after a timeout
+
+
+def test_an_idle_run_is_forgotten_and_state_survives_a_snapshot():
+    import pickle
+
+    from otel_rl.model.codec import load_state
+
+    r, world = Reducer(timeout_s=1.0, idle_s=60), {"r": 2}
+    r.add([_c(0, 3, 1), _p(0, 1.0, step=1)], world, now=0.0)
+    again = Reducer(timeout_s=1.0, idle_s=60)
+    again.restore(load_state(pickle.dumps(r.state())))  # what the collector's checkpoint does
+    assert again.pending == 2
+    assert sorted(p.value for p in again.add([_c(1, 4, 1), _p(1, 3.0, step=1)], world, now=0.5)) == [2.0, 7.0]
+    assert "r" in again._progress
+    again.expire(now=30.0)
+    assert "r" in again._progress  # not idle long enough
+    again.expire(now=61.0)
+    assert "r" not in again._progress and again.pending == 0

@@ -117,6 +117,7 @@ reduce:
   gauge: {{ $v.collector.reduceGauge }}
   counter: {{ $v.collector.reduceCounter }}
   timeout_s: {{ $v.collector.reduceTimeoutSeconds }}
+  max_pending: {{ int $v.collector.reduceMaxPending }}
   rules: {{- if $v.collector.reduceRules }}
   {{- range $pattern, $op := $v.collector.reduceRules }}
     {{ $pattern | quote }}: {{ $op }}
