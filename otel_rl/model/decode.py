@@ -154,7 +154,9 @@ def translate_logs(request, max_chars: int = 10_000, max_records: int | None = N
                                "texts; otel-rl keeps only those (the event name is the table's name)")
                     continue
                 attrs = proto_attributes(record.attributes)
-                step = attribute_step(out, name, attrs, NO_STEP, "the run's latest step")
+                step = attribute_step(out, name, attrs, NO_STEP)
+                if step is None:
+                    continue
                 t = (record.time_unix_nano or record.observed_time_unix_nano) / 1e9
                 body = any_value(record.body) if record.body.WhichOneof("value") != "kvlist_value" else {
                     kv.key: any_value(kv.value) for kv in record.body.kvlist_value.values}

@@ -203,8 +203,10 @@ def _rows(r: _Reading, record: tuple) -> None:
 
 def _log_row(r: _Reading, record: tuple) -> None:
     _, name, row, step, t_ns, attrs = record[:6]
-    if attrs:
-        step = attribute_step(r.out, name, attrs, step, "the step current when recorded")
+    if attrs and STEP_ATTRIBUTE in attrs:
+        step = attribute_step(r.out, name, attrs, step)
+        if step is None:  # refused, with its reason
+            return
     key = (name or EMPTY_NAME, NO_STEP if step is None else step)
     if r.log_rows and r.log_rows[-1][0] == key:
         r.log_rows[-1][1].append(row)
@@ -240,7 +242,10 @@ def _measurement(r: _Reading, record: tuple) -> None:
     kind, name, value, step, t_ns, attrs = record[:6]
     rest: tuple = ()
     if attrs:
-        step = attribute_step(r.out, name, attrs, step, "the step current when recorded")
+        if STEP_ATTRIBUTE in attrs:
+            step = attribute_step(r.out, name, attrs, step)
+            if step is None:  # refused, with its reason
+                return
         rest = tuple(sorted((k, str(v)) for k, v in attrs.items() if k != STEP_ATTRIBUTE))
     if step is None:
         step = NO_STEP

@@ -122,29 +122,31 @@ def finish(out: Translation) -> Translation:
 
 
 def _split(out: Translation, name: str, attributes: Mapping[str, Any] | None):
-    """(step or NO_STEP, other attributes), or None for an overflow point."""
+    """(step or NO_STEP, other attributes), or None for a refused point (overflow, bad step)."""
     attributes = attributes or {}
     if attributes.get(OVERFLOW_ATTRIBUTE):
         out.reject(1, "overflow",
                    f"metric {name!r} exceeded the cardinality limit in one export interval; points past "
                    "the limit cannot be placed at a step (raise the SDK's cardinality limit or export more often)")
         return None
-    step = attribute_step(out, name, attributes, NO_STEP, "the run's latest step")
+    step = attribute_step(out, name, attributes, NO_STEP)
+    if step is None:
+        return None
     rest = tuple(sorted((k, str(v)) for k, v in attributes.items() if k not in _RESERVED))
     return step, rest
 
 
-def attribute_step(out: Translation, name: str, attributes: Mapping[str, Any], default: Any,
-                    placed_at: str) -> Any:
-    """The ``step`` attribute as an int64 step; ``default`` when absent, or when bad (reported,
-    saying the point is ``placed_at`` instead)."""
+def attribute_step(out: Translation, name: str, attributes: Mapping[str, Any], default: Any) -> Any:
+    """The ``step`` attribute as an int64 step; ``default`` when absent; None when present but
+    not a step ("oops", "²", "１２", -1, 2**63), which refuses the point (counted, with the
+    reason): placed at some other step it would put a value where no one logged it."""
     if STEP_ATTRIBUTE not in attributes:
         return default
     parsed = as_step(attributes[STEP_ATTRIBUTE])
     if parsed is None:
-        out.reject(0, "bad_step", f"metric {name!r}: bad {STEP_ATTRIBUTE!r} attribute "
-                   f"{attributes[STEP_ATTRIBUTE]!r}; placed at {placed_at}")
-        return default
+        out.reject(1, "bad_step", f"metric {name!r}: bad {STEP_ATTRIBUTE!r} attribute "
+                   f"{attributes[STEP_ATTRIBUTE]!r} (a step is an integer from 0 to 2**63-1, or its ASCII "
+                   "digits); point refused")
     return parsed
 
 

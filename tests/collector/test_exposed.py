@@ -234,7 +234,7 @@ def test_bad_steps_and_histogram_bombs_are_partial_successes(collector, tmp_path
     status, payload = _post(_url(collector), body, {**AUTH, "Content-Encoding": "gzip"})
     assert status == 200
     response = mpb.ExportMetricsServiceResponse.FromString(payload)
-    assert response.partial_success.rejected_data_points == 2 + 10  # 50 x 4,000 fit in 200,000
+    assert response.partial_success.rejected_data_points == 3 + 10  # the bad step; 50 x 4,000 fit in 200,000
     assert "1000000 buckets" in response.partial_success.error_message
     assert "more than 200000 histogram buckets in one request" in response.partial_success.error_message
     assert "out of range" in response.partial_success.error_message

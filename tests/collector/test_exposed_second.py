@@ -385,3 +385,22 @@ def test_silent_tls_connects_are_closed_at_the_header_deadline(tmp_path, exposed
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_step_in_other_digits_is_refused_not_placed_at_the_latest_step(exposed, tmp_path):
+    """Found by a probe: step "１２" (full-width digits) landed at the run's latest step, a value
+    where nobody logged one. A step attribute that is present but not a step is refused, with
+    its reason, for metrics and for samples; a good step in the same request is kept."""
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+
+    c = exposed()
+    assert _post(_url(c), _request("digits", 4, 4.0).SerializeToString(), AUTH)[0] == 200
+    for step in ("１２", "٣", "²", "-1"):
+        status, body = _post(_url(c), _request("digits", step, 99.0).SerializeToString(), AUTH)
+        response = mpb.ExportMetricsServiceResponse.FromString(body)
+        assert status == 200 and response.partial_success.rejected_data_points == 1
+        assert f"bad 'step' attribute {step!r}" in response.partial_success.error_message
+    status, body = _post(_url(c, "/v1/logs"), _logs([("val/samples", {"q": "a"}, {"step": "１２"})]), AUTH)
+    assert lpb.ExportLogsServiceResponse.FromString(body).partial_success.rejected_log_records == 1
+    c.shutdown()
+    assert read_tensorboard_events(tmp_path / "tb" / "digits")["loss"] == [(4, 4.0)]

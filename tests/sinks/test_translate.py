@@ -114,7 +114,7 @@ def test_exponential_bucket_math():
         (-1.0, -0.5, 2), (0.0, 0.0, 1), (2.0, 4.0, 3), (4.0, 8.0, 0))
 
 
-def test_missing_or_bad_step_uses_latest_step_of_the_run():
+def test_a_missing_step_uses_the_latest_step_of_the_run_and_a_bad_one_is_refused():
     meter, reader = _sdk()
     g = meter.create_gauge("gpu_util")
     loss = meter.create_gauge("loss")
@@ -122,10 +122,10 @@ def test_missing_or_bad_step_uses_latest_step_of_the_run():
     g.set(0.5)
     g.set(0.7, {"step": "oops"})
     translation = translate_sdk(reader.get_metrics_data())
-    assert "bad 'step' attribute" in translation.reasons["bad_step"]
+    assert "bad 'step' attribute 'oops'" in translation.reasons["bad_step"] and translation.rejected == 1
     batch = Stream().admit(translation.batch)
-    steps = sorted((p.name, p.step, p.attributes) for p in batch.points)
-    assert steps == [("gpu_util", 9, ()), ("gpu_util", 9, ()), ("loss", 9, ())]
+    steps = sorted((p.name, p.step, p.attributes, p.value) for p in batch.points)
+    assert steps == [("gpu_util", 9, (), 0.5), ("loss", 9, (), 1.0)]
 
 
 def test_attributes_other_than_step_make_separate_series():
