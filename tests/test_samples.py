@@ -318,3 +318,41 @@ def test_nemo_rl_num_val_samples_to_print(tmp_path, capfd, monkeypatch):
     assert "prompt: p1" in out and "prompt: p2" not in out and "... 3 more" in out
     tables = _read_tb_tables(tmp_path / "logs" / "tensorboard" / "grpo-dev-logger", "validation/samples")
     assert tables[10].count("\n") == 1 + 5
+
+
+def test_mlflow_table_costs_what_it_adds_and_two_calls_at_one_time_are_both_kept(tmp_path, mlflow_server):
+    """Found by a probe: the table was downloaded and uploaded whole on every call (bytes grew
+    with the square of the rows), and two calls at the same step and time kept only one. Now
+    a call uploads at most one part; every row is read back once, across the parts."""
+    from mlflow.tracking import MlflowClient
+
+    from otel_rl.model.records import Batch, Point, Table
+    from otel_rl.sinks.mlflow import MlflowConfig, MlflowExporter
+    from otel_rl.sinks.mlflow_tables import part_path
+
+    config = MlflowConfig(enabled=True, tracking_uri=mlflow_server.url, experiment="parts")
+    sink = MlflowExporter(config)
+    sink._tables.part_bytes = 8_000
+    calls = 120
+    for i in range(calls):
+        rows = tuple((f"prompt {i}.{j}", "x" * 40, float(j)) for j in range(4))
+        sink.write(Batch([Point("parts", "val/samples", i // 2, Table(("prompt", "response", "reward"), rows),
+                                1_700_000_000.0 + i // 2, "table")]))  # two calls per step, at one time
+    one_call = 4 * 80
+    assert sink._tables.uploaded_bytes < calls * (8_000 + 2 * one_call)  # linear: whole, it was ~50x this
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    exp = client.get_experiment_by_name("parts")
+    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`otel_rl.run_id` = 'parts'")
+    parts = sorted(f.path for f in client.list_artifacts(run.info.run_id, "tables/val"))
+    assert len(parts) >= 5 and "tables/val/samples.json" in parts
+    rows = []
+    for n in range(1, len(parts) + 1):
+        rows += _read_mlflow_table(mlflow_server.url, "parts", "parts", part_path("tables/val/samples.json", n))
+    assert sorted(r["prompt"] for r in rows) == sorted(f"prompt {i}.{j}" for i in range(calls) for j in range(4))
+    restarted = MlflowExporter(config)  # a replay of the last call after a restart adds nothing
+    restarted.instance = sink.instance
+    i = calls - 1
+    restarted.write(Batch([Point("parts", "val/samples", i // 2, Table(("prompt", "response", "reward"), tuple(
+        (f"prompt {i}.{j}", "x" * 40, float(j)) for j in range(4))), 1_700_000_000.0 + i // 2, "table")]))
+    assert restarted._tables.uploaded_bytes == 0

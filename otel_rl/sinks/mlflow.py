@@ -31,6 +31,7 @@ from otel_rl.model.naming import NameMapper
 from otel_rl.model.records import Batch, scalar_items
 from otel_rl.settings import env_default, positive
 from otel_rl.sinks.base import Sink, require
+from otel_rl.sinks.mlflow_tables import MlflowTables
 
 _log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class MlflowExporter(Sink):
         # (batch being retried, chunks of it already sent): a retry resumes, never re-sends.
         self._resume: tuple[Batch | None, int] = (None, 0)
         self._cached_chunks: tuple[Batch | None, list] = (None, [])
-        self._tables: set[tuple[str, str]] = set()  # (run id, table path) already tagged as a table
+        self._tables = MlflowTables(self._client)
 
     def replay_target(self) -> str:
         parts = urllib.parse.urlsplit(self.config.tracking_uri)
@@ -178,7 +179,7 @@ class MlflowExporter(Sink):
                 self._call(self._client.log_text, self.run_id(run), params, metrics)
                 continue
             if isinstance(metrics, tuple):  # samples: (run, (artifact path, points), None)
-                self._call(self._append_table, self.run_id(run), *metrics)
+                self._call(self._tables.append, self.run_id(run), *metrics)
                 continue
             self._call(self._client.log_batch, self.run_id(run), metrics=metrics, params=params,
                        synchronous=True)
@@ -225,56 +226,6 @@ class MlflowExporter(Sink):
         chunks.extend((run, (path, points), None) for (run, path), points in tables.items())
         self._cached_chunks = (batch, chunks)
         return chunks
-
-    def _append_table(self, run_id: str, path: str, points: list) -> None:
-        """Samples as one growing MLflow table per name (``mlflow.load_table(path)``; the UI shows
-        it as a table): the columns ``step`` and ``logged_at`` first, then the samples' own. A
-        table already holding a call's rows (same step and time: a batch replayed after a crash)
-        does not get them again."""
-        import datetime
-        import json
-        import posixpath
-        import tempfile
-
-        client = self._client
-        columns, data = ["step", "logged_at"], []
-        folder = posixpath.dirname(path)
-        if path in [f.path for f in client.list_artifacts(run_id, folder)]:
-            with tempfile.TemporaryDirectory() as tmp:
-                with open(client.download_artifacts(run_id, path, tmp)) as f:
-                    doc = json.load(f)
-            columns, data = list(doc["columns"]), [list(r) for r in doc["data"]]
-        held = {(row[0], row[1]) for row in data}
-        added = False
-        for p in points:
-            stamp = datetime.datetime.fromtimestamp(p.time, datetime.timezone.utc).isoformat(timespec="microseconds")
-            if (p.step, stamp) in held:
-                continue
-            # a sample column named like ours keeps its values under "sample.<name>"
-            names = [c if c not in ("step", "logged_at") else f"sample.{c}" for c in p.value.columns]
-            for name in names:
-                if name not in columns:
-                    columns.append(name)
-                    for row in data:
-                        row.append(None)
-            index = [columns.index(n) for n in names]
-            for values in p.value.rows:
-                row = [None] * len(columns)
-                row[0], row[1] = p.step, stamp
-                for i, value in zip(index, values):
-                    row[i] = value
-                data.append(row)
-            added = True
-        if not added:
-            return
-        client.log_text(run_id, json.dumps({"columns": columns, "data": data}, default=str), path)
-        if (run_id, path) not in self._tables:
-            tag = "mlflow.loggedArtifacts"
-            logged = json.loads(client.get_run(run_id).data.tags.get(tag, "[]"))
-            entry = {"path": path, "type": "table"}
-            if entry not in logged:
-                client.set_tag(run_id, tag, json.dumps(logged + [entry]))
-            self._tables.add((run_id, path))
 
     def _new_params(self, run: str, params: dict) -> list[tuple[str, str]]:
         out = []
