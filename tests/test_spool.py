@@ -209,3 +209,23 @@ print({k: v["exported_points"] for k, v in logger.pipeline.stats().items() if is
     assert sorted(per_step) == list(range(30)) and set(per_step.values()) == {1}, per_step
     history = read_mlflow(mlflow_server.url, "idem", "idem")["scalars"]["loss"]
     assert history == {s: s / 4 for s in range(30)}  # no "duplicates" key: one row per step
+
+
+def test_a_corrupt_record_does_not_hide_the_records_after_it_from_a_restart(tmp_path):
+    """Found by a probe (a record of a helper's sink spool corrupted, then the helper killed):
+    18-20 points were delivered twice in 2 of 8 runs. The reopened spool took the record before
+    the corrupt one for its last, so the restarted helper numbered its frames from there and
+    appended again the batches the spool already held after it. Its last is the real last."""
+    spool = Spool(tmp_path / "s", fsync=False)
+    for emission in range(5, 10):
+        assert spool.append(Batch(_batch(emission).points, meta={"emission": emission}))
+    spool._file.close()
+    spool._lock_file.close()  # a SIGKILL
+    (segment,) = (tmp_path / "s").glob("seg-*.log")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 5 + 20] ^= 0xFF  # a byte of the second record (five of one size)
+    segment.write_bytes(bytes(data))
+    again = Spool(tmp_path / "s")
+    assert again.last_emission == 9
+    assert [b.meta["emission"] for b in again] == [5, 7, 8, 9]  # 6 quarantined, the rest once
+    assert again.quarantined_records == 1

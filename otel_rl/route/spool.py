@@ -74,6 +74,17 @@ def secure_dir(directory: Path) -> None:
                           f"{stat.S_IMODE(st.st_mode):o}); run `chmod go-w {directory}` or use another one")
 
 
+def _next_frame(data: bytes) -> int:
+    """Where the first valid frame after the start of ``data`` begins (``len(data)`` if none):
+    how reading resynchronizes after a corrupt record."""
+    for i in range(1, len(data) - _FRAME.size + 1):
+        length, crc = _FRAME.unpack_from(data, i)
+        end = i + _FRAME.size + length
+        if length and end <= len(data) and zlib.crc32(data[i + _FRAME.size:end]) == crc:
+            return i  # (no record is empty: eight zero bytes are not one)
+    return len(data)
+
+
 def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
     """Replace ``path`` with ``data``: a private temp file, fsynced before the rename (a crash
     leaves the old content or the new, never a torn file), then the directory fsynced."""
@@ -142,20 +153,25 @@ class Spool:
         return (min(self._sizes, default=1), 0), None
 
     def _repair_tail(self, segment: int) -> None:
-        """Cut a torn last record (a crash mid-write); note the last record's emission number."""
+        """Cut a torn last record (a crash mid-write); note the last record's emission number.
+        A corrupt record is stepped over to the next valid one: the last record's number must be
+        the segment's real last (else the engine numbers emissions from an earlier one, and
+        batches the spool holds after the corrupt record are appended, and delivered, again)."""
         path, good, last, corrupt = self._path(segment), 0, None, False
         with open(path, "rb") as f:
             data = f.read()
         while good + _FRAME.size <= len(data):
             length, crc = _FRAME.unpack_from(data, good)
             end = good + _FRAME.size + length
-            if end > len(data):
+            if end > len(data) and not corrupt:
                 break  # torn: the last write did not complete
-            if zlib.crc32(data[good + _FRAME.size:end]) != crc:
-                _log.error("spool %s: corrupt record at %s:%d; it will be quarantined when read",
-                           self.dir, path.name, good)
+            if end > len(data) or zlib.crc32(data[good + _FRAME.size:end]) != crc:
+                if not corrupt:
+                    _log.error("spool %s: corrupt record at %s:%d; it will be quarantined when read",
+                               self.dir, path.name, good)
                 corrupt = True
-                break
+                good += _next_frame(data[good:])
+                continue
             last, good = data[good + _FRAME.size:end], end
         if last is not None and (segment, good) > tuple(self.cursor):
             try:
@@ -277,13 +293,7 @@ class Spool:
         with open(self._path(seg), "rb") as f:
             f.seek(off)
             data = f.read(size - off)
-        resume = len(data)
-        for i in range(1, len(data) - _FRAME.size + 1):  # resynchronize on the next valid frame
-            length, crc = _FRAME.unpack_from(data, i)
-            end = i + _FRAME.size + length
-            if end <= len(data) and zlib.crc32(data[i + _FRAME.size:end]) == crc:
-                resume = i
-                break
+        resume = _next_frame(data)
         qdir = self.dir / "quarantine"
         qdir.mkdir(exist_ok=True)
         target = qdir / f"seg-{seg:08d}-{off}.corrupt"

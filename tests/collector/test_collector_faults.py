@@ -203,7 +203,8 @@ def test_hostile_run_ids_and_steps_never_block_the_good_run(tmp_path):
         step = dp.attributes.add()
         step.key, step.value.double_value = "step", 1e300
         status, response = _post(port, huge)
-        assert status == 200 and response.partial_success.rejected_data_points == 0
+        assert status == 200 and response.partial_success.rejected_data_points == 1  # refused, with why
+        assert "bad 'step' attribute 1e+300" in response.partial_success.error_message
         for s in range(50):
             request = encode_request([Point("good", "loss", s, s / 4, time.time())], [], {"otel_rl.run.id": "good"},
                                      f"good-{s}", "client-3")
