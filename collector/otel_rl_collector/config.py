@@ -118,6 +118,9 @@ class LimitsConfig:
     #: Concurrent connections from one client address (OTLP/HTTP), so one client cannot take
     #: every slot of ``max_connections``; past it the new connection is closed.
     max_connections_per_client: int = 64
+    #: TLS handshakes in progress (about 300 KB each); past it the oldest is aborted (a real
+    #: client's takes milliseconds). Per client address, ``max_connections_per_client`` applies.
+    max_pending_handshakes: int = 256
     #: OTLP logs (samples, texts) per request: records, and per table its distinct columns and
     #: cells (rows x columns); what is past a limit is refused in the partial success.
     max_log_records: int = 10_000
@@ -133,7 +136,8 @@ class LimitsConfig:
     def validate(self, path: str) -> None:
         for name in ("max_request_bytes", "max_decompressed_bytes", "max_queue_points", "max_connections",
                      "idle_timeout_s", "read_timeout_s", "workers", "max_pending_requests", "header_timeout_s",
-                     "max_connections_per_client", "max_log_records", "max_table_columns", "max_table_cells",
+                     "max_connections_per_client", "max_pending_handshakes", "max_log_records", "max_table_columns",
+                     "max_table_cells",
                      "max_resource_blocks", "max_request_objects", "max_json_bytes"):
             positive(f"{path}.{name}", getattr(self, name))
         if not 0 < self.overload_fraction <= 1:

@@ -33,7 +33,7 @@ from google.rpc import status_pb2
 
 from otel_rl_collector import wire
 from otel_rl_collector.config import ReceiverConfig, TlsConfig
-from otel_rl_collector.guard import guarded_h11, throttled_exception_handler
+from otel_rl_collector.guard import cap_handshakes, guarded_h11, throttled_exception_handler
 
 _log = logging.getLogger(__name__)
 _HTTP_CODES = {400: 3, 401: 16, 404: 5, 408: 4, 411: 3, 413: 8, 415: 3, 500: 13, 503: 14}  # google.rpc.Code
@@ -81,6 +81,9 @@ class HttpReceiver:
             return create_server(*args, **kwargs)
 
         loop.create_server = create_tls_server  # a silent TLS connect is closed at header_timeout_s
+        if self.scheme == "https" and not cap_handshakes(loop, self._limits, self.collector.stats.reject):
+            _log.warning("collector: this event loop cannot count TLS handshakes in progress; "
+                         "limits.max_pending_handshakes does not apply")
         try:
             loop.run_until_complete(self._server.serve(sockets=[self._sock]))
         except Exception:

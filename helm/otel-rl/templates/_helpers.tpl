@@ -107,6 +107,7 @@ limits:
   max_pending_requests: {{ int $v.collector.maxPendingRequests }}
   header_timeout_s: {{ $v.collector.headerTimeoutSeconds }}
   max_connections_per_client: {{ int $v.collector.maxConnectionsPerClient }}
+  max_pending_handshakes: {{ int $v.collector.maxPendingHandshakes }}
   max_log_records: {{ int $v.collector.maxLogRecords }}
   max_table_columns: {{ int $v.collector.maxTableColumns }}
   max_table_cells: {{ int $v.collector.maxTableCells }}
