@@ -75,8 +75,7 @@ def secure_dir(directory: Path) -> None:
 
 
 def _next_frame(data: bytes) -> int:
-    """Where the first valid frame after the start of ``data`` begins (``len(data)`` if none):
-    how reading resynchronizes after a corrupt record."""
+    """Where the first valid frame after ``data[0]`` begins (``len(data)`` if none)."""
     for i in range(1, len(data) - _FRAME.size + 1):
         length, crc = _FRAME.unpack_from(data, i)
         end = i + _FRAME.size + length
@@ -153,10 +152,8 @@ class Spool:
         return (min(self._sizes, default=1), 0), None
 
     def _repair_tail(self, segment: int) -> None:
-        """Cut a torn last record (a crash mid-write); note the last record's emission number.
-        A corrupt record is stepped over to the next valid one: the last record's number must be
-        the segment's real last (else the engine numbers emissions from an earlier one, and
-        batches the spool holds after the corrupt record are appended, and delivered, again)."""
+        """Cut a torn last record (a crash mid-write); note the last record's emission number, past
+        any corrupt record (else batches held after it are appended, and delivered, again)."""
         path, good, last, corrupt = self._path(segment), 0, None, False
         with open(path, "rb") as f:
             data = f.read()
@@ -407,9 +404,8 @@ def _lock_dir(directory: Path, parent: int | None = None, wait_s: float = 0.0):
                 time.sleep(0.2)
                 continue
             f.close()
-            raise SpoolLockedError(
-                f"spool directory {str(directory)!r} is in use by {holder}; each process needs its own "
-                "spool directory (ranks get rank-<n>/ automatically when RANK is set)") from None
+            raise SpoolLockedError(f"spool directory {str(directory)!r} is in use by {holder}; each process needs "
+                                   "its own spool directory (with RANK set, ranks get rank-<n>/)") from None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()}" + (f" parent {parent}" if parent else ""))
