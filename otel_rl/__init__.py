@@ -38,7 +38,8 @@ from otel_rl.sources import gpu
 
 __all__ = [
     "STEP_ATTRIBUTE", "Config", "ConfigError", "Logger", "MissingExtraError", "Pipeline", "SummaryWriter",
-    "get_pipeline", "get_step", "init", "load_config", "log_hyperparams", "log_samples", "set_step", "shutdown",
+    "get_pipeline", "get_step", "init", "load_config", "log_audio", "log_hyperparams", "log_image", "log_samples",
+    "log_video", "set_step", "shutdown",
     "span", "propagation", "gpu",
 ]
 __version__ = "0.1.0"
@@ -85,6 +86,33 @@ def log_samples(rows, step: int | None = None, name: str = _DEFAULT_SAMPLES) -> 
     per row. ``rows``: a list of dicts, a dict of equal-length columns, or a DataFrame. Limits:
     ``samples.max_rows`` per call, ``samples.max_chars`` per cell (see :mod:`otel_rl.api.samples`)."""
     _run_for("log_samples").log_samples(rows, step, name)
+
+
+def log_image(name: str, image, step: int | None = None, dataformats: str = "HWC", caption: str | None = None) -> None:
+    """An image at ``step`` (default: the current step) in the current run: an array in
+    ``dataformats`` (float in [0, 1] or uint8; ``NHWC``/``NCHW``: a grid) or a PNG/JPEG path.
+    Encoded off the training thread; TensorBoard's image tab, W&B and SwanLab images, MLflow's
+    ``log_image``."""
+    _media("log_image", "image", name, image, step, dataformats=dataformats, caption=caption)
+
+
+def log_video(name: str, video, step: int | None = None, fps: float = 4, caption: str | None = None) -> None:
+    """A video at ``step``: ``(T, C, H, W)`` or ``(N, T, C, H, W)`` frames (an animated GIF), or a
+    GIF/MP4 file (gymnasium's ``RecordVideo``; TensorBoard shows GIFs only)."""
+    _media("log_video", "video", name, video, step, fps=fps, caption=caption)
+
+
+def log_audio(name: str, audio, step: int | None = None, sample_rate: int = 44100, caption: str | None = None) -> None:
+    """Audio samples in [-1, 1] (or a WAV file) at ``step``, as 16-bit WAV."""
+    _media("log_audio", "audio", name, audio, step, sample_rate=sample_rate, caption=caption)
+
+
+def _media(function: str, kind: str, name: str, value, step: int | None, **options) -> None:
+    from otel_rl.api.media import put_media
+    from otel_rl.model.steps import check_step
+
+    recorder = _run_for(function).recorder
+    put_media(recorder, kind, name, value, recorder.step if step is None else check_step(step), **options)
 
 
 def _run_for(function: str) -> Pipeline:

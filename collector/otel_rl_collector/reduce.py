@@ -16,6 +16,9 @@ every rank sent one, or every rank of the run has moved past that step (it sent 
 later step), or after ``timeout_s``; the running total is computed after that, over the run. A rank's increment that
 arrives after its step was emitted is passed on as it is, so the total is never short.
 
+**Media** (images, videos, audio) is never reduced: every rank's item is kept, with a ``rank``
+attribute.
+
 **Memory is bounded whatever clients send.** A group holds a folded value (a partial sum, the
 max, a merged histogram) and a count, not the points: a million late points for one step cost
 what a few do. At most ``max_pending`` groups wait at once; past that, the oldest groups of the
@@ -40,7 +43,7 @@ from otel_rl.model.records import HistogramValue, Point, merge_histograms
 _RUN = operator.attrgetter("run")
 OPS = ("mean", "max", "min", "sum", "none")
 _SUMS = ("counter", "sum")
-_NOT_REDUCED = ("text", "table")
+_NOT_REDUCED = ("text", "table", "media")
 #: Values a group keeps before folding them into one (exact sums come from ``math.fsum`` over
 #: up to this many partial sums).
 FOLD = 32
@@ -131,6 +134,8 @@ class Reducer:
         for p in points:
             size = world_size.get(p.run, 1)
             if size <= 1 or p.rank < 0 or p.kind in _NOT_REDUCED:
+                if p.kind == "media" and size > 1 and p.rank >= 0:  # every rank's item, told apart
+                    p = p.replace(attributes=p.attributes + (("rank", str(p.rank)),))
                 ready.append(p)  # texts and samples: every rank's, as logged
                 continue
             op = self.op_for(p.name, p.kind)

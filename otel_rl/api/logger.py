@@ -105,8 +105,32 @@ class Logger:
         self.pipeline.log_samples(rows, check_step(step), name)
 
     def log_plot(self, figure: Any, step: int, name: str) -> None:
-        """Not carried (figures are images): warned once, so NeMo-RL code keeps running."""
-        self._warn("plot", "Logger.log_plot: figures are not carried by otel-rl; %r ignored", name)
+        """A matplotlib figure as an image at ``step`` (NeMo-RL's signature); the figure is closed."""
+        from otel_rl.model.media import figure_array
+
+        self._media("image", name, figure_array(figure), step, dataformats="HWC")
+
+    def log_image(self, name: str, image: Any, step: int, dataformats: str = "HWC", caption: str | None = None) -> None:
+        """An image (an array in ``dataformats``, float in [0, 1] or uint8; a batch as a grid; or a
+        PNG/JPEG file path) at ``step``."""
+        self._media("image", name, image, step, dataformats=dataformats, caption=caption)
+
+    def log_video(self, name: str, video: Any, step: int, fps: float = 4, caption: str | None = None) -> None:
+        """A video, ``(T, C, H, W)`` or ``(N, T, C, H, W)`` (float in [0, 1] or uint8), or a GIF/MP4
+        file path (gymnasium's ``RecordVideo`` output), at ``step``."""
+        self._media("video", name, video, step, fps=fps, caption=caption)
+
+    def log_audio(self, name: str, audio: Any, step: int, sample_rate: int = 44100, caption: str | None = None) -> None:
+        """Audio samples in [-1, 1] (or a WAV file path) at ``step``."""
+        self._media("audio", name, audio, step, sample_rate=sample_rate, caption=caption)
+
+    def _media(self, kind: str, name: str, value: Any, step: int, **options: Any) -> None:
+        if self._finished:
+            self._after_finish(f"log_{kind}")
+            return
+        from otel_rl.api.media import put_media
+
+        put_media(self._recorder, kind, name, value, check_step(step), **options)
 
     @property
     def base_log_dir(self) -> str:

@@ -16,9 +16,11 @@ included); every value goes through the OTel stream like the meter API's (and ov
 collector when configured).
 
 Supported: ``add_scalar``, ``add_scalars`` (as ``main_tag/tag`` in one run), ``add_histogram``,
-``add_text``, ``add_hparams``, ``flush``, ``close``, ``log_dir`` / ``get_logdir()`` and use as a
-context manager. Other ``add_*`` methods (images, audio, graphs, embeddings, ...) are not
-carried: each warns once and does nothing, so the script keeps running.
+``add_text``, ``add_hparams``, ``add_image``, ``add_images``, ``add_figure``, ``add_video``,
+``add_audio`` (encoded off the training thread: :mod:`otel_rl.api.media`), ``flush``, ``close``,
+``log_dir`` / ``get_logdir()`` and use as a context manager. Other ``add_*`` methods (graphs,
+embeddings, meshes, ...) are not carried: each warns once and does nothing, so the script keeps
+running.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from otel_rl.api.globals import install as install_globals
+from otel_rl.api.media import put_media
 from otel_rl.api.run import Pipeline
 from otel_rl.config import Config
 from otel_rl.model.steps import check_step
@@ -128,6 +131,45 @@ class SummaryWriter:
                  walltime: float | None = None) -> None:
         step = self._step(global_step)
         self._put(("t", tag, str(text_string), step, self._time_ns(walltime), None), step)
+
+    # -- media (torch/tensorboardX semantics; encoded off the training thread) ---------------------
+    def _media(self, kind: str, tag: str, value: Any, global_step: Any, walltime: float | None, **options) -> None:
+        step = self._step(global_step)
+        if put_media(self._recorder, kind, tag, value, step, walltime, **options):
+            if self._recorder.step is None or step > self._recorder.step:
+                self._recorder.set_step(step)
+
+    def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
+                  dataformats: str = "CHW") -> None:
+        self._media("image", tag, img_tensor, global_step, walltime, dataformats=dataformats)
+
+    def add_images(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
+                   dataformats: str = "NCHW") -> None:
+        """A batch of images as one grid image, up to 8 per row (as torch and tensorboardX)."""
+        self._media("image", tag, img_tensor, global_step, walltime, dataformats=dataformats)
+
+    def add_figure(self, tag: str, figure: Any, global_step: int | None = None, close: bool = True,
+                   walltime: float | None = None) -> None:
+        """A matplotlib figure (or a list of them, as a grid) rendered to an image."""
+        from otel_rl.model.media import figure_array
+
+        if isinstance(figure, list):
+            import numpy as np
+
+            images = np.stack([figure_array(f, close) for f in figure])
+            self._media("image", tag, images, global_step, walltime, dataformats="NHWC")
+        else:
+            self._media("image", tag, figure_array(figure, close), global_step, walltime, dataformats="HWC")
+
+    def add_video(self, tag: str, vid_tensor: Any, global_step: int | None = None, fps: int | float = 4,
+                  walltime: float | None = None) -> None:
+        """``(N, T, C, H, W)``, float in [0, 1] or uint8: an animated GIF, as tensorboardX writes it."""
+        self._media("video", tag, vid_tensor, global_step, walltime, fps=fps)
+
+    def add_audio(self, tag: str, snd_tensor: Any, global_step: int | None = None, sample_rate: int = 44100,
+                  walltime: float | None = None) -> None:
+        """Samples in [-1, 1] as 16-bit WAV."""
+        self._media("audio", tag, snd_tensor, global_step, walltime, sample_rate=sample_rate)
 
     def add_hparams(self, hparam_dict: dict, metric_dict: dict, hparam_domain_discrete: dict | None = None,
                     run_name: str | None = None, global_step: int | None = None) -> None:

@@ -8,6 +8,7 @@ import json
 import math
 import pickle
 
+from otel_rl.model.media import Media
 from otel_rl.model.records import POINT_FIELDS, Batch, HistogramValue, Point, RunParams, Table
 
 
@@ -32,6 +33,8 @@ def _plain(value):
         return {"h": [value.count, value.sum, value.min, value.max, value.buckets]}
     if isinstance(value, Table):
         return {"t": [value.columns, value.rows]}
+    if isinstance(value, Media):
+        return {"md": value.plain()}
     return value
 
 
@@ -47,8 +50,16 @@ def _document(batch: Batch, points: list) -> dict:
 def fingerprint_bytes(batch: Batch) -> bytes:
     """The batch as canonical JSON: equal content, equal bytes, whatever objects it shares (a
     pickle's bytes depend on which equal strings are one object), for fingerprints and ids."""
-    points = [(*row[:3], _plain(row[3]), *row[4:]) for row in map(POINT_FIELDS, batch.points)]
+    points = [(*row[:3], _fingerprint_value(row[3]), *row[4:]) for row in map(POINT_FIELDS, batch.points)]
     return json.dumps(_document(batch, points), separators=(",", ":")).encode()
+
+
+def _fingerprint_value(value):
+    if isinstance(value, Media):  # bytes are not JSON: their digest stands for them
+        import hashlib
+
+        return {"md": [*value.plain()[:2], hashlib.sha256(value.data).hexdigest(), *value.plain()[3:]]}
+    return _plain(value)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -99,6 +110,8 @@ def decode_batch(payload: bytes) -> Batch:
             if "t" in value:
                 columns, rows = value["t"]
                 value = Table(tuple(columns), tuple(tuple(r) for r in rows))
+            elif "md" in value:
+                value = Media(*value["md"])
             else:
                 count, total, lo, hi, buckets = value["h"]
                 value = HistogramValue(count, total, _f(lo), _f(hi), tuple(tuple(b) for b in buckets))

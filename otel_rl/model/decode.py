@@ -6,8 +6,9 @@ import math
 from typing import Any
 
 from otel_rl.model.bulk import gauge_points
+from otel_rl.model.media import FORMATS, Media
 from otel_rl.model.records import Batch, Point
-from otel_rl.model.semconv import HPARAMS_METRIC, STEP_ATTRIBUTE
+from otel_rl.model.semconv import HPARAMS_METRIC, MEDIA_FIELDS, MEDIA_FORMAT, MEDIA_KIND, STEP_ATTRIBUTE
 from otel_rl.model.steps import NO_STEP
 from otel_rl.model.translate import (
     CUMULATIVE,
@@ -158,6 +159,14 @@ def translate_logs(request, max_chars: int = 10_000, max_records: int | None = N
                 if step is None:
                     continue
                 t = (record.time_unix_nano or record.observed_time_unix_nano) / 1e9
+                if attrs.get(KIND_ATTRIBUTE) == "media":
+                    flush()
+                    table = None
+                    raw = record.body.bytes_value if record.body.WhichOneof("value") == "bytes_value" else None
+                    media = media_of(out, name, attrs, raw)
+                    if media is not None:
+                        points.append(Point(run, name, step, media, t, "media", (), rank))
+                    continue
                 body = any_value(record.body) if record.body.WhichOneof("value") != "kvlist_value" else {
                     kv.key: any_value(kv.value) for kv in record.body.kvlist_value.values}
                 if attrs.get(KIND_ATTRIBUTE) == "text" and isinstance(body, str):
@@ -183,6 +192,23 @@ def translate_logs(request, max_chars: int = 10_000, max_records: int | None = N
                     table = [name, step, t, [row], columns]
             flush()
     return finish(out)
+
+
+def media_of(out: Translation, name: str, attrs: dict, body) -> Media | None:
+    """The :class:`Media` of a media log record (bytes body; kind, format, sizes as attributes)."""
+    kind, fmt = attrs.get(MEDIA_KIND), attrs.get(MEDIA_FORMAT)
+    if not isinstance(body, bytes) or kind not in FORMATS or fmt not in FORMATS[kind]:
+        out.reject(1, "bad_media", f"media {name!r}: needs a bytes body, {MEDIA_KIND} in "
+                   f"{sorted(FORMATS)} and {MEDIA_FORMAT} one of its formats")
+        return None
+    fields = {}
+    for field, cast in zip(MEDIA_FIELDS, (int, int, int, float, int, str)):
+        try:
+            fields[field] = cast(attrs.get(f"otel_rl.media.{field}", cast()))
+        except (TypeError, ValueError):
+            fields[field] = cast()
+    fields["caption"] = fields["caption"][:1000]
+    return Media(kind, fmt, body, **fields)
 
 
 def _points(metric) -> int:

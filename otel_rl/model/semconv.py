@@ -26,3 +26,7 @@ SENDER_ID = "otel_rl.sender.id"
 BATCH_ID = "otel_rl.batch.id"
 #: Log-record attributes of samples and texts (see :mod:`otel_rl.model.tables`).
 KIND_ATTRIBUTE, INDEX_ATTRIBUTE, ROWS_ATTRIBUTE = "otel_rl.kind", "otel_rl.sample.index", "otel_rl.sample.rows"
+#: Log-record attributes of an image, video or audio item (``otel_rl.kind`` = ``media``; the
+#: body is the encoded bytes): its kind, format, and what viewers need without decoding it.
+MEDIA_KIND, MEDIA_FORMAT = "otel_rl.media.kind", "otel_rl.media.format"
+MEDIA_FIELDS = ("width", "height", "channels", "fps", "sample_rate", "caption")

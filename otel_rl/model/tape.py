@@ -44,6 +44,7 @@ class Kind(str, enum.Enum):
     TEXT = "t"  # SummaryWriter.add_text: (t, tag, text, step, time_ns, None)
     SAMPLES = "hs"  # a whole array of samples (add_histogram): (hs, tag, values, step, time_ns, None)
     INFO = "i"  # an instrument's unit, description, scope: (i, name, (unit, description, scope), None, time_ns)
+    MEDIA = "md"  # an image, video or audio: (md, tag, media.snapshot(...), step, time_ns, None)
 
 
 class Record(NamedTuple):
@@ -62,7 +63,7 @@ class Record(NamedTuple):
 GAUGE, COUNTER, UPDOWN, HISTOGRAM = Kind.GAUGE.value, Kind.COUNTER.value, Kind.UPDOWN.value, Kind.HISTOGRAM.value
 OBSERVED_SUM, OBSERVED_UPDOWN = Kind.OBSERVED_SUM.value, Kind.OBSERVED_UPDOWN.value
 METRICS, PARAMS, ROWS, LOG_ROW = Kind.METRICS.value, Kind.PARAMS.value, Kind.ROWS.value, Kind.LOG_ROW.value
-TEXT, SAMPLES, INFO = Kind.TEXT.value, Kind.SAMPLES.value, Kind.INFO.value
+TEXT, SAMPLES, INFO, MEDIA = Kind.TEXT.value, Kind.SAMPLES.value, Kind.INFO.value, Kind.MEDIA.value
 
 #: Bins of a distribution fitted to its samples (TensorBoard's own summaries use 30).
 HISTOGRAM_BINS = 30
@@ -226,6 +227,19 @@ def _text(r: _Reading, record: tuple) -> None:
                           r.rank))
 
 
+def _media(r: _Reading, record: tuple) -> None:
+    """Encoded here, off the training thread (PNG, GIF, WAV); bad input is refused with why."""
+    from otel_rl.model.media import encode
+
+    _, name, item, step, t_ns = record[:5]
+    try:
+        value = encode(item)
+    except (ValueError, TypeError, ImportError) as exc:
+        r.out.reject(1, f"media:{name}", f"{item[0]} {name!r}: {exc}")
+        return
+    r.points.append(Point(r.run, name, NO_STEP if step is None else step, value, t_ns / 1e9, "media", (), r.rank))
+
+
 def _sample_array(r: _Reading, record: tuple) -> None:
     _, name, values, step, t_ns = record[:5]
     finite = [float(v) for v in values if math.isfinite(v)]
@@ -285,7 +299,7 @@ def _increment(r: _Reading, kind: str, name: str, rest: tuple, step: int, t_ns: 
 #: One reader per record kind. Records that keep consecutive Logs-API rows together
 #: (:data:`LOG_ROW`, and the kinds that do not end a table) are not in :data:`_ENDS_ROWS`.
 _HANDLERS = {METRICS: _metrics, PARAMS: _params, ROWS: _rows, LOG_ROW: _log_row, TEXT: _text, INFO: _info,
-             SAMPLES: _sample_array, GAUGE: _measurement, COUNTER: _measurement, UPDOWN: _measurement,
+             SAMPLES: _sample_array, MEDIA: _media, GAUGE: _measurement, COUNTER: _measurement, UPDOWN: _measurement,
              HISTOGRAM: _measurement, OBSERVED_SUM: _measurement, OBSERVED_UPDOWN: _measurement}
 #: Kinds after which a following Logs-API row starts a new table.
 _ENDS_ROWS = frozenset(_HANDLERS) - {METRICS, PARAMS, ROWS, LOG_ROW, INFO}

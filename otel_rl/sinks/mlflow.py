@@ -28,7 +28,7 @@ from pathlib import Path
 
 from otel_rl.errors import PermanentError, TransientError, redact
 from otel_rl.model.naming import NameMapper
-from otel_rl.model.records import Batch, scalar_items
+from otel_rl.model.records import Batch, Point, scalar_items
 from otel_rl.settings import env_default, positive
 from otel_rl.sinks.base import Sink, require
 from otel_rl.sinks.mlflow_tables import MlflowTables
@@ -181,6 +181,9 @@ class MlflowExporter(Sink):
             if isinstance(metrics, tuple):  # samples: (run, (artifact path, points), None)
                 self._call(self._tables.append, self.run_id(run), *metrics)
                 continue
+            if isinstance(metrics, Point):  # an image, video or audio: (run, point, None)
+                self._call(self._log_media, self.run_id(run), metrics)
+                continue
             self._call(self._client.log_batch, self.run_id(run), metrics=metrics, params=params,
                        synchronous=True)
         self._resume = (None, 0)
@@ -198,7 +201,11 @@ class MlflowExporter(Sink):
         seen: set = set()
         texts = []
         tables: dict[tuple[str, str], list] = {}
+        media = []
         for p in batch.points:
+            if p.kind == "media":
+                media.append((p.run, p, None))
+                continue
             if p.kind == "text":
                 texts.append((p.run, f"text/{self._names.key(p.name)}/step-{p.step}.md", p.value))
                 continue
@@ -224,8 +231,22 @@ class MlflowExporter(Sink):
                 chunks.append((run, [], params[i:i + MAX_PARAMS_PER_BATCH]))
         chunks.extend((run, path, text) for run, path, text in texts)
         chunks.extend((run, (path, points), None) for (run, path), points in tables.items())
+        chunks.extend(media)
         self._cached_chunks = (batch, chunks)
         return chunks
+
+    def _log_media(self, run_id: str, p: Point) -> None:
+        """An image with ``log_image(key=, step=)`` (the UI's image panel, by step); a video or
+        audio as the artifact ``media/<key>/step-<step>-<ms>.<format>``."""
+        from otel_rl.sinks.media_files import as_file, pil_image
+
+        key = self._names.key(p.name, p.attributes)
+        ms = round(p.time * 1000)
+        if p.value.kind == "image":
+            self._client.log_image(run_id, pil_image(p.value), key=key, step=p.step, timestamp=ms, synchronous=True)
+            return
+        with as_file(p.value, f"step-{p.step}-{ms}") as path:
+            self._client.log_artifact(run_id, path, f"media/{key}")
 
     def _new_params(self, run: str, params: dict) -> list[tuple[str, str]]:
         out = []

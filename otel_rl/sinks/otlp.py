@@ -27,7 +27,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
 import os
 import ssl
 import urllib.error
@@ -39,20 +38,11 @@ from itertools import groupby
 from typing import Any, Literal, Optional
 
 from otel_rl.errors import ConfigError, PermanentError, TransientError
-from otel_rl.model.records import Batch, HistogramValue, Point
-from otel_rl.model.semconv import (
-    BATCH_ID,
-    HPARAMS_METRIC,
-    INDEX_ATTRIBUTE,
-    KIND_ATTRIBUTE,
-    RANK,
-    ROWS_ATTRIBUTE,
-    RUN_ID,
-    SENDER_ID,
-    STEP_ATTRIBUTE,
-)
+from otel_rl.model.records import Batch, Point
+from otel_rl.model.semconv import RANK, RUN_ID
 from otel_rl.settings import env_default
 from otel_rl.sinks.base import Sink, SinkContext, require
+from otel_rl.sinks.otlp_encode import LOGGED_KINDS, MAX_MEDIA_REQUEST_BYTES, encode_logs_request, encode_request
 
 #: Points per request: well under the collector's default 8 MiB body limit.
 MAX_POINTS_PER_REQUEST = 5_000
@@ -103,129 +93,6 @@ def parse_headers(raw: str | None) -> dict[str, str]:
 
 
 # -- records -> OTLP protobuf ---------------------------------------------------------------------
-def _any(value: Any, out) -> None:
-    if value is None:
-        return  # an empty AnyValue
-    if isinstance(value, bool):
-        out.bool_value = value
-    elif isinstance(value, int):
-        out.int_value = value
-    elif isinstance(value, float):
-        out.double_value = value
-    else:
-        out.string_value = str(value)
-
-
-def _attrs(target, items) -> None:
-    for key, value in items:
-        kv = target.add()
-        kv.key = key
-        _any(value, kv.value)
-
-
-def explicit_from(value: HistogramValue) -> tuple[list[float], list[int]]:
-    """``(explicit_bounds, bucket_counts)`` covering ``value.buckets`` (gaps count 0)."""
-    edges = sorted({e for left, right, _ in value.buckets for e in (left, right) if math.isfinite(e)})
-    index = {e: i for i, e in enumerate(edges)}
-    counts = [0] * (len(edges) + 1)
-    for _, right, count in value.buckets:
-        counts[index[right] if math.isfinite(right) else len(edges)] += count
-    return edges, counts
-
-
-def encode_request(points: list[Point], params, resource: dict[str, Any], batch_id: str, sender: str,
-                   info: dict | None = None):
-    """One ``ExportMetricsServiceRequest`` for points and params of one (run, rank); ``info``:
-    each metric's (unit, description, instrumentation scope), as its instrument said."""
-    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
-
-    request = mpb.ExportMetricsServiceRequest()
-    rm = request.resource_metrics.add()
-    _attrs(rm.resource.attributes, [*resource.items(), (SENDER_ID, sender), (BATCH_ID, batch_id)])
-    info = info or {}
-    scopes: dict[str, Any] = {}
-
-    def scope(name: str):
-        sm = scopes.get(name)
-        if sm is None:
-            sm = scopes[name] = rm.scope_metrics.add()
-            sm.scope.name = name
-        return sm
-
-    sm = scope("otel_rl")
-    metrics: dict[tuple[str, str], Any] = {}
-    for p in points:
-        metric = metrics.get((p.name, p.kind))
-        if metric is None:
-            unit, description, scope_name = info.get(p.name, ("", "", ""))
-            metric = metrics[(p.name, p.kind)] = scope(scope_name or "otel_rl").metrics.add()
-            metric.name, metric.unit, metric.description = p.name, unit, description
-            if p.kind in ("counter", "sum"):
-                metric.sum.aggregation_temporality = 1  # DELTA
-                metric.sum.is_monotonic = p.kind == "counter"
-            elif p.kind == "histogram":
-                metric.histogram.aggregation_temporality = 1
-        t = int(p.time * 1e9)
-        if p.kind == "histogram":
-            dp = metric.histogram.data_points.add()
-            bounds, counts = explicit_from(p.value)
-            dp.explicit_bounds.extend(bounds)
-            dp.bucket_counts.extend(counts)
-            dp.count, dp.sum = p.value.count, p.value.sum
-            if not math.isnan(p.value.min):
-                dp.min = p.value.min
-            if not math.isnan(p.value.max):
-                dp.max = p.value.max
-        else:
-            dp = (metric.sum if p.kind in ("counter", "sum") else metric.gauge).data_points.add()
-            dp.as_double = p.increment if p.increment is not None else p.value
-        dp.start_time_unix_nano = dp.time_unix_nano = t
-        _attrs(dp.attributes, [(STEP_ATTRIBUTE, p.step), *p.attributes])
-    for rp in params:
-        metric = sm.metrics.add()
-        metric.name = HPARAMS_METRIC
-        dp = metric.gauge.data_points.add()
-        dp.as_double = 1.0
-        dp.time_unix_nano = int(rp.time * 1e9)
-        _attrs(dp.attributes, rp.params.items())
-    return request
-
-
-def encode_logs_request(points: list[Point], resource: dict[str, Any], batch_id: str, sender: str):
-    """One ``ExportLogsServiceRequest`` for texts and tables of one (run, rank): a text is one
-    log record (body: the text); a table one record per row (body: a map of its columns), each
-    with the table's name as ``event_name``, the ``step``, and its index among the table's rows."""
-    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
-
-    request = lpb.ExportLogsServiceRequest()
-    rl = request.resource_logs.add()
-    _attrs(rl.resource.attributes, [*resource.items(), (SENDER_ID, sender), (BATCH_ID, batch_id)])
-    sl = rl.scope_logs.add()
-    sl.scope.name = "otel_rl"
-    for p in points:
-        t = int(p.time * 1e9)
-        if p.kind == "text":
-            record = sl.log_records.add()
-            record.time_unix_nano = record.observed_time_unix_nano = t
-            record.event_name = p.name
-            record.body.string_value = p.value
-            _attrs(record.attributes, [(STEP_ATTRIBUTE, p.step), (KIND_ATTRIBUTE, "text"), *p.attributes])
-            continue
-        table = p.value
-        for index, row in enumerate(table.rows):
-            record = sl.log_records.add()
-            record.time_unix_nano = record.observed_time_unix_nano = t
-            record.event_name = p.name
-            body = record.body.kvlist_value.values
-            for column, value in zip(table.columns, row):
-                kv = body.add()
-                kv.key = column
-                _any(value, kv.value)
-            _attrs(record.attributes, [(STEP_ATTRIBUTE, p.step), (KIND_ATTRIBUTE, "table"),
-                                       (INDEX_ATTRIBUTE, index), (ROWS_ATTRIBUTE, len(table.rows)), *p.attributes])
-    return request
-
-
 class OtlpSink(Sink):
     """Sends admitted records to an OTLP endpoint (HTTP/protobuf or gRPC)."""
 
@@ -287,13 +154,13 @@ class OtlpSink(Sink):
             self._info.update(batch.info)
         chunk = 0
         groups = {}
-        logged = [p for p in batch.points if p.kind in ("text", "table")]
+        logged = [p for p in batch.points if p.kind in LOGGED_KINDS]
         # a corrected total (a sum without an increment) adds nothing: the collector, which gets
         # every increment, corrects its own totals
         corrections = any(p.increment is None for p in batch.points if p.kind in ("counter", "sum"))
         metrics_points = batch.points
         if logged or corrections:
-            metrics_points = [p for p in batch.points if p.kind not in ("text", "table")
+            metrics_points = [p for p in batch.points if p.kind not in LOGGED_KINDS
                               and not (p.increment is None and p.kind in ("counter", "sum"))]
         for (run, rank), points in groupby(sorted(metrics_points, key=lambda p: (p.run, p.rank, p.step)),
                                            key=lambda p: (p.run, p.rank)):
@@ -323,6 +190,8 @@ class OtlpSink(Sink):
             rows = 0
             for p in [*points, None]:
                 size = len(p.value.rows) if p is not None and p.kind == "table" else 1
+                if p is not None and p.kind == "media":  # in rows' units: a request stays under 4 MiB
+                    size = max(1, len(p.value.data) * MAX_POINTS_PER_REQUEST // MAX_MEDIA_REQUEST_BYTES)
                 if part and (p is None or rows + size > MAX_POINTS_PER_REQUEST):
                     request = encode_logs_request(part, resource, f"{digest}-L{chunk}", self._sender)
                     chunk += 1

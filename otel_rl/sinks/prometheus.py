@@ -188,7 +188,7 @@ class PrometheusExporter(Sink):
                 self._update(p)
 
     def _update(self, p: Point) -> None:
-        if p.kind in ("text", "table"):
+        if p.kind in ("text", "table", "media"):
             return  # texts and samples are not series
         raw = (p.name, p.kind, p.run, p.attributes)
         key = self._keys.get(raw)

@@ -129,6 +129,11 @@ class SwanlabExporter(Sink):
                 if p.kind == "text":
                     texts[self._names.key(p.name, p.attributes)] = self._swanlab.Text(p.value)
                     continue
+                if p.kind == "media":
+                    media = self._media(p.value)
+                    if media is not None:
+                        texts[self._names.key(p.name, p.attributes)] = media
+                    continue
                 if p.kind == "table":  # samples: one Text per row, "column: value" lines
                     texts[self._names.key(p.name, p.attributes)] = [
                         self._swanlab.Text("\n".join(f"{c}: {v}" for c, v in zip(p.value.columns, row)))
@@ -152,6 +157,22 @@ class SwanlabExporter(Sink):
             if row:
                 self._run(run).log(row, step=step)
                 self._mark(run, step, row)  # only once SwanLab took it: a retry sends it again
+
+    def _media(self, media):
+        """swanlab.Image, Video (GIF) or Audio."""
+        from otel_rl.sinks.media_files import audio_samples, pil_image
+
+        caption = media.caption or None
+        if media.kind == "image":
+            return self._swanlab.Image(pil_image(media), caption=caption)
+        if media.kind == "video" and media.format == "gif":
+            return self._swanlab.Video(media.data, caption=caption)
+        if media.kind == "audio" and media.format == "wav":
+            samples, rate = audio_samples(media)
+            return self._swanlab.Audio(samples, sample_rate=rate, caption=caption)
+        self.warn_once(f"media:{media.kind}:{media.format}", "swanlab: %s %s is not shown by SwanLab (GIF videos "
+                       "and WAV audio are); kept in the other backends", media.format.upper(), media.kind)
+        return None
 
     def _mark(self, run: str, step: int, row: dict[str, float]) -> None:
         for key in row:

@@ -188,3 +188,33 @@ class _SharedFiles:
 
 
 SHARED_FILES = _SharedFiles()
+
+
+_warned_media: set[str] = set()
+
+
+def media_field(tag: str, media) -> bytes:
+    """An image, video or audio as the serialized ``Summary.value`` field tensorboardX writes:
+    ``Summary.Image`` for a PNG, and for a GIF video (TensorBoard's image tab animates it);
+    ``Summary.Audio`` for a WAV. Formats TensorBoard cannot show (an MP4) give ``b""``, said
+    once per tag: the other backends keep them."""
+    from tensorboard.compat.proto import summary_pb2
+
+    if media.format in ("png", "gif", "jpeg") and media.kind in ("image", "video"):
+        value = summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
+            height=media.height, width=media.width, colorspace=media.channels or 3,
+            encoded_image_string=media.data))
+    elif media.format == "wav":
+        channels = media.channels or 1
+        frames = max(0, (len(media.data) - 44) // (2 * channels))
+        value = summary_pb2.Summary.Value(tag=tag, audio=summary_pb2.Summary.Audio(
+            sample_rate=float(media.sample_rate), num_channels=channels, length_frames=frames,
+            encoded_audio_string=media.data, content_type="audio/wav"))
+    else:
+        if tag not in _warned_media and len(_warned_media) < 1000:
+            _warned_media.add(tag)
+            _log.warning("tensorboard: %r is %s %s, which TensorBoard cannot show; it is kept in the other "
+                         "backends (log a GIF, or frames as an array, for TensorBoard)", tag, media.kind,
+                         media.format.upper())
+        return b""
+    return summary_field(value)

@@ -39,6 +39,7 @@ from otel_rl.sinks.tb_events import (
     EventFile,
     event_bytes,
     f32,
+    media_field,
     other_scalar,
     scalar_prefix,
     summary_field,
@@ -287,6 +288,8 @@ class TensorBoardExporter(Sink):
                 group[2].append(summary_field(self._text_value(tag, p.value)))
             elif kind == "table":  # samples: a markdown table in the text plugin
                 group[2].append(summary_field(self._text_value(tag, p.value.markdown())))
+            elif kind == "media":  # image and audio plugins (a video: an animated GIF image)
+                group[2].append(media_field(tag, p.value))
             else:  # a number that is not a float (an int from a caller's own Point)
                 group[2].append(other_scalar(tag, p.value))
         for target, group in groups.items():

@@ -269,6 +269,8 @@ class WandbExporter(Sink):
         return rows
 
     def _value(self, p: Point):
+        if p.kind == "media":
+            return self._media(p.value)
         if p.kind == "table":  # samples: a W&B Table at the step
             return self._wandb.Table(columns=list(p.value.columns), data=[list(r) for r in p.value.rows])
         if p.kind == "text":
@@ -281,6 +283,24 @@ class WandbExporter(Sink):
         if arrays is None:
             return None
         return self._wandb.Histogram(np_histogram=arrays)
+
+    def _media(self, media):
+        """wandb.Image, Video or Audio: W&B's media panels, the files in the run's ``media/``."""
+        from otel_rl.sinks.media_files import audio_samples, pil_image
+
+        caption = media.caption or None
+        if media.kind == "image":
+            return self._wandb.Image(pil_image(media), caption=caption)
+        if media.kind == "video":
+            import io
+
+            # encoded bytes carry their frame rate (W&B's fps= applies to arrays only)
+            return self._wandb.Video(io.BytesIO(media.data), caption=caption, format=media.format)
+        if media.format == "wav":
+            samples, rate = audio_samples(media)
+            return self._wandb.Audio(samples, sample_rate=rate, caption=caption)
+        self.warn_once(f"audio:{media.format}", "wandb: %s audio is not read; only WAV is carried", media.format)
+        return None
 
     def close(self, status: str = "success") -> None:
         exit_code = 0 if status == "success" else 1

@@ -1,0 +1,181 @@
+"""Media (images, videos, audio, figures) at their step in every backend, read back with each
+backend's own reader: the same tags and steps in TensorBoard as tensorboardX writes, W&B's media
+files, MLflow's images and artifacts, SwanLab's media records."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+
+import pytest
+from backends import TensorBoardServer
+
+pytest.importorskip("PIL")
+
+#: CleanRL-shaped: its SummaryWriter calls, with frames, a batch, a figure, a video and audio.
+SCRIPT = """
+import sys
+import numpy as np
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from {module} import SummaryWriter
+
+writer = SummaryWriter(sys.argv[1])
+rng = np.random.default_rng(0)
+for global_step in range(0, 30, 10):
+    writer.add_scalar("charts/episodic_return", global_step * 0.5, global_step)
+    writer.add_image("env/frame", rng.random((3, 24, 32)), global_step)
+    writer.add_image("env/frame_hwc", (rng.random((24, 32, 3)) * 255).astype(np.uint8), global_step,
+                     dataformats="HWC")
+    writer.add_images("env/batch", rng.random((5, 1, 8, 8)), global_step)
+    fig = plt.figure(figsize=(2, 1), dpi=50)
+    plt.plot([0, 1], [global_step, 0])
+    writer.add_figure("charts/curve", fig, global_step)
+    writer.add_video("env/episode", rng.random((1, 6, 3, 16, 16)), global_step, fps=5)
+    writer.add_audio("env/sound", np.sin(np.arange(4000) / (3.0 + global_step)) * 0.5, global_step, sample_rate=8000)
+writer.close()
+"""
+
+
+def _media(run_dir) -> dict:
+    """{tag: [(step, kind, shape-ish)]} read with TensorBoard's own loader."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "audio": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["images"]:
+        for e in acc.Images(tag):
+            picture = Image.open(io.BytesIO(e.encoded_image_string))
+            out.setdefault(tag, []).append((e.step, picture.format, e.width, e.height,
+                                            getattr(picture, "n_frames", 1)))
+    for tag in acc.Tags()["audio"]:
+        out[tag] = [(e.step, e.content_type, e.sample_rate, e.length_frames) for e in acc.Audio(tag)]
+    return out
+
+
+def test_a_cleanrl_shaped_script_with_the_import_switched_writes_what_tensorboardx_writes(tmp_path):
+    pytest.importorskip("tensorboardX")
+    pytest.importorskip("moviepy")  # tensorboardX's add_video and add_audio need these
+    pytest.importorskip("soundfile")
+    for module, folder in (("tensorboardX", "tbx"), ("otel_rl", "otel")):
+        done = subprocess.run([sys.executable, "-c", SCRIPT.format(module=module), str(tmp_path / folder / "run")],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    ours, theirs = _media(tmp_path / "otel" / "run"), _media(tmp_path / "tbx" / "run")
+    assert sorted(ours) == sorted(theirs) == ["charts/curve", "env/batch", "env/episode", "env/frame",
+                                              "env/frame_hwc", "env/sound"]
+    assert ours == theirs  # steps, PNG/GIF, sizes (the batch as a grid), GIF frames, audio rate and length
+    assert ours["env/episode"][0][1:] == ("GIF", 16, 16, 6)
+
+    server = TensorBoardServer(tmp_path / "otel").start()
+    try:  # what a user sees: the image and audio dashboards of a real tensorboard, default flags
+        deadline = time.monotonic() + 120
+        while "env/sound" not in server.get("/data/plugin/audio/tags").get("run", {}):
+            assert time.monotonic() < deadline, server.get("/data/plugin/audio/tags")
+            time.sleep(1)
+        images = server.get("/data/plugin/images/tags")["run"]
+        assert {"env/frame", "env/frame_hwc", "env/batch", "charts/curve", "env/episode"} <= set(images)
+        shown = server.get("/data/plugin/images/images", run="run", tag="env/episode", sample=0)
+        assert [e["step"] for e in shown] == [0, 10, 20]
+        blob = shown[0]["query"]
+        with __import__("urllib.request").request.urlopen(f"{server.url}/data/plugin/images/individualImage?{blob}",
+                                                          timeout=30) as r:
+            assert r.read(6) == b"GIF89a"
+        sounds = server.get("/data/plugin/audio/audio", run="run", tag="env/sound", sample=0)
+        assert [e["step"] for e in sounds] == [0, 10, 20]
+    finally:
+        server.stop()
+
+
+LOGGER_SCRIPT = """
+import sys
+import numpy as np
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import otel_rl
+
+config = __import__("json").loads(sys.argv[1])
+logger = otel_rl.Logger(config)
+rng = np.random.default_rng(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+for step in (0, 5):
+    logger.log_metrics({"loss": 1.0 / (step + 1)}, step)
+    logger.log_image("obs/frame", rng.random((16, 20, 3)), step, caption=f"step {step}")
+    logger.log_video("rollout/video", rng.random((6, 3, 16, 16)), step, fps=5)
+    logger.log_audio("speech/sample", np.sin(np.arange(2000) / 5.0) * 0.3, step, sample_rate=8000)
+    fig = plt.figure(figsize=(2, 1), dpi=40)
+    plt.plot([0, step])
+    logger.log_plot(fig, step, "plots/curve")
+logger.finish()
+"""
+
+
+def _run_logger(config: dict, *args: str) -> None:
+    import json
+
+    done = subprocess.run([sys.executable, "-c", LOGGER_SCRIPT, json.dumps(config), *args], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_media_reaches_wandb_mlflow_and_swanlab_at_their_steps(tmp_path, mlflow_server):
+    import glob
+
+    from backends import _swanlab_experiments, backend_config, read_wandb
+    from mlflow.tracking import MlflowClient
+
+    config = {"run_name": "media", "tensorboard": backend_config("tensorboard", tmp_path),
+              "wandb": backend_config("wandb", tmp_path), "swanlab": backend_config("swanlab", tmp_path),
+              "mlflow": backend_config("mlflow", tmp_path, mlflow_server.url)}
+    _run_logger(config)
+    kinds = {"obs/frame": "image-file", "plots/curve": "image-file", "rollout/video": "video-file",
+             "speech/sample": "audio-file"}
+
+    # W&B (offline run file): each item in its row, at otel_rl/step, the file in the run's media/
+    rows = read_wandb(tmp_path / "wb", "media")["rows"]  # (`wandb leet inspect` flattens an item's fields)
+    (run_dir,) = glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*"))
+    for key, kind in kinds.items():
+        items = [row for row in rows if f"{key}._type" in row]
+        assert [row["otel_rl/step"] for row in items] == [0, 5], key
+        assert all(row[f"{key}._type"] == kind for row in items), items
+        assert all((tmp_path / run_dir / "files" / row[f"{key}.path"]).is_file() for row in items)
+    frame = next(row for row in rows if "obs/frame._type" in row)
+    assert (frame["obs/frame.width"], frame["obs/frame.height"], frame["obs/frame.caption"]) == (20, 16, "step 0")
+
+    # MLflow (a real server): images through log_image at their steps; videos and audio as artifacts
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    exp = client.get_experiment_by_name(f"exp-{tmp_path.name}")
+    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`otel_rl.run_id` = 'media'")
+    images = [f.path for f in client.list_artifacts(run.info.run_id, "images") if f.path.endswith(".png")]
+    assert sorted((p.split("+")[0], int(p.split("+step+")[1].split("+")[0])) for p in images) == [
+        ("images/obs~frame", 0), ("images/obs~frame", 5), ("images/plots~curve", 0), ("images/plots~curve", 5)]
+    for folder, suffix in (("media/rollout/video", ".gif"), ("media/speech/sample", ".wav")):
+        files = sorted(f.path.rsplit("/", 1)[1] for f in client.list_artifacts(run.info.run_id, folder))
+        assert [name.split("-")[1] for name in files] == ["0", "5"] and all(n.endswith(suffix) for n in files)
+
+    # SwanLab (its own reader): a media record per item and step, the file beside it
+    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+    from swanlab.sdk.internal.core_python.store import DataStoreReader
+
+    ((run_dir, name, _),) = list(_swanlab_experiments(tmp_path / "sl"))
+    assert name == "media"
+    reader, media = DataStoreReader(), {}
+    reader.open(glob.glob(f"{run_dir}/*.swanlab")[0])
+    try:
+        while (raw := reader.scan()) is not None:
+            record = Record()
+            record.ParseFromString(raw)
+            if record.HasField("media"):
+                for item in record.media.value.items:
+                    media.setdefault(record.media.key, []).append((int(record.media.step), item.filename))
+    finally:
+        reader.close()
+    assert sorted(media) == sorted(kinds)
+    for key, items in media.items():
+        assert [step for step, _ in items] == [0, 5], key
+        assert all(glob.glob(f"{run_dir}/media/*/{filename}") for _, filename in items)
