@@ -179,3 +179,133 @@ def test_media_reaches_wandb_mlflow_and_swanlab_at_their_steps(tmp_path, mlflow_
     for key, items in media.items():
         assert [step for step, _ in items] == [0, 5], key
         assert all(glob.glob(f"{run_dir}/media/*/{filename}") for _, filename in items)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_two_ranks_send_media_through_the_collector_and_every_ranks_item_is_kept(tmp_path, protocol):
+    """Over OTLP logs (a bytes body), HTTP and gRPC: media is not reduced across ranks; each
+    rank's item is in TensorBoard at its step, told apart by a ``rank`` attribute."""
+    import os
+
+    from conftest import read_tensorboard
+
+    from otel_rl_collector import create
+
+    collector = create({"receivers": {"http": {"port": 0}, "grpc": {"port": 0}}, "reduce": {"timeout_s": 30},
+                        "tensorboard": {"log_dir": str(tmp_path / "tb")}}).start()
+    port = collector.grpc_port if protocol == "grpc" else collector.http_port
+    config = {"run_name": "ranked", "tensorboard": {"enabled": False}, "export_interval_s": 0.2,
+              "otlp": {"enabled": True, "protocol": protocol, "endpoint": f"http://127.0.0.1:{port}"}}
+    import json
+
+    procs = [subprocess.Popen([sys.executable, "-c", LOGGER_SCRIPT, json.dumps(config), str(rank)],
+                              env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}, stderr=subprocess.PIPE)
+             for rank in range(2)]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err.decode()[-3000:]
+    finally:
+        collector.shutdown()
+    media = _media(tmp_path / "tb" / "ranked")
+    for key in ("obs/frame", "rollout/video", "speech/sample", "plots/curve"):
+        for rank in range(2):
+            tag = next(t for t in media if t.startswith(key) and t.endswith(f"rank:{rank}"))
+            assert [item[0] for item in media[tag]] == [0, 5], (tag, media[tag])
+    assert sum(1 for t in media if t.startswith("obs/frame")) == 2
+    frame = next(v for t, v in media.items() if t.startswith("obs/frame"))
+    assert frame[0][1:4] == ("PNG", 20, 16)
+    loss = read_tensorboard(tmp_path / "tb" / "ranked")["scalars"]["loss"]  # scalars: reduced as usual
+    assert loss == {0: 1.0, 5: pytest.approx(1 / 6, rel=1e-6)}
+
+
+KILL_TRAINER = """
+import sys, numpy as np, otel_rl
+spool, log_dir, first, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+pipeline = otel_rl.init({"run_name": "kills", "export_interval_s": 0.02, "spool_dir": spool,
+                         "tensorboard": {"log_dir": log_dir}})
+print("ready", flush=True)
+for step in range(first, first + count):
+    otel_rl.set_step(step)
+    frame = np.full((8, 8, 3), step % 251, dtype=np.uint8)  # the step is in the pixels
+    otel_rl.log_image("env/frame", frame, step)
+    if step % 5 == 4:
+        pipeline.force_flush()
+        print(step, flush=True)  # every frame up to here is delivered: acknowledged
+otel_rl.shutdown()
+"""
+
+
+def test_a_trainer_sigkilled_while_sending_media_restarts_on_its_spool_and_each_item_is_there_once(tmp_path):
+    import random
+    import signal
+    import threading
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    rng = random.Random(7)
+    spool, log_dir = tmp_path / "spool", tmp_path / "tb"
+    acknowledged: set[int] = set()
+    for attempt in range(5):
+        first = attempt * 1000
+        proc = subprocess.Popen([sys.executable, "-c", KILL_TRAINER, str(spool), str(log_dir), str(first), "400"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        lines: list[str] = []
+        reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
+        reader.start()
+        time.sleep(rng.uniform(0.2, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        reader.join(5)
+        acked = [int(line) for line in lines if line.strip().isdigit()]
+        if acked:
+            acknowledged.update(range(first, max(acked) + 1))
+    final = subprocess.run([sys.executable, "-c", KILL_TRAINER, str(spool), str(log_dir), "99000", "5"],
+                           capture_output=True, text=True, timeout=180)
+    assert final.returncode == 0, final.stderr[-2000:]
+    seen: dict[int, int] = {}
+    for path in sorted((log_dir / "kills").rglob("events.out.tfevents.*")):
+        for event in LegacyEventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "env/frame":
+                    pixel = Image.open(io.BytesIO(value.image.encoded_image_string)).getpixel((0, 0))[0]
+                    assert pixel == event.step % 251  # the image of that step, not another's
+                    seen[event.step] = seen.get(event.step, 0) + 1
+    assert len(acknowledged) > 50, len(acknowledged)
+    assert sorted(acknowledged - set(seen)) == []
+    assert sorted(s for s, n in seen.items() if n > 1) == []
+
+
+def test_a_burst_of_a_thousand_frames_keeps_the_trainers_memory_bounded(tmp_path):
+    """1,000 float frames of 64x64 logged back to back (49 MB as float32): the trainer's RSS grows
+    by less than 50 MB (frames are kept as uint8 until the helper encodes them)."""
+    script = """
+import sys, numpy as np, psutil, otel_rl
+pipeline = otel_rl.init({"run_name": "burst", "tensorboard": {"log_dir": sys.argv[1]}})
+frames = np.random.default_rng(0).random((16, 3, 64, 64), dtype=np.float32)
+for i in range(10):
+    otel_rl.log_image("warmup", frames[i], i, dataformats="CHW")
+pipeline.force_flush()
+base = psutil.Process().memory_info().rss
+peak = base
+for i in range(1000):
+    otel_rl.log_image("env/frame", frames[i % 16], i, dataformats="CHW")
+    if i % 50 == 0:
+        peak = max(peak, psutil.Process().memory_info().rss)
+pipeline.force_flush()
+peak = max(peak, psutil.Process().memory_info().rss)
+otel_rl.shutdown()
+print((peak - base) / 2**20)
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "tb")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    grown_mb = float(done.stdout.strip().splitlines()[-1])
+    assert grown_mb < 50, grown_mb
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb" / "burst"), size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("env/frame")] == list(range(1000))
