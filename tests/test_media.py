@@ -309,3 +309,31 @@ print((peak - base) / 2**20)
     acc = EventAccumulator(str(tmp_path / "tb" / "burst"), size_guidance={"images": 0})
     acc.Reload()
     assert [e.step for e in acc.Images("env/frame")] == list(range(1000))
+
+
+def test_the_capture_video_example_logs_each_recorded_episode_at_the_step_it_ended(tmp_path):
+    """CleanRL's --capture_video path: gymnasium's RecordVideo writes MP4s; the example logs each
+    at the step its episode ended. TensorBoard gets it as an animated GIF, W&B the MP4 itself."""
+    import yaml
+
+    pytest.importorskip("moviepy")  # RecordVideo writes MP4 with it
+    pytest.importorskip("imageio_ffmpeg")
+    from backends import read_wandb
+    from conftest import read_tensorboard
+
+    config = tmp_path / "otel-rl.yaml"
+    config.write_text(yaml.safe_dump({"wandb": {"enabled": True, "mode": "offline", "dir": str(tmp_path / "wb"),
+                                                "project": "t"}}))
+    done = subprocess.run([sys.executable, "examples/capture_video.py", "--steps", "600", "--runs",
+                           str(tmp_path / "runs"), "--config", str(config)], capture_output=True, text=True,
+                          timeout=300, cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 videos logged" in done.stdout
+    ends = sorted(read_tensorboard(tmp_path / "runs" / "capture-video")["scalars"]["charts/episodic_return"])
+    videos = _media(tmp_path / "runs" / "capture-video")["videos/episode"]
+    assert [v[0] for v in videos] == [ends[0], ends[5], ends[10]]  # episodes 0, 5 and 10, where they ended
+    assert all(v[1:4] == ("GIF", 64, 64) and v[4] > 5 for v in videos)  # animated
+    rows = read_wandb(tmp_path / "wb", "capture-video")["rows"]
+    items = [row for row in rows if "videos/episode._type" in row]
+    assert [row["otel_rl/step"] for row in items] == [v[0] for v in videos]
+    assert all(row["videos/episode.path"].endswith(".mp4") for row in items)

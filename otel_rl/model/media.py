@@ -230,6 +230,33 @@ def _wav(samples, sample_rate: int, caption: str) -> Media:
     return Media("audio", "wav", out.getvalue(), channels=pcm.shape[1], sample_rate=sample_rate, caption=caption)
 
 
+#: Frames of an MP4/WebM turned into a GIF for TensorBoard (longer videos are subsampled).
+GIF_MAX_FRAMES = 300
+
+
+def as_gif(media: Media) -> Media:
+    """An MP4 or WebM video (gymnasium's ``RecordVideo`` output) as an animated GIF, the video
+    TensorBoard shows; needs imageio with its ffmpeg plugin (``otel-rl[media]``)."""
+    import numpy as np
+
+    try:
+        import imageio.v3 as iio
+    except ImportError:
+        raise ImportError("reading MP4/WebM needs imageio and imageio-ffmpeg: pip install 'otel-rl[media]'") from None
+    frames = iio.imread(media.data, extension=f".{media.format}")  # T, H, W, C
+    fps = media.fps
+    if not fps:
+        try:
+            fps = float(iio.immeta(media.data, extension=f".{media.format}").get("fps") or 0)
+        except Exception:  # metadata is a nicety: a GIF at 4 fps is still the video
+            fps = 0.0
+    if len(frames) > GIF_MAX_FRAMES:
+        every = math.ceil(len(frames) / GIF_MAX_FRAMES)
+        frames, fps = frames[::every], (fps / every if fps else fps)
+    video = np.transpose(frames[..., :3], (0, 3, 1, 2))[None]  # 1, T, C, H, W
+    return _gif(video, fps or 4.0, media.caption)
+
+
 def figure_array(figure: Any, close: bool = True):
     """A matplotlib figure rendered to an H x W x 3 uint8 array (``add_figure``, ``log_plot``)."""
     import numpy as np

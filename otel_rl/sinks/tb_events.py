@@ -195,11 +195,19 @@ _warned_media: set[str] = set()
 
 def media_field(tag: str, media) -> bytes:
     """An image, video or audio as the serialized ``Summary.value`` field tensorboardX writes:
-    ``Summary.Image`` for a PNG, and for a GIF video (TensorBoard's image tab animates it);
-    ``Summary.Audio`` for a WAV. Formats TensorBoard cannot show (an MP4) give ``b""``, said
-    once per tag: the other backends keep them."""
+    ``Summary.Image`` for a PNG, and for a GIF video (TensorBoard's image tab animates it; an MP4
+    or WebM is turned into one); ``Summary.Audio`` for a WAV. What TensorBoard cannot show gives
+    ``b""``, said once per tag: the other backends keep it."""
     from tensorboard.compat.proto import summary_pb2
 
+    from otel_rl.model.media import as_gif
+
+    if media.kind == "video" and media.format in ("mp4", "webm"):
+        try:
+            media = as_gif(media)
+        except Exception as exc:  # a video TensorBoard cannot show is said, never fatal
+            _warn_media(tag, f"{media.format.upper()} video TensorBoard cannot show as it is ({exc})")
+            return b""
     if media.format in ("png", "gif", "jpeg") and media.kind in ("image", "video"):
         value = summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
             height=media.height, width=media.width, colorspace=media.channels or 3,
@@ -211,10 +219,12 @@ def media_field(tag: str, media) -> bytes:
             sample_rate=float(media.sample_rate), num_channels=channels, length_frames=frames,
             encoded_audio_string=media.data, content_type="audio/wav"))
     else:
-        if tag not in _warned_media and len(_warned_media) < 1000:
-            _warned_media.add(tag)
-            _log.warning("tensorboard: %r is %s %s, which TensorBoard cannot show; it is kept in the other "
-                         "backends (log a GIF, or frames as an array, for TensorBoard)", tag, media.kind,
-                         media.format.upper())
+        _warn_media(tag, f"{media.kind} in {media.format.upper()}, which TensorBoard cannot show")
         return b""
     return summary_field(value)
+
+
+def _warn_media(tag: str, what: str) -> None:
+    if tag not in _warned_media and len(_warned_media) < 1000:
+        _warned_media.add(tag)
+        _log.warning("tensorboard: %r is %s; it is kept in the other backends (warned once per tag)", tag, what)
