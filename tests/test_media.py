@@ -337,3 +337,29 @@ def test_the_capture_video_example_logs_each_recorded_episode_at_the_step_it_end
     items = [row for row in rows if "videos/episode._type" in row]
     assert [row["otel_rl/step"] for row in items] == [v[0] for v in videos]
     assert all(row["videos/episode.path"].endswith(".mp4") for row in items)
+
+
+def test_bad_media_is_a_clear_error_at_the_call_and_an_item_over_the_limit_is_refused_and_counted(
+        tmp_path, monkeypatch, caplog):
+    import numpy as np
+
+    import otel_rl
+    from otel_rl.api import media
+
+    pipeline = otel_rl.init({"run_name": "limits", "tensorboard": {"log_dir": str(tmp_path / "tb")}})
+    try:
+        with pytest.raises(ValueError, match="dataformats 'CHW' does not describe"):
+            otel_rl.log_image("bad", np.zeros((4, 4)), 0, dataformats="CHW")
+        with pytest.raises(ValueError, match="non-empty numeric array"):
+            otel_rl.log_image("bad", np.array(["a"]), 0)
+        with pytest.raises(ValueError, match=r"must end in one of \.gif, \.mp4"):
+            otel_rl.log_video("bad", str(tmp_path / "x.avi"), 0)
+        monkeypatch.setattr(media, "MAX_ITEM_BYTES", 1000)
+        for step in range(3):
+            otel_rl.log_image("big", np.zeros((32, 32, 3), np.uint8), step)
+        otel_rl.log_image("small", np.zeros((8, 8, 3), np.uint8), 0)
+        assert pipeline.stats()["refused_media"] == 3
+        assert caplog.text.count("over the 0 MiB limit") == 1  # once per tag
+    finally:
+        otel_rl.shutdown()
+    assert sorted(_media(tmp_path / "tb" / "limits")) == ["small"]

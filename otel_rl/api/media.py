@@ -29,7 +29,7 @@ def put_media(recorder, kind: str, tag: str, value: Any, step: int | None, wallt
         raise ValueError(f"a {kind} needs a non-empty str tag, got {tag!r}")
     item = snapshot(kind, value, **{k: v for k, v in options.items() if v is not None})
     if nbytes(item) > MAX_ITEM_BYTES:
-        recorder.refused_media = getattr(recorder, "refused_media", 0) + 1
+        recorder.refused_media += 1
         if tag not in _warned and len(_warned) < 10_000:
             _warned.add(tag)
             _log.warning("otel-rl: %s %r is %.1f MiB, over the %d MiB limit of one item: not recorded (warned "

@@ -78,6 +78,8 @@ class Recorder:
         self.after_close = 0
         #: Logs-API records without an event name (not samples: ignored; warned once).
         self.ignored_log_records = 0
+        #: Images, videos and audio refused for their size (otel_rl.api.media; warned once per tag).
+        self.refused_media = 0
         #: The pid of the process that started this run, when this is a fork of it.
         self.forked_from: int | None = None
         self.observables: list[tuple[str, str, Sequence[Callable]]] = []

@@ -275,6 +275,7 @@ class Pipeline:
         out["dropped_sample_rows"] = self.dropped_sample_rows
         out["records_after_close"] = self.recorder.after_close
         out["ignored_log_records"] = self.recorder.ignored_log_records
+        out["refused_media"] = self.recorder.refused_media
         return out
 
     def shutdown(self, timeout_s: float | None = None, status: str | None = None) -> bool:
