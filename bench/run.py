@@ -89,6 +89,13 @@ def main() -> int:
                   f"- 10 ranks x {r['steps']} steps x 10 gauges through the real SDK exporter: "
                   f"{r['received_points']:,.0f} points received, collector RSS {r['rss_start_mb']:.0f} MB -> "
                   f"peak {r['rss_peak_mb']:.0f} MB.", ""]
+    images, videos = (30, 2) if args.quick else (100, 4)
+    media = subprocess.run([sys.executable, str(HERE / "media.py"), "--images", str(images), "--videos", str(videos)],
+                           capture_output=True, text=True, timeout=1800)
+    lines += ["## Media: the training thread and every process, per call", ""]
+    lines += [x for x in media.stdout.splitlines() if x.startswith("|")] if media.returncode == 0 else [
+        f"error: {media.stderr[-500:]}"]
+    lines.append("")
     mem = subprocess.run([sys.executable, str(HERE / "memory.py"), "--steps", str(mem_steps)],
                          capture_output=True, text=True, timeout=1800)
     lines += [f"## Trainer memory over {mem_steps:,} steps (TensorBoard sink)", "",
