@@ -360,6 +360,53 @@ def test_bad_media_is_a_clear_error_at_the_call_and_an_item_over_the_limit_is_re
         otel_rl.log_image("small", np.zeros((8, 8, 3), np.uint8), 0)
         assert pipeline.stats()["refused_media"] == 3
         assert caplog.text.count("over the 0 MiB limit") == 1  # once per tag
+        monkeypatch.setattr(media, "MAX_STEP_BYTES", 1000)  # 192 bytes each: five fit in one step
+        for step in (1, 2):
+            for i in range(8):
+                otel_rl.log_image(f"env/{i}", np.zeros((8, 8, 3), np.uint8), step)
+        assert pipeline.stats()["refused_media"] == 3 + 3 + 3
+        assert "would pass the 0 MiB of media one step takes" in caplog.text
     finally:
         otel_rl.shutdown()
-    assert sorted(_media(tmp_path / "tb" / "limits")) == ["small"]
+    shown = _media(tmp_path / "tb" / "limits")
+    assert sorted(shown) == ["env/0", "env/1", "env/2", "env/3", "env/4", "small"]
+    assert all([e[0] for e in shown[f"env/{i}"]] == [1, 2] for i in range(5))
+
+
+def test_the_collector_refuses_a_media_item_over_its_limit_and_keeps_the_rest(tmp_path):
+    import urllib.request
+
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
+
+    from otel_rl.model.media import Media
+    from otel_rl.model.records import Point
+    from otel_rl.sinks.otlp_encode import encode_logs_request
+    from otel_rl_collector import create
+
+    collector = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                        "limits": {"max_media_bytes": 10_000}, "tensorboard": {"log_dir": str(tmp_path / "tb")}}).start()
+    try:
+        small, big = _png(8), _png(200)
+        assert len(small) < 10_000 < len(big)
+        points = [Point("m", "small", 1, Media("image", "png", small, 8, 8, 3), 1.0, "media"),
+                  Point("m", "big", 1, Media("image", "png", big, 200, 200, 3), 1.0, "media")]
+        body = encode_logs_request(points, {"otel_rl.run.id": "m"}, "b1", "s1").SerializeToString()
+        request = urllib.request.Request(f"http://127.0.0.1:{collector.http_port}/v1/logs", data=body,
+                                         headers={"Content-Type": "application/x-protobuf"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            answer = lpb.ExportLogsServiceResponse.FromString(r.read())
+        assert answer.partial_success.rejected_log_records == 1
+        message = answer.partial_success.error_message
+        assert "'big'" in message and "max_media_bytes=10000" in message
+    finally:
+        collector.shutdown()
+    assert sorted(_media(tmp_path / "tb" / "m")) == ["small"]
+
+
+def _png(size: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()

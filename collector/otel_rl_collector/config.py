@@ -126,6 +126,9 @@ class LimitsConfig:
     max_log_records: int = 10_000
     max_table_columns: int = 64
     max_table_cells: int = 100_000
+    #: One image, video or audio item (the encoded bytes; the request is bounded by
+    #: ``max_request_bytes`` too): past it that item is refused in the partial success.
+    max_media_bytes: int = 16 * 2**20
     #: What one request may decode into: resource blocks, and metrics + points + records +
     #: spans in all (a batch of 500 steps x 100 metrics is 50,100); OTLP/JSON bodies (verbose,
     #: and 30x their size once parsed) at most this many bytes after gzip.
@@ -137,7 +140,7 @@ class LimitsConfig:
         for name in ("max_request_bytes", "max_decompressed_bytes", "max_queue_points", "max_connections",
                      "idle_timeout_s", "read_timeout_s", "workers", "max_pending_requests", "header_timeout_s",
                      "max_connections_per_client", "max_pending_handshakes", "max_log_records", "max_table_columns",
-                     "max_table_cells",
+                     "max_table_cells", "max_media_bytes",
                      "max_resource_blocks", "max_request_objects", "max_json_bytes"):
             positive(f"{path}.{name}", getattr(self, name))
         if not 0 < self.overload_fraction <= 1:

@@ -380,7 +380,8 @@ class Collector:
 
         def translate():
             return translate_logs(request, max_records=limits.max_log_records,
-                                  max_columns=limits.max_table_columns, max_cells=limits.max_table_cells)
+                                  max_columns=limits.max_table_columns, max_cells=limits.max_table_cells,
+                                  max_media_bytes=limits.max_media_bytes)
 
         translation = translate()  # outside the admission lock, as for metrics
         with self._lock:

@@ -3,8 +3,8 @@ and friends, ``Logger.log_image``/``log_video``/``log_plot`` and ``otel_rl.log_i
 
 The training thread checks the shape and copies the array (:func:`otel_rl.model.media.snapshot`);
 encoding (PNG, GIF, WAV) happens where the tape is read, off the training thread. An item over
-:data:`MAX_ITEM_BYTES` is refused, counted and warned once per tag: a few 4K videos cannot make
-the trainer's memory grow without bound.
+:data:`MAX_ITEM_BYTES`, or past :data:`MAX_STEP_BYTES` of one step, is refused, counted and
+warned once per tag: a few 4K videos cannot make the trainer's memory grow without bound.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from otel_rl.model.media import nbytes, snapshot
 
 _log = logging.getLogger(__name__)
 
-#: The largest item the tape takes, in bytes of the array (or the encoded file) given.
+#: The largest item the tape takes, in bytes of the array (or the encoded file) given, and the
+#: most bytes of media one step takes (a loop that logs every frame of every env at one step).
 MAX_ITEM_BYTES = 64 << 20
+MAX_STEP_BYTES = 256 << 20
 _warned: set[str] = set()
 
 
@@ -28,14 +30,19 @@ def put_media(recorder, kind: str, tag: str, value: Any, step: int | None, wallt
     if not isinstance(tag, str) or not tag:
         raise ValueError(f"a {kind} needs a non-empty str tag, got {tag!r}")
     item = snapshot(kind, value, **{k: v for k, v in options.items() if v is not None})
-    if nbytes(item) > MAX_ITEM_BYTES:
+    size = nbytes(item)
+    step_of, used = recorder.media_step
+    used = used if step_of == step else 0
+    if size > MAX_ITEM_BYTES or used + size > MAX_STEP_BYTES:
         recorder.refused_media += 1
         if tag not in _warned and len(_warned) < 10_000:
             _warned.add(tag)
-            _log.warning("otel-rl: %s %r is %.1f MiB, over the %d MiB limit of one item: not recorded (warned "
-                         "once per tag; log it smaller, or fewer frames)", kind, tag, nbytes(item) / 2**20,
-                         MAX_ITEM_BYTES >> 20)
+            what = (f"is {size / 2**20:.1f} MiB, over the {MAX_ITEM_BYTES >> 20} MiB limit of one item"
+                    if size > MAX_ITEM_BYTES else f"would pass the {MAX_STEP_BYTES >> 20} MiB of media one step takes")
+            _log.warning("otel-rl: %s %r %s: not recorded (counted in stats()['refused_media']; warned once per "
+                         "tag; log it smaller, or fewer frames)", kind, tag, what)
         return False
+    recorder.media_step = (step, used + size)
     t_ns = time.time_ns() if walltime is None else int(walltime * 1e9)
     recorder.put(("md", tag, item, step, t_ns, None))
     return True

@@ -80,6 +80,7 @@ class Recorder:
         self.ignored_log_records = 0
         #: Images, videos and audio refused for their size (otel_rl.api.media; warned once per tag).
         self.refused_media = 0
+        self.media_step: tuple = (None, 0)  # (step, media bytes recorded at it)
         #: The pid of the process that started this run, when this is a fork of it.
         self.forked_from: int | None = None
         self.observables: list[tuple[str, str, Sequence[Callable]]] = []

@@ -113,7 +113,8 @@ def _bulk_gauges(run: str, rank: int, metrics: list) -> list[Point] | None:
 
 
 def translate_logs(request, max_chars: int = 10_000, max_records: int | None = None,
-                   max_columns: int | None = None, max_cells: int | None = None) -> Translation:
+                   max_columns: int | None = None, max_cells: int | None = None,
+                   max_media_bytes: int | None = None) -> Translation:
     """Translate an OTLP ``ExportLogsServiceRequest``: a record with an ``event_name`` is a text
     (``otel_rl.kind = text``) or one row of the samples table of that name, at its ``step``
     attribute; consecutive rows of one table, step and time are one table (otel-rl's OTLP sink
@@ -163,6 +164,10 @@ def translate_logs(request, max_chars: int = 10_000, max_records: int | None = N
                     flush()
                     table = None
                     raw = record.body.bytes_value if record.body.WhichOneof("value") == "bytes_value" else None
+                    if raw is not None and max_media_bytes is not None and len(raw) > max_media_bytes:
+                        out.reject(1, "media_too_large", f"media {name!r}: {len(raw)} bytes, over "
+                                   f"limits.max_media_bytes={max_media_bytes}")
+                        continue
                     media = media_of(out, name, attrs, raw)
                     if media is not None:
                         points.append(Point(run, name, step, media, t, "media", (), rank))

@@ -111,6 +111,7 @@ limits:
   max_log_records: {{ int $v.collector.maxLogRecords }}
   max_table_columns: {{ int $v.collector.maxTableColumns }}
   max_table_cells: {{ int $v.collector.maxTableCells }}
+  max_media_bytes: {{ int $v.collector.maxMediaBytes }}
   max_resource_blocks: {{ int $v.collector.maxResourceBlocks }}
   max_request_objects: {{ int $v.collector.maxRequestObjects }}
   max_json_bytes: {{ int $v.collector.maxJsonBytes }}
