@@ -410,3 +410,30 @@ def _png(size: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(out, "PNG")
     return out.getvalue()
+
+
+def test_an_image_replayed_to_mlflow_after_a_restart_is_stored_once(tmp_path, mlflow_server):
+    """MLflow names each logged image with a new uuid: a batch replayed from a spool after a
+    crash would store its images twice. The sink finds what the run holds and skips it."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from otel_rl.model.media import encode, snapshot
+    from otel_rl.model.records import Batch, Point
+    from otel_rl.sinks.mlflow import MlflowConfig, MlflowExporter
+
+    image = encode(snapshot("image", np.zeros((8, 8, 3), np.uint8), dataformats="HWC"))
+    batch = Batch([Point("replay", "obs/frame", 3, image, 1_700_000_000.25, "media")])
+    config = MlflowConfig(enabled=True, tracking_uri=mlflow_server.url, experiment="media-replay")
+    first = MlflowExporter(config)
+    first.instance = "spool-1"
+    first.write(batch)
+    restarted = MlflowExporter(config)  # the same spool: the same MLflow run
+    restarted.instance = "spool-1"
+    restarted.write(batch)  # the replay
+    restarted.write(Batch([Point("replay", "obs/frame", 4, image, 1_700_000_001.0, "media")]))  # a new one
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    exp = client.get_experiment_by_name("media-replay")
+    (run,) = client.search_runs([exp.experiment_id])
+    pngs = [f.path for f in client.list_artifacts(run.info.run_id, "images") if f.path.endswith(".png")]
+    assert sorted(p.split("+timestamp+")[0] for p in pngs) == ["images/obs~frame+step+3", "images/obs~frame+step+4"]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from otel_rl.errors import PermanentError, TransientError, redact
+from otel_rl.model.lru import LRU
 from otel_rl.model.naming import NameMapper
 from otel_rl.model.records import Batch, Point, scalar_items
 from otel_rl.settings import env_default, positive
@@ -98,6 +99,7 @@ class MlflowExporter(Sink):
         self._resume: tuple[Batch | None, int] = (None, 0)
         self._cached_chunks: tuple[Batch | None, list] = (None, [])
         self._tables = MlflowTables(self._client)
+        self._images: dict[str, LRU] = {}  # run id -> the latest images it holds, by key, step and time
 
     def replay_target(self) -> str:
         parts = urllib.parse.urlsplit(self.config.tracking_uri)
@@ -243,7 +245,18 @@ class MlflowExporter(Sink):
         key = self._names.key(p.name, p.attributes)
         ms = round(p.time * 1000)
         if p.value.kind == "image":
+            logged = self._images.get(run_id)
+            if logged is None:  # once per run and process: what a replay after a crash finds there
+                logged = self._images[run_id] = LRU(100_000, (
+                    (f.path.split("+timestamp+")[0] + f"+{f.path.split('+timestamp+')[1].split('+')[0]}", None)
+                    for f in self._client.list_artifacts(run_id, "images") if "+timestamp+" in f.path))
+            # MLflow names an image images/<key, / as ~>+step+<step>+timestamp+<ms>+<uuid>: a new uuid
+            # each call, so a replayed image would be stored twice
+            name = f"images/{key.replace('/', '~')}+step+{p.step}+{ms}"
+            if name in logged:
+                return
             self._client.log_image(run_id, pil_image(p.value), key=key, step=p.step, timestamp=ms, synchronous=True)
+            logged.put(name, None)
             return
         with as_file(p.value, f"step-{p.step}-{ms}") as path:
             self._client.log_artifact(run_id, path, f"media/{key}")
