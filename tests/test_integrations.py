@@ -40,7 +40,16 @@ def test_nemo_rl_sft_config_logs_to_the_backends_it_enables(tmp_path, monkeypatc
         logger.log_metrics({"val_loss": 2.0 / step}, step, prefix="validation", step_finished=True)
     logger.log_histogram([-1.0, 0.5, 2.0], 5, "train/advantages")
     logger.log_batched_dict_as_jsonl({"prompt": ["a", "b"], "reward": [1.0, 0.0]}, "val_data_step5.jsonl")
-    logger.log_plot(object(), 5, "timeline")  # not carried: warned, no exception
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with pytest.raises(TypeError, match="a figure must be a matplotlib Figure, got object"):
+        logger.log_plot(object(), 5, "timeline")
+    figure = plt.figure(figsize=(2, 1), dpi=40)
+    plt.plot([0, 1], [1, 0])
+    logger.log_plot(figure, 5, "timeline")  # NeMo-RL's log_plot: an image at the step
     logger.finish()
     # the backends write under NeMo-RL's log_dir, as NeMo-RL's loggers do
     tb_runs = [p for p in (tmp_path / "logs" / "tensorboard").iterdir() if p.is_dir()]
@@ -49,6 +58,11 @@ def test_nemo_rl_sft_config_logs_to_the_backends_it_enables(tmp_path, monkeypatc
     assert tb["scalars"]["train/loss"] == pytest.approx({s: 1.0 / s for s in range(1, 6)})
     assert tb["scalars"]["validation/val_loss"] == pytest.approx({s: 2.0 / s for s in range(1, 6)})
     assert tb["histograms"]["train/advantages"][5][:, 2].sum() == 3
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = EventAccumulator(str(tb_runs[0]), size_guidance={"images": 0})
+    images.Reload()
+    assert [(e.step, e.width, e.height) for e in images.Images("timeline")] == [(5, 80, 40)]
     wb = read_wandb(tmp_path / "logs" / "wandb", run)
     assert wb["scalars"]["train/grad_norm"] == {s: float(s) for s in range(1, 6)}
     assert wb["config"]["sft/max_num_epochs"] == 3

@@ -13,6 +13,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 import yaml
 from backends import _swanlab_experiments, read_mlflow, read_wandb
 from conftest import ROOT
@@ -108,7 +109,9 @@ def test_summary_writer_api_shapes(tmp_path):
         assert writer.log_dir == writer.get_logdir() == str(tmp_path / "run")
         writer.add_scalars("loss", {"train": 1.0, "eval": 2.0}, 3)
         writer.add_hparams({"lr": 0.1}, {"hparam/score": 0.5})
-        writer.add_image("img", object(), 1)  # not carried: warned once, the script goes on
+        with pytest.raises(ValueError, match="needs a non-empty numeric array"):
+            writer.add_image("img", object(), 1)  # tensorboardX raises too
+        writer.add_embedding([[0.0, 1.0]], global_step=1)  # not carried: warned once, the script goes on
         writer.add_scalar("x", 1.0, 5, walltime=1_700_000_000.0)
     tb = read_tensorboard(tmp_path / "run")
     assert tb["scalars"]["loss/train"] == {3: 1.0} and tb["scalars"]["loss/eval"] == {3: 2.0}

@@ -260,8 +260,14 @@ def as_gif(media: Media) -> Media:
 def figure_array(figure: Any, close: bool = True):
     """A matplotlib figure rendered to an H x W x 3 uint8 array (``add_figure``, ``log_plot``)."""
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("figures need matplotlib: pip install matplotlib") from None
+    if not isinstance(figure, Figure):
+        raise TypeError(f"a figure must be a matplotlib Figure, got {type(figure).__name__}")
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     array = np.asarray(canvas.buffer_rgba())[..., :3].copy()

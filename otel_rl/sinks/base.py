@@ -16,6 +16,7 @@ of times, then treated as permanent.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import threading
 import uuid
@@ -55,6 +56,24 @@ def require(module: str, extra: str):
     except ImportError as exc:
         raise MissingExtraError(
             f"{module!r} is not installed; install it with: pip install 'otel-rl[{extra}]'") from exc
+
+
+class LazyModule:
+    """An optional dependency checked now (installed, or :class:`MissingExtraError` naming the
+    extra) and imported on first use: backend SDKs take seconds to import (MLflow about 2 s, W&B
+    about 1 s), so a sink built at start imports its SDK on its own delivery thread, while the
+    run already takes values (they wait in the sink's queue and spool)."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            raise MissingExtraError(f"{module!r} is not installed; install it with: pip install 'otel-rl[{extra}]'")
+        self.__dict__.update(_name=module, _extra=extra, _module=None)
+
+    def __getattr__(self, attr: str):
+        module = self.__dict__["_module"]
+        if module is None:
+            module = self.__dict__["_module"] = require(self.__dict__["_name"], self.__dict__["_extra"])
+        return getattr(module, attr)
 
 
 class WarnOnce:

@@ -31,7 +31,7 @@ from otel_rl.model.lru import LRU
 from otel_rl.model.naming import NameMapper
 from otel_rl.model.records import Batch, Point, scalar_items
 from otel_rl.settings import env_default, positive
-from otel_rl.sinks.base import Sink, require
+from otel_rl.sinks.base import LazyModule, Sink
 from otel_rl.sinks.mlflow_tables import MlflowTables
 
 _log = logging.getLogger(__name__)
@@ -80,26 +80,33 @@ class MlflowExporter(Sink):
     name = "mlflow"
 
     def __init__(self, config: MlflowConfig | None = None) -> None:
-        self._mlflow = require("mlflow", "mlflow")
+        self._mlflow = LazyModule("mlflow", "mlflow")  # imported on the delivery thread (about 2 s)
         super().__init__()
         self.config = config or MlflowConfig()
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tables are read back
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(self.config.timeout_s))))
-        from mlflow.tracking import MlflowClient
-
         uri = self.config.tracking_uri or ""
         if uri.startswith("sqlite:///") and uri[len("sqlite:///"):] not in ("", ":memory:"):
             Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)  # sqlite needs its folder
-        self._client = MlflowClient(tracking_uri=self.config.tracking_uri)
+        self._mlflow_client = None
         self._names = NameMapper("mlflow")
         self._run_ids: dict[str, str] = {}
         self._params: dict[tuple[str, str], str] = {}
         # (batch being retried, chunks of it already sent): a retry resumes, never re-sends.
         self._resume: tuple[Batch | None, int] = (None, 0)
         self._cached_chunks: tuple[Batch | None, list] = (None, [])
-        self._tables = MlflowTables(self._client)
+        self._tables = MlflowTables(lambda: self._client)
         self._images: dict[str, LRU] = {}  # run id -> the latest images it holds, by key, step and time
+
+    @property
+    def _client(self):
+        """The MLflow client, made (and MLflow imported) on first use: on the delivery thread."""
+        if self._mlflow_client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._mlflow_client = MlflowClient(tracking_uri=self.config.tracking_uri)
+        return self._mlflow_client
 
     def replay_target(self) -> str:
         parts = urllib.parse.urlsplit(self.config.tracking_uri)

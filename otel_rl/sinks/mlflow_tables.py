@@ -51,13 +51,17 @@ def _digest(columns: list, row: list) -> str:
 
 
 class MlflowTables:
-    def __init__(self, client: Any, part_bytes: int = PART_BYTES, open_parts: int = 64) -> None:
-        self._client = client
+    def __init__(self, client_of: Any, part_bytes: int = PART_BYTES, open_parts: int = 64) -> None:
+        self._client_of = client_of  # the sink's client, made on first use
         self.part_bytes = part_bytes
         self._parts: LRU = LRU(open_parts)  # (run id, base path) -> its current _Part
         self._tagged: set[tuple[str, str]] = set()  # (run id, part path) listed as a table
         #: Bytes uploaded, for the benchmark and the tests.
         self.uploaded_bytes = 0
+
+    @property
+    def _client(self):
+        return self._client_of()
 
     def append(self, run_id: str, base: str, points: list[Point]) -> None:
         """The rows of ``points`` (tables) appended to the table ``base`` of ``run_id``."""

@@ -33,7 +33,7 @@ from otel_rl.errors import ConfigError, PermanentError
 from otel_rl.model.naming import NameMapper
 from otel_rl.model.records import Batch, scalar_items
 from otel_rl.settings import env_default, readable_file
-from otel_rl.sinks.base import Sink, require
+from otel_rl.sinks.base import LazyModule, Sink
 
 _log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class SwanlabExporter(Sink):
     name = "swanlab"
 
     def __init__(self, config: SwanlabConfig | None = None) -> None:
-        self._swanlab = require("swanlab", "swanlab")
+        self._swanlab = LazyModule("swanlab", "swanlab")  # imported on the delivery thread
         super().__init__()
         self.config = config or SwanlabConfig()
         self._names = NameMapper("swanlab")

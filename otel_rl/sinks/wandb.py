@@ -39,7 +39,7 @@ from otel_rl.errors import ConfigError, PermanentError, TransientError
 from otel_rl.model.naming import NameMapper
 from otel_rl.model.records import Batch, HistogramValue, Point
 from otel_rl.settings import env_default, readable_file
-from otel_rl.sinks.base import Sink, require
+from otel_rl.sinks.base import LazyModule, Sink
 
 _log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class WandbExporter(Sink):
     name = "wandb"
 
     def __init__(self, config: WandbConfig | None = None) -> None:
-        self._wandb = require("wandb", "wandb")
+        self._wandb = LazyModule("wandb", "wandb")  # imported on the delivery thread
         super().__init__()
         self.config = config or WandbConfig()
         self._names = NameMapper("wandb")
