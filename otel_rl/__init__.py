@@ -39,7 +39,7 @@ from otel_rl.sources import gpu
 __all__ = [
     "STEP_ATTRIBUTE", "Config", "ConfigError", "Logger", "MissingExtraError", "Pipeline", "SummaryWriter",
     "get_pipeline", "get_step", "init", "load_config", "log_audio", "log_hyperparams", "log_image", "log_samples",
-    "log_video", "set_step", "shutdown",
+    "log_video", "patch_tensorboard", "set_step", "shutdown",
     "span", "propagation", "gpu",
 ]
 __version__ = "0.1.0"
@@ -113,6 +113,15 @@ def _media(function: str, kind: str, name: str, value, step: int | None, **optio
 
     recorder = _run_for(function).recorder
     put_media(recorder, kind, name, value, recorder.step if step is None else check_step(step), **options)
+
+
+def patch_tensorboard(config: dict | str | None = None) -> None:
+    """Record every ``SummaryWriter`` call (tensorboardX's and ``torch.utils.tensorboard``'s) into
+    otel-rl too, like ``wandb.tensorboard.patch()``; the writers keep writing their own files. The
+    same as running the script under ``otel-rl run``: see :mod:`otel_rl.integrations.tensorboard`."""
+    from otel_rl.integrations.tensorboard import patch_tensorboard as patch
+
+    patch(config)
 
 
 def _run_for(function: str) -> Pipeline:

@@ -112,6 +112,48 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
 
 
+_BACKENDS = ("tensorboard", "wandb", "swanlab", "mlflow", "prometheus", "otlp")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``otel-rl run [--config F] [--backends a,b] -- COMMAND...``: COMMAND with every
+    ``SummaryWriter`` captured (see :mod:`otel_rl.integrations.tensorboard`), like
+    ``opentelemetry-instrument``; its exit status is returned."""
+    import subprocess
+
+    from otel_rl.integrations import autoload
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        print("error: otel-rl run needs a command: otel-rl run -- python train.py", file=sys.stderr)
+        return 2
+    backends = [b.strip() for b in (args.backends or "").split(",") if b.strip()]
+    unknown = [b for b in backends if b not in _BACKENDS]
+    if unknown:
+        print(f"error: --backends: {', '.join(map(repr, unknown))} is not a backend; allowed: "
+              f"{', '.join(_BACKENDS)}", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    if args.config:
+        try:
+            load_config(args.config)  # refused now, with the reason, not in the middle of the run
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        env["OTEL_RL_CONFIG"] = os.path.abspath(args.config)
+    if backends:
+        env["OTEL_RL_BACKENDS"] = ",".join(backends)
+    here = os.path.dirname(os.path.abspath(autoload.__file__))
+    env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
+    try:
+        return subprocess.call(command, env=env)
+    except FileNotFoundError:
+        print(f"error: {command[0]!r}: command not found", file=sys.stderr)
+        return 127
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otel-rl", description="OpenTelemetry for RL/LLM training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--experiment", help="MLflow experiment (default: otel-rl)")
     rep.add_argument("--project", help="W&B / SwanLab project (default: otel-rl)")
     rep.set_defaults(func=_replay)
+    run = sub.add_parser("run", help="run a command with every SummaryWriter (tensorboardX, torch) also "
+                                     "recorded into otel-rl, for the backends of --config / --backends")
+    run.add_argument("--config", help="otel-rl config (YAML) for the runs (default: $OTEL_RL_CONFIG)")
+    run.add_argument("--backends", help="backends to turn on with their defaults, e.g. wandb,mlflow")
+    run.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    run.set_defaults(func=_run)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -147,7 +147,9 @@ def test_mlflow_server_down_at_start_buffers_and_never_blocks_training(tmp_path)
     durations.sort()
     # MLflow's connection attempts (1 s timeout) never reach the training thread
     assert durations[50] < 0.001 and durations[-1] < 0.5, f"log_metrics took up to {durations[-1]:.3f}s"
-    stats = logger.pipeline.stats()["mlflow"]
+    deadline = time.monotonic() + 60  # the helper imports MLflow on the sink's thread first (seconds)
+    while (stats := logger.pipeline.stats()["mlflow"])["failed_attempts"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert stats["failed_attempts"] > 0 and stats["queued_points"] > 0 and stats["exported_points"] == 0
     server.start()
     try:

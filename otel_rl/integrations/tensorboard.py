@@ -1,0 +1,172 @@
+"""Zero-code capture of ``SummaryWriter`` calls: ``otel-rl run -- python train.py`` or
+``otel_rl.patch_tensorboard()``.
+
+``tensorboardX.SummaryWriter`` and ``torch.utils.tensorboard.SummaryWriter`` keep writing their own
+event files exactly as before; every ``add_*`` call is also recorded, at its step, into an otel-rl
+run for the backends the config names (``OTEL_RL_CONFIG``, or ``otel-rl run --backends``). The
+run is named after the writer's log directory (its last component), as with
+:class:`otel_rl.SummaryWriter`. otel-rl's own TensorBoard sink stays off unless the config turns
+it on: the script's files are already there.
+
+- Only the main rank's writers are captured (``RANK`` unset or 0) unless
+  ``OTEL_RL_CAPTURE_ALL_RANKS=1``.
+- A writer class is patched when its module is imported (an import hook), so the script needs no
+  change and child processes started with the same environment (torchrun, Ray workers) are
+  captured too.
+- otel-rl never breaks the script: a call it cannot record is logged once and the writer's own
+  call goes on.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+from typing import Any
+
+_log = logging.getLogger(__name__)
+
+#: Modules whose ``SummaryWriter`` is captured (the class is defined in the first, re-exported
+#: by the second).
+WRITER_MODULES = ("tensorboardX.writer", "torch.utils.tensorboard.writer")
+#: The ``add_*`` methods recorded (otel-rl's :class:`~otel_rl.SummaryWriter` has each).
+METHODS = ("add_scalar", "add_scalars", "add_histogram", "add_text", "add_hparams", "add_image", "add_images",
+           "add_figure", "add_video", "add_audio")
+_PATCHED = "_otel_rl_patched"
+_config: dict | str | None = None
+_warned: set[str] = set()
+
+
+def patch_tensorboard(config: dict | str | None = None) -> None:
+    """Capture every ``SummaryWriter`` (tensorboardX's and torch's) from now on, like
+    ``wandb.tensorboard.patch()``: already-imported writer classes now, the others when imported.
+    ``config``: the otel-rl config of the runs (a dict or YAML path); default ``OTEL_RL_CONFIG``."""
+    global _config
+    _config = config
+    for name in WRITER_MODULES:
+        module = sys.modules.get(name)
+        if module is not None:
+            _patch_module(module)
+    if not any(isinstance(f, _WriterFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _WriterFinder())
+
+
+def _patch_module(module) -> None:
+    cls = getattr(module, "SummaryWriter", None)
+    if cls is None or getattr(cls, _PATCHED, False):
+        return
+    original_init = cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        try:
+            self._otel_rl = _run_for(self)
+        except Exception as exc:  # the script's own writer works regardless
+            self._otel_rl = None
+            _warn("init", "otel-rl: could not start a run for this SummaryWriter (%s); its own files are written "
+                  "as usual, nothing goes to the other backends", exc)
+
+    cls.__init__ = __init__
+    for name in METHODS:
+        if hasattr(cls, name):
+            setattr(cls, name, _recording(name, getattr(cls, name)))
+    for name in ("flush", "close"):
+        if hasattr(cls, name):
+            setattr(cls, name, _closing(name, getattr(cls, name)))
+    setattr(cls, _PATCHED, True)
+
+
+def _recording(name: str, original):
+    """``original`` (the writer's own method) that first records the call into otel-rl."""
+    from otel_rl.api.summary import SummaryWriter as Ours
+
+    theirs, ours = inspect.signature(original), inspect.signature(getattr(Ours, name))
+    accepted = set(ours.parameters) - {"self"}
+
+    def method(self, *args, **kwargs):
+        writer = getattr(self, "_otel_rl", None)
+        if writer is not None:
+            try:
+                bound = theirs.bind(self, *args, **kwargs)
+                arguments = {k: v for k, v in bound.arguments.items() if k in accepted}
+                if name == "add_figure":
+                    arguments["close"] = False  # the writer's own call closes it, after ours
+                getattr(writer, name)(**arguments)
+            except Exception as exc:  # noqa: BLE001 - the script's call goes on whatever otel-rl makes of it
+                _warn(name, "otel-rl: %s could not be recorded (%s); the writer's own file has it (said once)",
+                      name, exc)
+        return original(self, *args, **kwargs)
+
+    method.__wrapped__ = original
+    return method
+
+
+def _closing(name: str, original):
+    def method(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        writer = getattr(self, "_otel_rl", None)
+        if writer is not None:
+            try:
+                getattr(writer, name)()
+            except Exception as exc:  # noqa: BLE001
+                _warn(name, "otel-rl: %s failed (%s)", name, exc)
+        return result
+
+    method.__wrapped__ = original
+    return method
+
+
+def _run_for(writer) -> Any:
+    """The otel-rl writer recording what ``writer`` writes; None on a rank that is not captured."""
+    if os.environ.get("RANK", "0") not in ("", "0") and os.environ.get("OTEL_RL_CAPTURE_ALL_RANKS") != "1":
+        return None
+    from otel_rl.api.summary import SummaryWriter as Ours
+    from otel_rl.settings import read_mapping
+
+    log_dir = getattr(writer, "log_dir", None) or getattr(writer, "logdir", None) or writer.get_logdir()
+    config = _config if _config is not None else os.environ.get("OTEL_RL_CONFIG")
+    cfg = read_mapping(config, "otel-rl run config")
+    cfg["tensorboard"] = {"enabled": False, **(cfg.get("tensorboard") or {})}  # the script writes its own
+    for backend in filter(None, os.environ.get("OTEL_RL_BACKENDS", "").split(",")):
+        cfg[backend.strip()] = {**(cfg.get(backend.strip()) or {}), "enabled": True}
+    return Ours(str(log_dir), config=cfg)
+
+
+def _warn(key: str, message: str, *args) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        _log.warning(message, *args)
+
+
+class _WriterFinder(importlib.abc.MetaPathFinder):
+    """Patches a writer module right after it is imported (its own loader runs first)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in WRITER_MODULES:
+            return None
+        for finder in sys.meta_path:
+            if finder is self:
+                continue
+            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None and spec.loader is not None:
+                spec.loader = _PatchingLoader(spec.loader)
+                return spec
+        return None
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        try:
+            _patch_module(module)
+        except Exception as exc:  # noqa: BLE001 - the import itself must succeed
+            _warn("patch", "otel-rl: could not patch %s.SummaryWriter (%s); nothing is captured", module.__name__, exc)

@@ -1,0 +1,93 @@
+"""``otel-rl run -- python train.py``: an unmodified tensorboardX script keeps writing its own
+TensorBoard files, and every call also reaches the backends of ``OTEL_RL_CONFIG``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from backends import read_mlflow, read_wandb
+
+pytest.importorskip("tensorboardX")
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "tests" / "cleanrl_writer.py")
+RUN = "CartPole-v1__ppo__1__1700000000"
+OTEL_RL = str(Path(sys.executable).with_name("otel-rl"))
+
+
+def _events_without_wall_times(run_dir: Path) -> list[bytes]:
+    """Every event of the run's files, serialized with its wall time zeroed, and without the
+    script's ``charts/SPS`` (steps per second: the clock differs between two runs of a script)."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    out = []
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in LegacyEventFileLoader(str(path)).Load():
+            if any(v.tag == "charts/SPS" for v in event.summary.value):
+                continue
+            event.wall_time = 0
+            out.append(event.SerializeToString())
+    return out
+
+
+def test_an_unmodified_tensorboardx_script_under_otel_rl_run_reaches_wandb_and_mlflow(tmp_path, mlflow_server):
+    config = tmp_path / "otel-rl.yaml"
+    config.write_text(yaml.safe_dump({
+        "wandb": {"enabled": True, "mode": "offline", "dir": str(tmp_path / "wb"), "project": "capture"},
+        "mlflow": {"enabled": True, "tracking_uri": mlflow_server.url, "experiment": "capture"}}))
+    plain = subprocess.run([sys.executable, SCRIPT, "tensorboardX", str(tmp_path / "plain")], capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    done = subprocess.run([OTEL_RL, "run", "--config", str(config), "--", sys.executable, SCRIPT, "tensorboardX",
+                           str(tmp_path / "captured")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ledger = json.loads(done.stdout.strip().splitlines()[-1])  # (tag, step, value, walltime) per add_scalar
+    per_step: dict[str, dict[int, list]] = {}
+    for tag, step, value, _ in ledger:
+        per_step.setdefault(tag, {}).setdefault(step, []).append(value)  # several returns at one step
+
+    # the script's own TensorBoard files: what they are without otel-rl run, apart from wall times
+    assert _events_without_wall_times(tmp_path / "captured" / RUN) == _events_without_wall_times(tmp_path / "plain" / RUN)
+
+    # every add_scalar at its step, each value (W&B rows; MLflow's metric history)
+    from mlflow.tracking import MlflowClient
+
+    rows = read_wandb(tmp_path / "wb", RUN)["rows"]
+    found = read_mlflow(mlflow_server.url, "capture", RUN)
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    for tag, steps in per_step.items():
+        want = {s: sorted(v) for s, v in steps.items()}
+        wandb: dict[int, list] = {}
+        for row in rows:
+            if tag in row:
+                wandb.setdefault(row["otel_rl/step"], []).append(row[tag])
+        assert {s: sorted(v) for s, v in wandb.items()} == want, tag
+        mlflow: dict[int, list] = {}
+        for m in client.get_metric_history(found["run_id"], tag):
+            mlflow.setdefault(m.step, []).append(m.value)
+        got = {s: sorted(v) for s, v in mlflow.items()}
+        assert sorted(got) == sorted(want) and all(got[s] == pytest.approx(want[s]) for s in want), tag
+    # the histogram and the text, at their steps
+    histogram_steps = sorted({step for tag, step, *_ in ledger if tag == "losses/value_loss"})
+    assert [r["otel_rl/step"] for r in rows if "train/advantages._type" in r] == histogram_steps
+    assert found["scalars"]["train/advantages/count"] == {s: 64.0 for s in histogram_steps}
+    assert [r["otel_rl/step"] for r in rows if "hyperparameters._type" in r] == [0]
+    text = client.download_artifacts(found["run_id"], "text/hyperparameters", str(tmp_path / "dl"))
+    assert "|learning_rate|0.00025|" in Path(text, "step-0.md").read_text()
+
+
+def test_otel_rl_run_says_what_is_wrong_with_its_command_line(tmp_path):
+    no_command = subprocess.run([OTEL_RL, "run"], capture_output=True, text=True, timeout=60)
+    assert no_command.returncode == 2 and "needs a command" in no_command.stderr
+    bad = subprocess.run([OTEL_RL, "run", "--backends", "wandb,tensorbord", "--", "true"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "'tensorbord' is not a backend; allowed: tensorboard" in bad.stderr
+    missing = subprocess.run([OTEL_RL, "run", "--", "no-such-command-here"], capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode == 127 and "command not found" in missing.stderr
+    code = subprocess.run([OTEL_RL, "run", "--", sys.executable, "-c", "raise SystemExit(7)"], timeout=60)
+    assert code.returncode == 7  # the command's own exit status
