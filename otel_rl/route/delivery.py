@@ -48,8 +48,7 @@ class SinkStats:
     quarantined_points: int = 0
     failed_attempts: int = 0
     worker_errors: int = 0
-    #: Points its spool could not store (a full disk), held in memory until it can.
-    unstored_points: int = 0
+    unstored_points: int = 0  # points its spool could not store (a full disk), held in memory until it can
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -88,10 +87,8 @@ class SinkWorker:
         #: An unexpected worker error (a corrupt spool, a full disk at checkpoint time, a bug),
         #: None when healthy; cleared by the next delivery. The collector answers 503 meanwhile.
         self.broken: str | None = None
-        #: Why the backend refuses writes right now (being retried), None when it does not.
-        self.failing: str | None = None
-        #: Why the first batch refused for good was refused (None: nothing was).
-        self.refusal: str | None = None
+        self.failing: str | None = None  # why the backend refuses writes now (retried); None: it does not
+        self.refusal: str | None = None  # why the first batch refused for good was (None: none was)
         self._warned_disk = False
         self._thread = threading.Thread(target=self._run, name=f"otel-rl-sink-{sink.name}", daemon=True)
         if spool is not None:
@@ -100,9 +97,10 @@ class SinkWorker:
             if self.stats.queued_points:
                 _log.info("%s: replaying %d spooled points from %s", sink.name, self.stats.queued_points, spool.dir)
 
-    def start(self, open_runs: tuple[str, ...] = ()) -> SinkWorker:
-        """Start the worker thread; it first opens ``open_runs`` in the backend (``Sink.open``)."""
+    def start(self, open_runs: tuple[str, ...] = (), gate: threading.Event | None = None) -> SinkWorker:
+        """Start the worker thread: past ``gate`` (SDKs imported), it opens ``open_runs`` first."""
         self._open_runs = tuple(open_runs)
+        self._gate = gate
         self._thread.start()
         return self
 
@@ -237,6 +235,8 @@ class SinkWorker:
 
     # -- the worker thread -----------------------------------------------------------------
     def _run(self) -> None:
+        if getattr(self, "_gate", None) is not None:
+            self._gate.wait()
         for run in getattr(self, "_open_runs", ()):
             self.sink.open_run(run)
         try:
@@ -379,11 +379,22 @@ class SinkSet:
         self.workers = [SinkWorker(s, max_queue_points, policy, spool=spools.get(s.name), hold_unstored=hold_unstored)
                         for s in sinks]
 
-    def start(self, open_runs: tuple[str, ...] = ()) -> SinkSet:
-        """Start every worker; each first opens ``open_runs`` in its backend."""
+    def start(self, open_runs: tuple[str, ...] = (), gate: threading.Event | None = None) -> SinkSet:
+        """Start every worker; each opens ``open_runs`` in its backend once ``gate`` is set (the
+        caller then runs :meth:`preload`); without a gate the SDKs are imported here, first."""
+        if gate is None:
+            self.preload()
         for worker in self.workers:
-            worker.start(open_runs)
+            worker.start(open_runs, gate)
         return self
+
+    def preload(self) -> None:
+        """Import every sink's SDK, in this thread, one after the other (a failure: said here)."""
+        for worker in self.workers:
+            try:
+                worker.sink.preload()
+            except Exception as exc:  # noqa: BLE001 - the other sinks go on
+                _log.error("%s: loading its SDK failed: %s", worker.sink.name, exc)
 
     def submit(self, batch: Batch) -> bool:
         """Queue on every sink whose spool does not already hold this emission; False when any

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,11 +137,23 @@ class Engine:
         # memory; the helper (numbered) instead leaves the frame unacknowledged and restarts
         self.sinkset = SinkSet(sinks, pcfg.max_queue_points, config.sources["retry"], spools=spools,
                                hold_unstored=not numbered)
-        self.sinkset.start(open_runs=(run_name,))
+        # the helper (numbered) says it is ready first and imports the SDKs after (seconds), in
+        # its main thread, while the sinks' threads wait: values logged meanwhile wait unacknowledged
+        self._sdks = threading.Event() if numbered else None
+        self.sinkset.start(open_runs=(run_name,), gate=self._sdks)
         #: What instruments said of their metrics (unit, description, scope), sent to the sinks
         #: with the batch it came in, and again once after a restart (a sink remembers it).
         self._info: dict[str, tuple] = {}
         self._info_again = False
+
+    def load_sdks(self) -> None:
+        """Import the sinks' SDKs (one after the other, in this thread), then let their delivery
+        threads start."""
+        if self._sdks is not None and not self._sdks.is_set():
+            try:
+                self.sinkset.preload()
+            finally:
+                self._sdks.set()
 
     # -- state across a helper restart -----------------------------------------------------
     def restore(self, session: str) -> None:

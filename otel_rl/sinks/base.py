@@ -69,11 +69,15 @@ class LazyModule:
             raise MissingExtraError(f"{module!r} is not installed; install it with: pip install 'otel-rl[{extra}]'")
         self.__dict__.update(_name=module, _extra=extra, _module=None)
 
-    def __getattr__(self, attr: str):
+    def load(self):
+        """The module, imported now if it is not yet."""
         module = self.__dict__["_module"]
         if module is None:
             module = self.__dict__["_module"] = require(self.__dict__["_name"], self.__dict__["_extra"])
-        return getattr(module, attr)
+        return module
+
+    def __getattr__(self, attr: str):
+        return getattr(self.load(), attr)
 
 
 class WarnOnce:
@@ -130,6 +134,15 @@ class Sink(ABC):
         """This sink as an ``otel-rl replay --to`` target (no secrets in it), or None when replay
         cannot write to it."""
         return None
+
+    def preload(self) -> None:
+        """Import the backend SDK this sink uses (its :class:`LazyModule` attributes). Called
+        for every sink in one thread before their delivery threads start: SDK imports running
+        in several threads at once deadlocked (W&B's own lazy numpy import against another
+        thread importing numpy)."""
+        for value in list(vars(self).values()):
+            if isinstance(value, LazyModule):
+                value.load()
 
     def open(self, run: str) -> None:  # noqa: B027 - optional: most backends open at the first write
         """Start the backend's run ``run`` now, at the training's start (so its start time and
