@@ -152,7 +152,7 @@ class Pipeline:
         self.activate()  # the newest run is the current one (otel_rl.set_step, spans, global meters)
         _live.add(self)
         _install_exit_hooks()
-        _log.info("otel-rl: run %r -> %s", self.run_name, "; ".join(self.describe()) or "no sinks")
+        _log.info("otel-rl: run %r -> %s", self.run_name, "; ".join(self._route.describe(wait=False)) or "no sinks")
 
     # -- the path ----------------------------------------------------------------------------
     def _drain(self, observe: bool = False, release: bool = False) -> None:

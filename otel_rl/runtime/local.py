@@ -32,7 +32,7 @@ class LocalRoute:
     def tick(self, step: int | None, now: float) -> None:
         self.engine.process([], step, False, now)
 
-    def describe(self) -> list[str]:
+    def describe(self, wait: bool = True) -> list[str]:
         return self.engine.describe()
 
     def flush(self, deadline: Deadline) -> bool:

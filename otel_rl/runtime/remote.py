@@ -103,8 +103,8 @@ class RemoteRoute:
         none of it); False at the deadline."""
         return self.link.wait_acked(deadline)
 
-    def describe(self) -> list[str]:
-        latest = (None if self._closed else self.link.call(STATS, None, 10.0)) or self.link.final_stats
+    def describe(self, wait: bool = True) -> list[str]:
+        latest = (None if self._closed or not wait else self.link.call(STATS, None, 10.0)) or self.link.final_stats
         if latest and latest.get("describe"):  # backends that name their run folder once it exists
             return list(latest["describe"])
         return [s.describe() for s in self._sinks]

@@ -40,8 +40,9 @@ class Route(Protocol):
     def tick(self, step: int | None, now: float) -> None:
         """Nothing new was recorded: do what waits on time (release held steps, write on)."""
 
-    def describe(self) -> list[str]:
-        """Where the data goes, one line per sink."""
+    def describe(self, wait: bool = True) -> list[str]:
+        """Where the data goes, one line per sink; ``wait=False``: what is known now, without
+        asking the helper (busy importing backend SDKs right after start)."""
 
     def flush(self, deadline: Deadline) -> bool:
         """Wait until every record handed over is written by every sink."""
