@@ -4,9 +4,9 @@ value logged right after it arrived:
 
     python bench/startup.py --runs 5
 
-The helper process loads the backend SDKs on each sink's own delivery thread (MLflow's import
-alone takes about 2 s), so ``Logger()`` returns once the helper can take values; what is logged
-meanwhile waits in the sink's queue and spool.
+The helper process says it is ready first and imports the backend SDKs after (MLflow's import
+alone takes about 2 s), one after the other, while the sinks' threads wait; ``Logger()`` returns
+at once and what is logged meanwhile waits, unacknowledged, in the training process and the pipe.
 """
 
 from __future__ import annotations

@@ -379,13 +379,13 @@ class SinkSet:
         self.workers = [SinkWorker(s, max_queue_points, policy, spool=spools.get(s.name), hold_unstored=hold_unstored)
                         for s in sinks]
 
-    def start(self, open_runs: tuple[str, ...] = (), gate: threading.Event | None = None) -> SinkSet:
-        """Start every worker; each opens ``open_runs`` in its backend once ``gate`` is set (the
-        caller then runs :meth:`preload`); without a gate the SDKs are imported here, first."""
-        if gate is None:
+    def start(self, open_runs: tuple[str, ...] = (), gates: dict | None = None) -> SinkSet:
+        """Start every worker; each opens ``open_runs`` in its backend once its gate (by sink name)
+        is set, by whoever imports its SDK; without gates the SDKs are imported here, first."""
+        if gates is None:
             self.preload()
         for worker in self.workers:
-            worker.start(open_runs, gate)
+            worker.start(open_runs, (gates or {}).get(worker.sink.name))
         return self
 
     def preload(self) -> None:

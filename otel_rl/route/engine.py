@@ -137,23 +137,33 @@ class Engine:
         # memory; the helper (numbered) instead leaves the frame unacknowledged and restarts
         self.sinkset = SinkSet(sinks, pcfg.max_queue_points, config.sources["retry"], spools=spools,
                                hold_unstored=not numbered)
-        # the helper (numbered) says it is ready first and imports the SDKs after (seconds), in
-        # its main thread, while the sinks' threads wait: values logged meanwhile wait unacknowledged
-        self._sdks = threading.Event() if numbered else None
-        self.sinkset.start(open_runs=(run_name,), gate=self._sdks)
+        # the helper (numbered) says it is ready first and imports the SDKs after (seconds; one
+        # loader thread, one SDK after another), each sink's thread waiting for its own
+        self._sdks = {sink.name: threading.Event() for sink in sinks} if numbered else None
+        self.sinkset.start(open_runs=(run_name,), gates=self._sdks)
         #: What instruments said of their metrics (unit, description, scope), sent to the sinks
         #: with the batch it came in, and again once after a restart (a sink remembers it).
         self._info: dict[str, tuple] = {}
         self._info_again = False
 
     def load_sdks(self) -> None:
-        """Import the sinks' SDKs (one after the other, in this thread), then let their delivery
-        threads start."""
-        if self._sdks is not None and not self._sdks.is_set():
-            try:
-                self.sinkset.preload()
-            finally:
-                self._sdks.set()
+        """Import the sinks' SDKs on a loader thread, one after the other, each sink's delivery
+        thread starting once its own is in. numpy is imported here first: W&B's lazy import of
+        it deadlocked against this thread importing it (unpickling a frame with an array)."""
+        if self._sdks is None:
+            return
+        import numpy  # noqa: F401
+
+        def load() -> None:
+            for worker in self.sinkset.workers:
+                try:
+                    worker.sink.preload()
+                except Exception as exc:  # noqa: BLE001 - that sink fails its deliveries; the others go on
+                    _log.error("%s: loading its SDK failed: %s", worker.sink.name, exc)
+                finally:
+                    self._sdks[worker.sink.name].set()
+
+        threading.Thread(target=load, name="otel-rl-sdk-loader", daemon=True).start()
 
     # -- state across a helper restart -----------------------------------------------------
     def restore(self, session: str) -> None:

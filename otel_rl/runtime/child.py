@@ -165,7 +165,7 @@ def main(argv: list[str]) -> int:
     sinks = [{"name": sink.name, "port": sink.port, "describe": line}
              for sink, line in zip(engine.sinks, engine.describe())]
     out.send(READY, 0, {"emission": engine.emission, "sinks": sinks, "pid": os.getpid()})
-    engine.load_sdks()  # the training process goes on meanwhile; its frames wait in the pipe
+    engine.load_sdks()  # on a thread of its own: frames are taken meanwhile, each sink starts when its SDK is in
 
     session = hello["session"]
     cpu_start = time.process_time()

@@ -61,8 +61,8 @@ def require(module: str, extra: str):
 class LazyModule:
     """An optional dependency checked now (installed, or :class:`MissingExtraError` naming the
     extra) and imported on first use: backend SDKs take seconds to import (MLflow about 2 s, W&B
-    about 1 s), so a sink built at start imports its SDK on its own delivery thread, while the
-    run already takes values (they wait in the sink's queue and spool)."""
+    about 1 s), so the helper can say it is ready first and import them after (:meth:`Sink.preload`,
+    one after the other), while the run already takes values."""
 
     def __init__(self, module: str, extra: str) -> None:
         if importlib.util.find_spec(module.split(".")[0]) is None:

@@ -80,7 +80,7 @@ class MlflowExporter(Sink):
     name = "mlflow"
 
     def __init__(self, config: MlflowConfig | None = None) -> None:
-        self._mlflow = LazyModule("mlflow", "mlflow")  # imported on the delivery thread (about 2 s)
+        self._mlflow = LazyModule("mlflow", "mlflow")  # imported by preload(), after start (about 2 s)
         super().__init__()
         self.config = config or MlflowConfig()
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -101,7 +101,7 @@ class MlflowExporter(Sink):
 
     @property
     def _client(self):
-        """The MLflow client, made (and MLflow imported) on first use: on the delivery thread."""
+        """The MLflow client, made on first use (on the delivery thread)."""
         if self._mlflow_client is None:
             from mlflow.tracking import MlflowClient
 

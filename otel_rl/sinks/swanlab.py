@@ -70,7 +70,7 @@ class SwanlabExporter(Sink):
     name = "swanlab"
 
     def __init__(self, config: SwanlabConfig | None = None) -> None:
-        self._swanlab = LazyModule("swanlab", "swanlab")  # imported on the delivery thread
+        self._swanlab = LazyModule("swanlab", "swanlab")  # imported by preload(), after start
         super().__init__()
         self.config = config or SwanlabConfig()
         self._names = NameMapper("swanlab")

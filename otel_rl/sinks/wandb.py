@@ -150,7 +150,7 @@ class WandbExporter(Sink):
     name = "wandb"
 
     def __init__(self, config: WandbConfig | None = None) -> None:
-        self._wandb = LazyModule("wandb", "wandb")  # imported on the delivery thread
+        self._wandb = LazyModule("wandb", "wandb")  # imported by preload(), after start
         super().__init__()
         self.config = config or WandbConfig()
         self._names = NameMapper("wandb")
