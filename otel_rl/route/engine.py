@@ -155,7 +155,8 @@ class Engine:
         import numpy  # noqa: F401
 
         def load() -> None:
-            for worker in self.sinkset.workers:
+            # sinks with nothing to import (TensorBoard, Prometheus, OTLP) start at once
+            for worker in sorted(self.sinkset.workers, key=lambda w: w.sink.needs_preload()):
                 try:
                     worker.sink.preload()
                 except Exception as exc:  # noqa: BLE001 - that sink fails its deliveries; the others go on

@@ -135,6 +135,10 @@ class Sink(ABC):
         cannot write to it."""
         return None
 
+    def needs_preload(self) -> bool:
+        """Whether :meth:`preload` has an SDK to import."""
+        return any(isinstance(v, LazyModule) and v.__dict__["_module"] is None for v in vars(self).values())
+
     def preload(self) -> None:
         """Import the backend SDK this sink uses (its :class:`LazyModule` attributes). Called
         for every sink in one thread before their delivery threads start: SDK imports running
