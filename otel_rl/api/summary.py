@@ -36,6 +36,7 @@ from otel_rl.api.globals import install as install_globals
 from otel_rl.api.media import put_media
 from otel_rl.api.run import Pipeline
 from otel_rl.config import Config
+from otel_rl.model.media import as_numpy
 from otel_rl.model.steps import check_step
 from otel_rl.settings import read_mapping
 
@@ -48,13 +49,7 @@ def _number(value: Any) -> float:
 
 
 def _array(values: Any):
-    import numpy as np
-
-    for convert in ("detach", "cpu", "numpy"):  # a torch tensor
-        fn = getattr(values, convert, None)
-        if callable(fn):
-            values = fn()
-    return np.asarray(values, dtype=np.float64).ravel()
+    return as_numpy(values).astype("float64", copy=False).ravel()
 
 
 def _config(log_dir: str, config: Config | dict | str | None) -> dict:

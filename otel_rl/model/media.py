@@ -66,7 +66,8 @@ def require_pillow():
 
 
 # -- the training thread: one copy, no encoding -------------------------------------------------
-def _numpy(value: Any):
+def as_numpy(value: Any):
+    """A numpy array of ``value``: a torch tensor (detached, on the CPU), an array, a list."""
     import numpy as np
 
     for convert in ("detach", "cpu", "numpy"):  # a torch tensor
@@ -74,6 +75,14 @@ def _numpy(value: Any):
         if callable(fn):
             value = fn()
     return np.asarray(value)
+
+
+def check_dataformats(dataformats: str, shape: tuple) -> str:
+    """``dataformats`` in capitals, when it names each axis of an image array of ``shape`` once."""
+    fmt = str(dataformats).upper()
+    if len(fmt) != len(shape) or len(set(fmt)) != len(fmt) or not set(fmt) <= set("NCHW"):
+        raise ValueError(f"dataformats {fmt!r} does not describe an image array of shape {shape}")
+    return fmt
 
 
 def snapshot(kind: str, value: Any, **options: Any) -> tuple:
@@ -93,13 +102,11 @@ def snapshot(kind: str, value: Any, **options: Any) -> tuple:
         if fmt not in FORMATS[kind]:
             raise ValueError(f"encoded {kind} bytes need format= one of {', '.join(FORMATS[kind])}")
         return (kind, fmt, None, bytes(value), options)
-    array = _numpy(value)
+    array = as_numpy(value)
     if array.dtype.kind not in "biuf" or array.size == 0:
         raise ValueError(f"a {kind} needs a non-empty numeric array, got dtype {array.dtype} shape {array.shape}")
     if kind == "image":
-        fmt = str(options.get("dataformats", "CHW")).upper()
-        if len(fmt) != array.ndim or len(set(fmt)) != len(fmt) or not set(fmt) <= set("NCHW"):
-            raise ValueError(f"dataformats {fmt!r} does not describe an image array of shape {array.shape}")
+        check_dataformats(options.get("dataformats", "CHW"), array.shape)
     elif kind == "video" and array.ndim not in (4, 5):
         raise ValueError(f"a video is (N, T, C, H, W) or (T, C, H, W), got shape {array.shape}")
     elif kind == "audio" and sum(d > 1 for d in array.shape) > 2:
@@ -146,9 +153,7 @@ def to_hwc(array, dataformats: str):
     """An image array in ``dataformats`` as height x width x 3 or 4 (a batch as a grid)."""
     import numpy as np
 
-    fmt = str(dataformats).upper()
-    if len(set(fmt)) != len(fmt) or not set(fmt) <= set("NCHW") or len(fmt) != array.ndim:
-        raise ValueError(f"dataformats {dataformats!r} does not describe an array of shape {array.shape}")
+    fmt = check_dataformats(dataformats, array.shape)
     if "C" not in fmt:
         array, fmt = array[..., None], fmt + "C"
     if "N" not in fmt:
