@@ -14,14 +14,14 @@ import time
 from typing import Any
 
 from otel_rl.model.media import nbytes, snapshot
+from otel_rl.sinks.base import WarnOnce
 
-_log = logging.getLogger(__name__)
+_warn = WarnOnce(logging.getLogger(__name__))  # once per tag
 
 #: The largest item the tape takes, in bytes of the array (or the encoded file) given, and the
 #: most bytes of media one step takes (a loop that logs every frame of every env at one step).
 MAX_ITEM_BYTES = 64 << 20
 MAX_STEP_BYTES = 256 << 20
-_warned: set[str] = set()
 
 
 def put_media(recorder, kind: str, tag: str, value: Any, step: int | None, walltime: float | None = None,
@@ -35,12 +35,10 @@ def put_media(recorder, kind: str, tag: str, value: Any, step: int | None, wallt
     used = used if step_of == step else 0
     if size > MAX_ITEM_BYTES or used + size > MAX_STEP_BYTES:
         recorder.refused_media += 1
-        if tag not in _warned and len(_warned) < 10_000:
-            _warned.add(tag)
-            what = (f"is {size / 2**20:.1f} MiB, over the {MAX_ITEM_BYTES >> 20} MiB limit of one item"
-                    if size > MAX_ITEM_BYTES else f"would pass the {MAX_STEP_BYTES >> 20} MiB of media one step takes")
-            _log.warning("otel-rl: %s %r %s: not recorded (counted in stats()['refused_media']; warned once per "
-                         "tag; log it smaller, or fewer frames)", kind, tag, what)
+        what = (f"is {size / 2**20:.1f} MiB, over the {MAX_ITEM_BYTES >> 20} MiB limit of one item"
+                if size > MAX_ITEM_BYTES else f"would pass the {MAX_STEP_BYTES >> 20} MiB of media one step takes")
+        _warn(tag, "otel-rl: %s %r %s: not recorded (counted in stats()['refused_media']; warned once per tag; "
+              "log it smaller, or fewer frames)", kind, tag, what)
         return False
     recorder.media_step = (step, used + size)
     t_ns = time.time_ns() if walltime is None else int(walltime * 1e9)

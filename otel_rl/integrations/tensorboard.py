@@ -27,6 +27,8 @@ import os
 import sys
 from typing import Any
 
+from otel_rl.sinks.base import WarnOnce
+
 _log = logging.getLogger(__name__)
 
 #: Modules whose ``SummaryWriter`` is captured (the class is defined in the first, re-exported
@@ -37,7 +39,7 @@ METHODS = ("add_scalar", "add_scalars", "add_histogram", "add_text", "add_hparam
            "add_figure", "add_video", "add_audio")
 _PATCHED = "_otel_rl_patched"
 _config: dict | str | None = None
-_warned: set[str] = set()
+_warn = WarnOnce(_log)  # once per kind of failure
 
 
 def patch_tensorboard(config: dict | str | None = None) -> None:
@@ -133,12 +135,6 @@ def _run_for(writer) -> Any:
     for backend in filter(None, os.environ.get("OTEL_RL_BACKENDS", "").split(",")):
         cfg[backend.strip()] = {**(cfg.get(backend.strip()) or {}), "enabled": True}
     return Ours(str(log_dir), config=cfg)
-
-
-def _warn(key: str, message: str, *args) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        _log.warning(message, *args)
 
 
 class _WriterFinder(importlib.abc.MetaPathFinder):

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from otel_rl.sinks.base import WarnOnce
+
 _log = logging.getLogger("otel_rl.sinks.tensorboard")
 
 
@@ -190,7 +192,8 @@ class _SharedFiles:
 SHARED_FILES = _SharedFiles()
 
 
-_warned_media: set[str] = set()
+_warn_media = WarnOnce(_log, limit=1000)  # once per tag
+_CANNOT_SHOW = "tensorboard: %r is %s; it is kept in the other backends (warned once per tag)"
 
 
 def media_field(tag: str, media) -> bytes:
@@ -206,7 +209,8 @@ def media_field(tag: str, media) -> bytes:
         try:
             media = as_gif(media)
         except Exception as exc:  # a video TensorBoard cannot show is said, never fatal
-            _warn_media(tag, f"{media.format.upper()} video TensorBoard cannot show as it is ({exc})")
+            what = f"{media.format.upper()} video TensorBoard cannot show as it is ({exc})"
+            _warn_media(tag, _CANNOT_SHOW, tag, what)
             return b""
     if media.format in ("png", "gif", "jpeg") and media.kind in ("image", "video"):
         value = summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
@@ -219,12 +223,7 @@ def media_field(tag: str, media) -> bytes:
             sample_rate=float(media.sample_rate), num_channels=channels, length_frames=frames,
             encoded_audio_string=media.data, content_type="audio/wav"))
     else:
-        _warn_media(tag, f"{media.kind} in {media.format.upper()}, which TensorBoard cannot show")
+        _warn_media(tag, _CANNOT_SHOW, tag, f"{media.kind} in {media.format.upper()}, which TensorBoard cannot show")
         return b""
     return summary_field(value)
 
-
-def _warn_media(tag: str, what: str) -> None:
-    if tag not in _warned_media and len(_warned_media) < 1000:
-        _warned_media.add(tag)
-        _log.warning("tensorboard: %r is %s; it is kept in the other backends (warned once per tag)", tag, what)
