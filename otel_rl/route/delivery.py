@@ -125,8 +125,7 @@ class SinkWorker:
                        "comes back (delivered batches free theirs)", self.sink.name, exc)
 
     def submit(self, batch: Batch) -> bool:
-        """Queue a batch (durably, with a spool); False (and counted as dropped) when the queue
-        is full or stopped."""
+        """Queue a batch (durably, with a spool); False (counted as dropped) when full or stopped."""
         n = len(batch)
         with self._cv:
             if self._unstored and not self._store_unstored_locked():
@@ -380,25 +379,26 @@ class SinkSet:
                         for s in sinks]
 
     def start(self, open_runs: tuple[str, ...] = (), gates: dict | None = None) -> SinkSet:
-        """Start every worker; each opens ``open_runs`` in its backend once its gate (by sink name)
-        is set, by whoever imports its SDK; without gates the SDKs are imported here, first."""
+        """Start every worker; each opens ``open_runs`` once its gate (by sink name) is set by
+        :meth:`preload`, which runs here first without gates."""
         if gates is None:
             self.preload()
         for worker in self.workers:
             worker.start(open_runs, (gates or {}).get(worker.sink.name))
         return self
 
-    def preload(self) -> None:
-        """Import every sink's SDK, in this thread, one after the other (a failure: said here)."""
-        for worker in self.workers:
+    def preload(self, gates: dict | None = None) -> None:
+        """Import the sinks' SDKs here, one after another (none first), then open each one's gate."""
+        for worker in sorted(self.workers, key=lambda w: w.sink.needs_preload()):
             try:
                 worker.sink.preload()
-            except Exception as exc:  # noqa: BLE001 - the other sinks go on
+            except Exception as exc:  # noqa: BLE001 - that sink fails its deliveries; the others go on
                 _log.error("%s: loading its SDK failed: %s", worker.sink.name, exc)
+            if gates:
+                gates[worker.sink.name].set()
 
     def submit(self, batch: Batch) -> bool:
-        """Queue on every sink whose spool does not already hold this emission; False when any
-        refused."""
+        """Queue on every sink whose spool does not hold this emission yet; False when any refused."""
         return not self.submit_each(batch)
 
     def submit_each(self, batch: Batch, workers=None, full_disk_refuses: bool = False) -> list[SinkWorker]:

@@ -154,17 +154,8 @@ class Engine:
             return
         import numpy  # noqa: F401
 
-        def load() -> None:
-            # sinks with nothing to import (TensorBoard, Prometheus, OTLP) start at once
-            for worker in sorted(self.sinkset.workers, key=lambda w: w.sink.needs_preload()):
-                try:
-                    worker.sink.preload()
-                except Exception as exc:  # noqa: BLE001 - that sink fails its deliveries; the others go on
-                    _log.error("%s: loading its SDK failed: %s", worker.sink.name, exc)
-                finally:
-                    self._sdks[worker.sink.name].set()
-
-        threading.Thread(target=load, name="otel-rl-sdk-loader", daemon=True).start()
+        threading.Thread(target=self.sinkset.preload, args=(self._sdks,), name="otel-rl-sdk-loader",
+                         daemon=True).start()
 
     # -- state across a helper restart -----------------------------------------------------
     def restore(self, session: str) -> None:

@@ -54,8 +54,11 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingExtraError(
-            f"{module!r} is not installed; install it with: pip install 'otel-rl[{extra}]'") from exc
+        raise _missing(module, extra) from exc
+
+
+def _missing(module: str, extra: str) -> MissingExtraError:
+    return MissingExtraError(f"{module!r} is not installed; install it with: pip install 'otel-rl[{extra}]'")
 
 
 class LazyModule:
@@ -66,8 +69,12 @@ class LazyModule:
 
     def __init__(self, module: str, extra: str) -> None:
         if importlib.util.find_spec(module.split(".")[0]) is None:
-            raise MissingExtraError(f"{module!r} is not installed; install it with: pip install 'otel-rl[{extra}]'")
+            raise _missing(module, extra)
         self.__dict__.update(_name=module, _extra=extra, _module=None)
+
+    @property
+    def loaded(self) -> bool:
+        return self.__dict__["_module"] is not None
 
     def load(self):
         """The module, imported now if it is not yet."""
@@ -137,7 +144,7 @@ class Sink(ABC):
 
     def needs_preload(self) -> bool:
         """Whether :meth:`preload` has an SDK to import."""
-        return any(isinstance(v, LazyModule) and v.__dict__["_module"] is None for v in vars(self).values())
+        return any(isinstance(v, LazyModule) and not v.loaded for v in vars(self).values())
 
     def preload(self) -> None:
         """Import the backend SDK this sink uses (its :class:`LazyModule` attributes). Called
