@@ -17,6 +17,34 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="otel-rl-tests-state-"))
 
 
+def sigkill_at_random(argv: list[str], rng, first: int, window: tuple[float, float] = (0.0, 1.5),
+                      after_first_ack: bool = False) -> set[int]:
+    """Start a trainer (``argv``: it prints ``ready``, then each step up to which it saw every
+    value delivered), SIGKILL it at a random point of ``window`` seconds, and return the steps
+    from ``first`` it saw delivered. ``after_first_ack``: the window starts at the first
+    delivery, not at ``ready`` (a backend whose SDK the helper imports first, for seconds, would
+    otherwise be killed before it ever delivered)."""
+    import signal
+    import threading
+    import time
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    lines: list[str] = []
+    if after_first_ack:
+        lines.append(proc.stdout.readline())
+    kill_at = time.monotonic() + rng.uniform(*window)
+    reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
+    reader.start()
+    while time.monotonic() < kill_at and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    reader.join(5)
+    acked = [int(line) for line in lines if line.strip().isdigit()]
+    return set(range(first, max(acked) + 1)) if acked else set()
+
+
 def read_tensorboard(run_dir: Path) -> dict:
     """{"scalars": {tag: {step: value}}, "histograms": {tag: {step: ndarray[k,3]}}, "tensors": tags},
     read with TensorBoard's own EventAccumulator (no downsampling), the run's ``late-<n>``

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 
 import pytest
 from backends import BACKENDS, backend_config, read_counts, read_scalars
-from conftest import exactly_once, read_tensorboard_events
+from conftest import exactly_once, read_tensorboard_events, sigkill_at_random
 
 from otel_rl.config import load_config
 from otel_rl.model.records import Batch, Point
@@ -240,9 +239,8 @@ otel_rl.shutdown()
 
 def _kill_repeatedly(backends: dict, spool, kills: int, seed: int, after_first_ack: bool = False) -> set[int]:
     """Start a trainer, SIGKILL it at a random point, `kills` times, then once run it to the end;
-    the steps the trainers saw delivered (acknowledged). ``after_first_ack``: the random point is
-    counted from the first delivery, not from ``init`` (a backend whose SDK the helper imports
-    first, for seconds, would otherwise be killed before it ever delivered)."""
+    the steps the trainers saw delivered (acknowledged). ``after_first_ack``: see
+    :func:`conftest.sigkill_at_random`."""
     import json
 
     rng = random.Random(seed)
@@ -250,23 +248,8 @@ def _kill_repeatedly(backends: dict, spool, kills: int, seed: int, after_first_a
     acknowledged: set[int] = set()
     for attempt in range(kills):
         first = attempt * 1000
-        proc = subprocess.Popen([sys.executable, "-c", KILL_TRAINER, config, str(spool), str(first), "600"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        lines: list[str] = []
-        if after_first_ack:
-            lines.append(proc.stdout.readline())
-        kill_at = time.monotonic() + rng.uniform(0.0, 1.5)
-        reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
-        reader.start()
-        while time.monotonic() < kill_at and proc.poll() is None:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        reader.join(5)
-        acked = [int(line) for line in lines if line.strip().isdigit()]
-        if acked:
-            acknowledged.update(range(first, max(acked) + 1))
+        acknowledged |= sigkill_at_random([sys.executable, "-c", KILL_TRAINER, config, str(spool), str(first), "600"],
+                                          rng, first, after_first_ack=after_first_ack)
     final = subprocess.run([sys.executable, "-c", KILL_TRAINER, config, str(spool), "99000", "5"],
                            capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr[-2000:]

@@ -238,9 +238,8 @@ otel_rl.shutdown()
 
 def test_a_trainer_sigkilled_while_sending_media_restarts_on_its_spool_and_each_item_is_there_once(tmp_path):
     import random
-    import signal
-    import threading
 
+    from conftest import sigkill_at_random
     from PIL import Image
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
@@ -249,19 +248,8 @@ def test_a_trainer_sigkilled_while_sending_media_restarts_on_its_spool_and_each_
     acknowledged: set[int] = set()
     for attempt in range(5):
         first = attempt * 1000
-        proc = subprocess.Popen([sys.executable, "-c", KILL_TRAINER, str(spool), str(log_dir), str(first), "400"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        lines: list[str] = []
-        reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
-        reader.start()
-        time.sleep(rng.uniform(0.2, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        reader.join(5)
-        acked = [int(line) for line in lines if line.strip().isdigit()]
-        if acked:
-            acknowledged.update(range(first, max(acked) + 1))
+        acknowledged |= sigkill_at_random([sys.executable, "-c", KILL_TRAINER, str(spool), str(log_dir), str(first),
+                                           "400"], rng, first, window=(0.2, 1.5))
     final = subprocess.run([sys.executable, "-c", KILL_TRAINER, str(spool), str(log_dir), "99000", "5"],
                            capture_output=True, text=True, timeout=180)
     assert final.returncode == 0, final.stderr[-2000:]
