@@ -143,6 +143,8 @@ def _run(args: argparse.Namespace) -> int:
         env["OTEL_RL_CONFIG"] = os.path.abspath(args.config)
     if backends:
         env["OTEL_RL_BACKENDS"] = ",".join(backends)
+    if args.no_tensorboard_files:
+        env["OTEL_RL_TENSORBOARD_FILES"] = "0"
     here = os.path.dirname(os.path.abspath(autoload.__file__))
     env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
     try:
@@ -178,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "recorded into otel-rl, for the backends of --config / --backends")
     run.add_argument("--config", help="otel-rl config (YAML) for the runs (default: $OTEL_RL_CONFIG)")
     run.add_argument("--backends", help="backends to turn on with their defaults, e.g. wandb,mlflow")
+    run.add_argument("--no-tensorboard-files", action="store_true",
+                     help="SummaryWriters write no files themselves: otel-rl's TensorBoard sink writes them "
+                          "(in the same log directories)")
     run.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     run.set_defaults(func=_run)
     args = parser.parse_args(argv)

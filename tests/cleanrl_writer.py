@@ -1,5 +1,5 @@
-"""CleanRL's ppo.py logging, unmodified apart from where SummaryWriter comes from (numpy, no torch):
-``python cleanrl_writer.py otel_rl|tensorboardX LOG_DIR``. Prints a JSON ledger of
+"""CleanRL's ppo.py logging, unmodified apart from where SummaryWriter comes from (numpy; torch
+only for its writer): ``python cleanrl_writer.py otel_rl|tensorboardX|torch LOG_DIR``. Prints a JSON ledger of
 (tag, step, value, walltime) for each add_scalar call, so a test can compare backends."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import numpy as np
 
 if sys.argv[1] == "otel_rl":
     from otel_rl import SummaryWriter
+elif sys.argv[1] == "torch":
+    from torch.utils.tensorboard import SummaryWriter
 else:
     from tensorboardX import SummaryWriter
 

@@ -1,5 +1,6 @@
-"""``otel-rl run -- python train.py``: an unmodified tensorboardX script keeps writing its own
-TensorBoard files, and every call also reaches the backends of ``OTEL_RL_CONFIG``."""
+"""``otel-rl run -- python train.py``: an unmodified tensorboardX or ``torch.utils.tensorboard``
+script keeps writing its own TensorBoard files, and every call also reaches the backends of
+``OTEL_RL_CONFIG``; with ``--no-tensorboard-files`` otel-rl's TensorBoard sink writes them."""
 
 from __future__ import annotations
 
@@ -34,15 +35,18 @@ def _events_without_wall_times(run_dir: Path) -> list[bytes]:
     return out
 
 
-def test_an_unmodified_tensorboardx_script_under_otel_rl_run_reaches_wandb_and_mlflow(tmp_path, mlflow_server):
+@pytest.mark.parametrize("writer", ["tensorboardX", "torch"])
+def test_an_unmodified_script_under_otel_rl_run_reaches_wandb_and_mlflow(tmp_path, mlflow_server, writer):
+    if writer == "torch":
+        pytest.importorskip("torch")
     config = tmp_path / "otel-rl.yaml"
     config.write_text(yaml.safe_dump({
         "wandb": {"enabled": True, "mode": "offline", "dir": str(tmp_path / "wb"), "project": "capture"},
         "mlflow": {"enabled": True, "tracking_uri": mlflow_server.url, "experiment": "capture"}}))
-    plain = subprocess.run([sys.executable, SCRIPT, "tensorboardX", str(tmp_path / "plain")], capture_output=True,
+    plain = subprocess.run([sys.executable, SCRIPT, writer, str(tmp_path / "plain")], capture_output=True,
                            text=True, timeout=300, cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr[-3000:]
-    done = subprocess.run([OTEL_RL, "run", "--config", str(config), "--", sys.executable, SCRIPT, "tensorboardX",
+    done = subprocess.run([OTEL_RL, "run", "--config", str(config), "--", sys.executable, SCRIPT, writer,
                            str(tmp_path / "captured")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ledger = json.loads(done.stdout.strip().splitlines()[-1])  # (tag, step, value, walltime) per add_scalar
@@ -78,6 +82,31 @@ def test_an_unmodified_tensorboardx_script_under_otel_rl_run_reaches_wandb_and_m
     assert [r["otel_rl/step"] for r in rows if "hyperparameters._type" in r] == [0]
     text = client.download_artifacts(found["run_id"], "text/hyperparameters", str(tmp_path / "dl"))
     assert "|learning_rate|0.00025|" in Path(text, "step-0.md").read_text()
+
+
+@pytest.mark.parametrize("writer", ["tensorboardX", "torch"])
+def test_no_tensorboard_files_lets_otel_rl_write_the_writers_event_files(tmp_path, writer):
+    if writer == "torch":
+        pytest.importorskip("torch")
+    plain = subprocess.run([sys.executable, SCRIPT, writer, str(tmp_path / "plain")], capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    done = subprocess.run([OTEL_RL, "run", "--no-tensorboard-files", "--", sys.executable, SCRIPT, writer,
+                           str(tmp_path / "captured")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from conftest import read_tensorboard, read_tensorboard_events
+
+    # no file of the script's own writer: every file there is otel-rl's (its sink writes "late-<n>"
+    # sub-runs for values whose tag had passed their step, so nothing is dropped)
+    want = read_tensorboard_events(tmp_path / "plain" / RUN)
+    got = read_tensorboard_events(tmp_path / "captured" / RUN)
+    want.pop("charts/SPS"), got.pop("charts/SPS")  # a measured speed: differs between two runs
+    assert sorted(got) == sorted(want) and sum(map(len, want.values())) > 100
+    for tag in want:
+        assert sorted(got[tag]) == sorted(want[tag]), tag  # both float32 simple_values
+    histogram_steps = sorted({step for step, _ in want["losses/value_loss"]})
+    assert sorted(read_tensorboard(tmp_path / "captured" / RUN)["histograms"]["train/advantages"]) == histogram_steps
+    assert "hyperparameters/text_summary" in read_tensorboard(tmp_path / "captured" / RUN)["tensors"]
 
 
 def test_otel_rl_run_says_what_is_wrong_with_its_command_line(tmp_path):

@@ -10,6 +10,10 @@ it on: the script's files are already there.
 
 - Only the main rank's writers are captured (``RANK`` unset or 0) unless
   ``OTEL_RL_CAPTURE_ALL_RANKS=1``.
+- Without TensorBoard files of the writer's own (``otel-rl run --no-tensorboard-files``,
+  ``OTEL_RL_TENSORBOARD_FILES=0``, ``patch_tensorboard(tensorboard_files=False)``), a captured
+  writer is an :class:`otel_rl.SummaryWriter` on the same log directory: otel-rl's TensorBoard
+  sink writes the event files there (off the training thread, nothing lost on a backwards step).
 - A writer class is patched when its module is imported (an import hook), so the script needs no
   change and child processes started with the same environment (torchrun, Ray workers) are
   captured too.
@@ -39,15 +43,18 @@ METHODS = ("add_scalar", "add_scalars", "add_histogram", "add_text", "add_hparam
            "add_figure", "add_video", "add_audio")
 _PATCHED = "_otel_rl_patched"
 _config: dict | str | None = None
+_files: bool | None = None  # None: OTEL_RL_TENSORBOARD_FILES decides
 _warn = WarnOnce(_log)  # once per kind of failure
 
 
-def patch_tensorboard(config: dict | str | None = None) -> None:
+def patch_tensorboard(config: dict | str | None = None, tensorboard_files: bool | None = None) -> None:
     """Capture every ``SummaryWriter`` (tensorboardX's and torch's) from now on, like
     ``wandb.tensorboard.patch()``: already-imported writer classes now, the others when imported.
-    ``config``: the otel-rl config of the runs (a dict or YAML path); default ``OTEL_RL_CONFIG``."""
-    global _config
-    _config = config
+    ``config``: the otel-rl config of the runs (a dict or YAML path); default ``OTEL_RL_CONFIG``.
+    ``tensorboard_files=False``: the writer writes no files of its own, otel-rl's TensorBoard sink
+    writes them (default: ``OTEL_RL_TENSORBOARD_FILES``, else True)."""
+    global _config, _files
+    _config, _files = config, tensorboard_files
     for name in WRITER_MODULES:
         module = sys.modules.get(name)
         if module is not None:
@@ -60,7 +67,19 @@ def _patch_module(module) -> None:
     cls = getattr(module, "SummaryWriter", None)
     if cls is None or getattr(cls, _PATCHED, False):
         return
-    original_init = cls.__init__
+    original_init, original_new = cls.__init__, cls.__dict__.get("__new__")
+    signature = inspect.signature(original_init)
+
+    def __new__(klass, *args, **kwargs):
+        if not _own_files() and _captured_rank():
+            try:
+                return _ours_instead(signature, args, kwargs)
+            except Exception as exc:  # noqa: BLE001 - then the writer writes its own files
+                _warn("instead", "otel-rl: could not write this SummaryWriter's files through otel-rl (%s); "
+                      "it writes them itself", exc)
+        if original_new is not None:
+            return getattr(original_new, "__func__", original_new)(klass, *args, **kwargs)
+        return object.__new__(klass)
 
     def __init__(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
@@ -71,7 +90,7 @@ def _patch_module(module) -> None:
             _warn("init", "otel-rl: could not start a run for this SummaryWriter (%s); its own files are written "
                   "as usual, nothing goes to the other backends", exc)
 
-    cls.__init__ = __init__
+    cls.__new__, cls.__init__ = staticmethod(__new__), __init__
     for name in METHODS:
         if hasattr(cls, name):
             setattr(cls, name, _recording(name, getattr(cls, name)))
@@ -121,20 +140,52 @@ def _closing(name: str, original):
     return method
 
 
-def _run_for(writer) -> Any:
-    """The otel-rl writer recording what ``writer`` writes; None on a rank that is not captured."""
-    if os.environ.get("RANK", "0") not in ("", "0") and os.environ.get("OTEL_RL_CAPTURE_ALL_RANKS") != "1":
-        return None
-    from otel_rl.api.summary import SummaryWriter as Ours
+def _captured_rank() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0") or os.environ.get("OTEL_RL_CAPTURE_ALL_RANKS") == "1"
+
+
+def _own_files() -> bool:
+    """Whether captured writers write their own event files (the default)."""
+    if _files is not None:
+        return _files
+    return os.environ.get("OTEL_RL_TENSORBOARD_FILES", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _capture_config(tensorboard: bool) -> dict:
+    """The config of a captured writer's run: ``OTEL_RL_CONFIG`` (or patch_tensorboard's), the
+    backends of ``OTEL_RL_BACKENDS`` turned on, and otel-rl's TensorBoard sink on or off."""
     from otel_rl.settings import read_mapping
 
-    log_dir = getattr(writer, "log_dir", None) or getattr(writer, "logdir", None) or writer.get_logdir()
     config = _config if _config is not None else os.environ.get("OTEL_RL_CONFIG")
     cfg = read_mapping(config, "otel-rl run config")
-    cfg["tensorboard"] = {"enabled": False, **(cfg.get("tensorboard") or {})}  # the script writes its own
+    if tensorboard:
+        cfg["tensorboard"] = {**(cfg.get("tensorboard") or {}), "enabled": True}
+    else:  # the script writes its own files
+        cfg["tensorboard"] = {"enabled": False, **(cfg.get("tensorboard") or {})}
     for backend in filter(None, os.environ.get("OTEL_RL_BACKENDS", "").split(",")):
         cfg[backend.strip()] = {**(cfg.get(backend.strip()) or {}), "enabled": True}
-    return Ours(str(log_dir), config=cfg)
+    return cfg
+
+
+def _run_for(writer) -> Any:
+    """The otel-rl writer recording what ``writer`` writes; None on a rank that is not captured."""
+    if not _captured_rank():
+        return None
+    from otel_rl.api.summary import SummaryWriter as Ours
+
+    log_dir = getattr(writer, "log_dir", None) or getattr(writer, "logdir", None) or writer.get_logdir()
+    return Ours(str(log_dir), config=_capture_config(tensorboard=False))
+
+
+def _ours_instead(signature: inspect.Signature, args: tuple, kwargs: dict) -> Any:
+    """An :class:`otel_rl.SummaryWriter` in place of the script's writer (no files of its own):
+    the same log directory (``log_dir`` for torch, ``logdir`` for tensorboardX) and ``comment``."""
+    from otel_rl.api.summary import SummaryWriter as Ours
+
+    bound = signature.bind(None, *args, **kwargs).arguments
+    log_dir = bound.get("log_dir", bound.get("logdir"))
+    return Ours(None if log_dir is None else str(log_dir), comment=str(bound.get("comment") or ""),
+                config=_capture_config(tensorboard=True))
 
 
 class _WriterFinder(importlib.abc.MetaPathFinder):
