@@ -19,6 +19,7 @@ $(VENV)/.demo: $(VENV)/.created pyproject.toml
 
 $(VENV)/.test: $(VENV)/.created pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps verl==0.9.1
 	touch $@
 
 # The real Prometheus server the tests scrape with (Debian package; installed when root).

@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import read_hparams, read_tensorboard
+from conftest import read_hparams, read_tensorboard, read_tensorboard_tables
 
 BACKENDS = ("tensorboard", "wandb", "swanlab", "mlflow")
 
@@ -441,3 +441,73 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     paths[1].write_bytes(cert.public_bytes(pem))
     paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return paths
+
+
+# -- samples tables, from each backend's own storage ------------------------------------------
+
+def read_tb_tables(run_dir: Path, tag: str) -> dict[int, str]:
+    """{step: table text} of a single-rank run: the one table per step of a single-rank run (conftest's reader, late sub-runs included)."""
+    tables = read_tensorboard_tables(run_dir, tag)
+    assert all(len(texts) == 1 for texts in tables.values()), f"a step written twice: {tables}"
+    return {step: texts[0] for step, texts in tables.items()}
+
+
+def read_wandb_tables(wandb_dir: Path, run: str, key: str) -> dict[int, list[dict]]:
+    """{step: rows} of the W&B Table ``key`` in the offline run named ``run``."""
+    out = {}
+    for run_dir in sorted(glob.glob(str(wandb_dir / "wandb" / "offline-run-*"))):
+        records = _wandb_records(run_dir)
+        header = next((r for r in records if r["type"] == "run"), None)
+        if header is None or header["run"].get("display_name") != run:
+            continue
+        assert not [r for r in records if r["type"] == "stats"], "W&B's own system metrics are on"
+        for r in records:
+            # `leet inspect` flattens the table's reference: "<key>._type", "<key>.path"
+            if r["type"] != "history" or f"{key}._type" not in r["history"]["item"]:
+                continue
+            item = r["history"]["item"]
+            assert item[f"{key}._type"] == "table-file", item
+            doc = json.loads(Path(run_dir, "files", item[f"{key}.path"]).read_text())
+            step = item["otel_rl/step"]
+            assert step not in out
+            out[step] = [dict(zip(doc["columns"], row)) for row in doc["data"]]
+    return out
+
+
+def read_swanlab_texts(logdir: Path, run: str, key: str) -> dict[int, list[str]]:
+    """{step: texts} of SwanLab's Text media ``key``, read with its own record reader."""
+    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+    from swanlab.sdk.internal.core_python.store import DataStoreReader
+
+    for run_dir, name, _ in _swanlab_experiments(logdir):
+        if name != run:
+            continue
+        reader = DataStoreReader()
+        reader.open(glob.glob(os.path.join(run_dir, "*.swanlab"))[0])
+        out: dict[int, list[str]] = {}
+        try:
+            while (raw := reader.scan()) is not None:
+                rec = Record()
+                rec.ParseFromString(raw)
+                if rec.HasField("media") and rec.media.key == key:
+                    assert rec.media.step not in out
+                    out[rec.media.step] = [Path(run_dir, "media", "text", item.filename).read_text()
+                                           for item in rec.media.value.items]
+        finally:
+            reader.close()
+        return out
+    raise FileNotFoundError(run)
+
+
+def read_mlflow_table(url: str, experiment: str, run: str, path: str) -> list[dict]:
+    """The rows of an MLflow table artifact (``mlflow.load_table``) of the run tagged ``run``."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    exp = client.get_experiment_by_name(experiment)
+    (found,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`otel_rl.run_id` = '{run}'")
+    mlflow.set_tracking_uri(url)
+    mlflow.set_experiment(experiment)
+    frame = mlflow.load_table(path, run_ids=[found.info.run_id])
+    return frame.to_dict("records")

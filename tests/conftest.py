@@ -45,6 +45,16 @@ def sigkill_at_random(argv: list[str], rng, first: int, window: tuple[float, flo
     return set(range(first, max(acked) + 1)) if acked else set()
 
 
+def doc_blocks(doc: Path, title: str, language: str) -> list[str]:
+    """The ``language`` code blocks of the ``## title`` section of a Markdown file, as written."""
+    import re
+
+    text = Path(doc).read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(rf"```{language}\n(.*?)```", text[start:end if end > 0 else None], re.S)
+
+
 def read_tensorboard(run_dir: Path) -> dict:
     """{"scalars": {tag: {step: value}}, "histograms": {tag: {step: ndarray[k,3]}}, "tensors": tags},
     read with TensorBoard's own EventAccumulator (no downsampling), the run's ``late-<n>``

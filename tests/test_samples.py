@@ -5,9 +5,7 @@ SwanLab Text via its reader; embedded and through the collector (OTLP logs, prot
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import sys
 import urllib.request
 from pathlib import Path
@@ -16,80 +14,16 @@ import pytest
 from backends import (
     PrometheusServer,
     TensorBoardServer,
-    _swanlab_experiments,
-    _wandb_records,
     backend_config,
     read_scalars,
 )
-from conftest import read_tensorboard_tables
+from backends import read_mlflow_table as _read_mlflow_table
+from backends import read_swanlab_texts as _read_swanlab_texts
+from backends import read_tb_tables as _read_tb_tables
+from backends import read_wandb_tables as _read_wandb_tables
 
 ROWS = [{"prompt": "2+2=?", "response": "4", "reward": 1.0},
         {"prompt": "a|b", "response": "line 1\nline 2", "reward": -0.5}]
-
-
-def _read_tb_tables(run_dir: Path, tag: str) -> dict[int, str]:
-    """The one table per step of a single-rank run (conftest's reader, late sub-runs included)."""
-    tables = read_tensorboard_tables(run_dir, tag)
-    assert all(len(texts) == 1 for texts in tables.values()), f"a step written twice: {tables}"
-    return {step: texts[0] for step, texts in tables.items()}
-
-
-def _read_wandb_tables(wandb_dir: Path, run: str, key: str) -> dict[int, list[dict]]:
-    out = {}
-    for run_dir in sorted(glob.glob(str(wandb_dir / "wandb" / "offline-run-*"))):
-        records = _wandb_records(run_dir)
-        header = next((r for r in records if r["type"] == "run"), None)
-        if header is None or header["run"].get("display_name") != run:
-            continue
-        assert not [r for r in records if r["type"] == "stats"], "W&B's own system metrics are on"
-        for r in records:
-            # `leet inspect` flattens the table's reference: "<key>._type", "<key>.path"
-            if r["type"] != "history" or f"{key}._type" not in r["history"]["item"]:
-                continue
-            item = r["history"]["item"]
-            assert item[f"{key}._type"] == "table-file", item
-            doc = json.loads(Path(run_dir, "files", item[f"{key}.path"]).read_text())
-            step = item["otel_rl/step"]
-            assert step not in out
-            out[step] = [dict(zip(doc["columns"], row)) for row in doc["data"]]
-    return out
-
-
-def _read_swanlab_texts(logdir: Path, run: str, key: str) -> dict[int, list[str]]:
-    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
-    from swanlab.sdk.internal.core_python.store import DataStoreReader
-
-    for run_dir, name, _ in _swanlab_experiments(logdir):
-        if name != run:
-            continue
-        reader = DataStoreReader()
-        reader.open(glob.glob(os.path.join(run_dir, "*.swanlab"))[0])
-        out: dict[int, list[str]] = {}
-        try:
-            while (raw := reader.scan()) is not None:
-                rec = Record()
-                rec.ParseFromString(raw)
-                if rec.HasField("media") and rec.media.key == key:
-                    assert rec.media.step not in out
-                    out[rec.media.step] = [Path(run_dir, "media", "text", item.filename).read_text()
-                                           for item in rec.media.value.items]
-        finally:
-            reader.close()
-        return out
-    raise FileNotFoundError(run)
-
-
-def _read_mlflow_table(url: str, experiment: str, run: str, path: str) -> list[dict]:
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=url)
-    exp = client.get_experiment_by_name(experiment)
-    (found,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`otel_rl.run_id` = '{run}'")
-    mlflow.set_tracking_uri(url)
-    mlflow.set_experiment(experiment)
-    frame = mlflow.load_table(path, run_ids=[found.info.run_id])
-    return frame.to_dict("records")
 
 
 def _expect_rows(rows: list[dict]) -> list[tuple]:

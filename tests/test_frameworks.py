@@ -1,0 +1,93 @@
+"""The frameworks users train with, for real on the CPU: verl's own ``Tracking``, a Lightning
+``Trainer`` (2 processes, DDP on gloo) through the collector, an Accelerate ``Accelerator``, a
+``transformers.Trainer`` and TRL's ``GRPOTrainer`` on tiny models made in the test. Each runs the
+copy-paste example of docs/integrations.md where there is one, and every value is read back from
+the backends' own storage."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from backends import (
+    backend_config,
+    read_mlflow_table,
+    read_params,
+    read_scalars,
+    read_swanlab_texts,
+    read_tb_tables,
+    read_wandb_tables,
+)
+from conftest import ROOT, doc_blocks
+
+DOC = ROOT / "docs" / "integrations.md"
+BACKENDS = ("tensorboard", "wandb", "swanlab", "mlflow")
+
+
+def _config(tmp: Path, mlflow_url: str) -> Path:
+    path = tmp / "otel-rl.yaml"
+    path.write_text(yaml.safe_dump({name: backend_config(name, tmp, mlflow_url) for name in BACKENDS}))
+    return path
+
+
+def _run(code: str, tmp: Path, config: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    script = tmp / "example.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=timeout, cwd=tmp,
+                          env={**os.environ, "OTEL_RL_CONFIG": str(config), "OTEL_RL_SYSTEM_METRICS": "false", **env})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _samples(tmp: Path, run: str, table: str, mlflow_url: str) -> dict[str, dict[int, int]]:
+    """{backend: {step: rows}} of one samples table in each backend."""
+    mlflow: dict[int, int] = {}
+    for row in read_mlflow_table(mlflow_url, f"exp-{tmp.name}", run, f"tables/{table}.json"):
+        mlflow[int(row["step"])] = mlflow.get(int(row["step"]), 0) + 1
+    return {"tensorboard": {s: text.count("\n") - 1 for s, text in read_tb_tables(tmp / "tb" / run, table).items()},
+            "wandb": {s: len(rows) for s, rows in read_wandb_tables(tmp / "wb", run, table).items()},
+            "swanlab": {s: len(texts) for s, texts in read_swanlab_texts(tmp / "sl", run, table).items()},
+            "mlflow": mlflow}
+
+
+# -- verl -------------------------------------------------------------------------------------
+
+def test_verl_tracking_with_the_otel_rl_backend_reaches_every_backend(tmp_path, mlflow_server):
+    pytest.importorskip("verl.utils.tracking")
+    (example,) = doc_blocks(DOC, "verl", "python")
+    _run(example, tmp_path, _config(tmp_path, mlflow_server.url))
+    for name in BACKENDS:
+        scalars = read_scalars(name, tmp_path, "ppo-tiny", mlflow_server.url)
+        assert scalars["actor/pg_loss"] == pytest.approx({1: 0.5, 2: 0.25, 3: 0.5 / 3}), name
+        assert scalars["critic/score/mean"] == pytest.approx({1: 0.2, 2: 0.4, 3: 0.6}), name
+        params = read_params(name, tmp_path, "ppo-tiny", mlflow_server.url)
+        assert float(params["actor/lr"]) == pytest.approx(1e-6) and int(params["seed"]) == 1, (name, params)
+    assert _samples(tmp_path, "ppo-tiny", "val/generations", mlflow_server.url) == {b: {3: 2} for b in BACKENDS}
+    rows = read_wandb_tables(tmp_path / "wb", "ppo-tiny", "val/generations")[3]
+    assert [(r["input"], r["output"], r["score"]) for r in rows] == [("1+1=?", "2", 1.0), ("2+3=?", "6", 0.0)]
+
+
+def test_verl_without_the_otel_rl_backend_is_untouched_and_a_failed_run_is_marked(tmp_path, mlflow_server):
+    pytest.importorskip("verl.utils.tracking")
+    code = """
+from verl.utils.tracking import Tracking
+assert "otel_rl" in Tracking.supported_backend       # the plugin, loaded by `import verl`
+plain = Tracking(project_name="p", experiment_name="console-only", default_backend="console")
+assert "otel_rl" not in plain.logger
+plain.finish()
+t = Tracking(project_name="p", experiment_name="crashed", default_backend=["otel_rl"])
+t.log({"loss": 1.0}, step=1)
+t.finish(exit_code=1)
+t.finish(exit_code=1)                                  # verl calls it again from __del__: once only
+"""
+    _run(code, tmp_path, _config(tmp_path, mlflow_server.url))
+    from backends import read_mlflow
+
+    found = read_mlflow(mlflow_server.url, f"exp-{tmp_path.name}", "crashed")
+    assert found["scalars"]["loss"] == {1: 1.0}
+    assert found["status"] == "FAILED"
+    assert not (tmp_path / "tb" / "console-only").exists()
