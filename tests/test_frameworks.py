@@ -91,3 +91,23 @@ t.finish(exit_code=1)                                  # verl calls it again fro
     assert found["scalars"]["loss"] == {1: 1.0}
     assert found["status"] == "FAILED"
     assert not (tmp_path / "tb" / "console-only").exists()
+
+
+# -- Accelerate -------------------------------------------------------------------------------
+
+def test_accelerate_tracker_example_reaches_every_backend(tmp_path, mlflow_server):
+    pytest.importorskip("accelerate")
+    pytest.importorskip("torch")
+    (example,) = doc_blocks(DOC, "Accelerate", "python")
+    _run(example, tmp_path, _config(tmp_path, mlflow_server.url))
+    seen = {name: read_scalars(name, tmp_path, "accelerate-tiny", mlflow_server.url) for name in BACKENDS}
+    losses = seen["mlflow"]["train/loss"]
+    assert sorted(losses) == [0, 1, 2, 3, 4] and losses[4] < losses[0]  # it trained
+    for name, scalars in seen.items():
+        assert scalars["train/loss"] == pytest.approx(losses, rel=1e-6), name
+        assert scalars["train/lr"] == pytest.approx(dict.fromkeys(range(5), 0.1)), name
+        params = read_params(name, tmp_path, "accelerate-tiny", mlflow_server.url)
+        assert float(params["lr"]) == pytest.approx(0.1) and int(params["model/layers"]) == 1, (name, params)
+    from conftest import read_tensorboard
+
+    assert "notes/text_summary" in read_tensorboard(tmp_path / "tb" / "accelerate-tiny")["tensors"]

@@ -96,6 +96,14 @@ class Logger:
         step = check_step(step)
         self._recorder.put(("hs", name, _array(histogram), step, time.time_ns(), None))
 
+    def log_text(self, name: str, text: str, step: int) -> None:
+        """A text at ``step``: TensorBoard's text plugin, W&B HTML, an MLflow artifact, SwanLab Text."""
+        if self._finished:
+            self._after_finish("log_text")
+            return
+        step = check_step(step)
+        self._recorder.put(("t", name, str(text), step, time.time_ns(), None))
+
     def log_samples(self, rows: Any, step: int, name: str = "samples") -> None:
         """Rows of samples (a list of dicts, a dict of equal-length columns, a DataFrame) as one
         table at ``step``: see :func:`otel_rl.log_samples`."""

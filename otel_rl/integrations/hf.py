@@ -61,15 +61,9 @@ class OtelRLCallback(TrainerCallback):
         self.logger: Logger | None = None
 
     def _start(self, args) -> None:
-        import dataclasses
-        import os
+        from otel_rl.integrations.common import run_config
 
-        from otel_rl.config import load_config
-
-        cfg = load_config(self.config if self.config is not None else os.environ.get("OTEL_RL_CONFIG"))
-        if cfg.pipeline.run_name is None and getattr(args, "run_name", None):
-            cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, run_name=str(args.run_name)))
-        self.logger = Logger(cfg)
+        self.logger = Logger(run_config(self.config, run_name=getattr(args, "run_name", None)))
         params = args.to_dict() if hasattr(args, "to_dict") else dict(vars(args))
         self.logger.log_hyperparams({k: v for k, v in params.items() if v is not None})
 

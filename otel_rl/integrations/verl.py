@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any
 
 from otel_rl.sinks.base import WarnOnce
@@ -40,15 +39,9 @@ class VerlBackend:
 
     def __init__(self, project_name: str, experiment_name: str, config: Any = None) -> None:
         from otel_rl.api.logger import Logger
-        from otel_rl.settings import read_mapping
+        from otel_rl.integrations.common import run_config
 
-        cfg = read_mapping(os.environ.get("OTEL_RL_CONFIG"), "OTEL_RL_CONFIG")
-        cfg.setdefault("run_name", str(experiment_name))
-        project = str(project_name)
-        for section, key in (("wandb", "project"), ("swanlab", "project"), ("mlflow", "experiment")):
-            if isinstance(cfg.get(section), dict):
-                cfg[section] = {key: project, **cfg[section]}
-        self.logger = Logger(cfg)
+        self.logger = Logger(run_config(None, run_name=experiment_name, project=project_name))
         if config:
             self.logger.log_hyperparams(_plain(config))
 
