@@ -111,3 +111,33 @@ def test_accelerate_tracker_example_reaches_every_backend(tmp_path, mlflow_serve
     from conftest import read_tensorboard
 
     assert "notes/text_summary" in read_tensorboard(tmp_path / "tb" / "accelerate-tiny")["tensors"]
+
+
+# -- PyTorch Lightning ------------------------------------------------------------------------
+
+@pytest.mark.timeout(400)
+def test_lightning_ddp_two_ranks_through_the_collector_reduced_in_tensorboard(tmp_path):
+    pytest.importorskip("lightning")
+    sys.path.insert(0, str(ROOT / "tests" / "collector"))
+    from backends import free_port
+    from conftest import read_hparams, read_tensorboard
+    from trainers import start_collector
+
+    example, collector_yaml = doc_blocks(DOC, "PyTorch Lightning", "python")[0], tmp_path / "collector.yaml"
+    http = free_port()
+    collector_yaml.write_text(yaml.safe_dump({"receivers": {"http": {"port": http}, "grpc": {"enabled": False}},
+                                              "reduce": {"timeout_s": 30},
+                                              "tensorboard": {"log_dir": str(tmp_path / "tb")}}))
+    config = tmp_path / "otel-rl.yaml"
+    config.write_text(yaml.safe_dump({"otlp": {"enabled": True, "endpoint": f"http://127.0.0.1:{http}"},
+                                      "export_interval_s": 0.3}))
+    collector = start_collector(collector_yaml)
+    try:
+        _run(example, tmp_path, config, timeout=300, MASTER_PORT=str(free_port()), PL_DISABLE_FORK="1")
+    finally:
+        collector.terminate()
+        collector.wait(120)
+    seen = read_tensorboard(tmp_path / "tb" / "lightning-tiny")["scalars"]
+    assert seen["train/rank"] == dict.fromkeys(range(6), 0.5)  # (0 + 1) / 2 at every step: both ranks, reduced
+    assert sorted(seen["train/loss"]) == list(range(6))
+    assert float(read_hparams(tmp_path / "tb" / "lightning-tiny")["lr"]) == pytest.approx(0.1)
