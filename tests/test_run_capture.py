@@ -42,7 +42,7 @@ def test_an_unmodified_script_under_otel_rl_run_reaches_wandb_and_mlflow(tmp_pat
     config = tmp_path / "otel-rl.yaml"
     config.write_text(yaml.safe_dump({
         "wandb": {"enabled": True, "mode": "offline", "dir": str(tmp_path / "wb"), "project": "capture"},
-        "mlflow": {"enabled": True, "tracking_uri": mlflow_server.url, "experiment": "capture"}}))
+        "mlflow": {"enabled": True, "tracking_uri": mlflow_server.url, "experiment": f"capture-{writer}"}}))
     plain = subprocess.run([sys.executable, SCRIPT, writer, str(tmp_path / "plain")], capture_output=True,
                            text=True, timeout=300, cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr[-3000:]
@@ -61,7 +61,7 @@ def test_an_unmodified_script_under_otel_rl_run_reaches_wandb_and_mlflow(tmp_pat
     from mlflow.tracking import MlflowClient
 
     rows = read_wandb(tmp_path / "wb", RUN)["rows"]
-    found = read_mlflow(mlflow_server.url, "capture", RUN)
+    found = read_mlflow(mlflow_server.url, f"capture-{writer}", RUN)
     client = MlflowClient(tracking_uri=mlflow_server.url)
     for tag, steps in per_step.items():
         want = {s: sorted(v) for s, v in steps.items()}

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.abc
+import logging
 import os
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from otel_rl.config import Config, load_config
 from otel_rl.config.dialects import adapt
 from otel_rl.settings import read_mapping
+
+_log = logging.getLogger(__name__)
 
 #: Where a framework's project name goes, unless the config names one.
 PROJECT_KEYS = (("wandb", "project"), ("swanlab", "project"), ("mlflow", "experiment"))
@@ -47,3 +53,55 @@ def numbers_and_texts(values: dict, prefix: str = "") -> tuple[dict[str, Any], d
         else:
             numbers[name] = value.item() if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 else value
     return numbers, texts
+
+
+def after_import(names: Iterable[str], patch: Callable[[Any], None]) -> None:
+    """Call ``patch(module)`` for each module of ``names``: at once for those already imported,
+    else right after the module's own code has run (an import hook). A failing patch is logged;
+    the import itself always succeeds."""
+    names = tuple(names)
+    for name in names:
+        if name in sys.modules:
+            _patched(patch, sys.modules[name])
+    for finder in sys.meta_path:
+        if isinstance(finder, _PatchFinder) and finder.patch is patch:
+            return
+    sys.meta_path.insert(0, _PatchFinder(names, patch))
+
+
+def _patched(patch: Callable[[Any], None], module: Any) -> None:
+    try:
+        patch(module)
+    except Exception as exc:  # noqa: BLE001 - never break the user's import
+        _log.warning("otel-rl: could not patch %s (%s); it is not captured", module.__name__, exc)
+
+
+class _PatchFinder(importlib.abc.MetaPathFinder):
+    """Wraps the loader of the modules it watches so that ``patch`` runs after them."""
+
+    def __init__(self, names: tuple[str, ...], patch: Callable[[Any], None]) -> None:
+        self.names, self.patch = names, patch
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.names:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _PatchingLoader(spec.loader, self.patch)
+                return spec
+        return None
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader, patch: Callable[[Any], None]) -> None:
+        self._loader, self._patch = loader, patch
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _patched(self._patch, module)

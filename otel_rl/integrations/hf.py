@@ -16,6 +16,9 @@
   failed by otel-rl's exit hook (docs/guarantees.md, "Runs").
 - Only the world's main process logs, like transformers' integrations.
 
+TRL's GRPO and RLOO completions become samples tables at their step: see
+:mod:`otel_rl.integrations.trl`.
+
 ``report_to="otel_rl"`` works because importing this module adds an entry to
 ``transformers.integrations.integration_utils.INTEGRATION_TO_CALLBACK``, the table the
 ``Trainer`` looks ``report_to`` names up in when it is constructed (not a public transformers API;
@@ -59,6 +62,8 @@ class OtelRLCallback(TrainerCallback):
     def __init__(self, config: dict | str | None = None) -> None:
         self.config = config
         self.logger: Logger | None = None
+        #: The step of the last TRL completions table written, per table (otel_rl.integrations.trl).
+        self.completions_logged: dict[str, int] = {}
 
     def _start(self, args) -> None:
         from otel_rl.integrations.common import run_config
@@ -87,7 +92,11 @@ class OtelRLCallback(TrainerCallback):
 
 
 def register() -> None:
-    """Make ``report_to="otel_rl"`` resolve to :class:`OtelRLCallback` (done on import)."""
+    """Make ``report_to="otel_rl"`` resolve to :class:`OtelRLCallback`, and record TRL's
+    completions (done on import)."""
+    from otel_rl.integrations import trl
+
+    trl.watch()
     try:
         from transformers.integrations import integration_utils
     except ImportError:  # an older transformers layout

@@ -23,14 +23,13 @@ it on: the script's files are already there.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import inspect
 import logging
 import os
 import sys
 from typing import Any
 
+from otel_rl.integrations.common import after_import
 from otel_rl.sinks.base import WarnOnce
 
 _log = logging.getLogger(__name__)
@@ -59,8 +58,7 @@ def patch_tensorboard(config: dict | str | None = None, tensorboard_files: bool 
         module = sys.modules.get(name)
         if module is not None:
             _patch_module(module)
-    if not any(isinstance(f, _WriterFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _WriterFinder())
+    after_import(WRITER_MODULES, _patch_module)
 
 
 def _patch_module(module) -> None:
@@ -186,34 +184,3 @@ def _ours_instead(signature: inspect.Signature, args: tuple, kwargs: dict) -> An
     log_dir = bound.get("log_dir", bound.get("logdir"))
     return Ours(None if log_dir is None else str(log_dir), comment=str(bound.get("comment") or ""),
                 config=_capture_config(tensorboard=True))
-
-
-class _WriterFinder(importlib.abc.MetaPathFinder):
-    """Patches a writer module right after it is imported (its own loader runs first)."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname not in WRITER_MODULES:
-            return None
-        for finder in sys.meta_path:
-            if finder is self:
-                continue
-            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
-            if spec is not None and spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader)
-                return spec
-        return None
-
-
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader) -> None:
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        try:
-            _patch_module(module)
-        except Exception as exc:  # noqa: BLE001 - the import itself must succeed
-            _warn("patch", "otel-rl: could not patch %s.SummaryWriter (%s); nothing is captured", module.__name__, exc)
