@@ -141,3 +141,61 @@ def test_lightning_ddp_two_ranks_through_the_collector_reduced_in_tensorboard(tm
     assert seen["train/rank"] == dict.fromkeys(range(6), 0.5)  # (0 + 1) / 2 at every step: both ranks, reduced
     assert sorted(seen["train/loss"]) == list(range(6))
     assert float(read_hparams(tmp_path / "tb" / "lightning-tiny")["lr"]) == pytest.approx(0.1)
+
+
+# -- Hugging Face Trainer and TRL -------------------------------------------------------------
+
+HF_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
+          "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _grpo_example() -> str:
+    (example,) = doc_blocks(DOC, "TRL's completions (GRPO, RLOO)", "python")
+    return example
+
+
+@pytest.mark.timeout(400)
+def test_trl_grpo_scalars_and_completions_reach_every_backend(tmp_path, mlflow_server):
+    pytest.importorskip("trl")
+    _run(_grpo_example(), tmp_path, _config(tmp_path, mlflow_server.url), timeout=300, **HF_ENV)
+    for name in BACKENDS:
+        scalars = read_scalars(name, tmp_path, "grpo-tiny", mlflow_server.url)
+        for key in ("train/loss", "train/reward", "train/rewards/short/mean", "train/rewards/has_a/mean"):
+            assert {1, 2, 3} <= set(scalars[key]), (name, key, scalars.get(key))
+        assert scalars["train/rewards/has_a/mean"][1] in (0.0, 0.5, 1.0), name
+    assert _samples(tmp_path, "grpo-tiny", "completions", mlflow_server.url) == {b: {1: 2, 2: 2, 3: 2}
+                                                                                 for b in BACKENDS}
+    tables = read_wandb_tables(tmp_path / "wb", "grpo-tiny", "completions")
+    prompts = {"what is 1+1?", "say hi:", "count to 3:", "abc"}
+    for step, rows in tables.items():
+        assert [sorted(r) for r in rows] == [["advantage", "completion", "has_a", "prompt", "short"]] * 2, rows
+        for r in rows:  # each row's rewards are the reward functions' own values for its completion
+            assert r["prompt"] in prompts and r["has_a"] == float("a" in r["completion"]), (step, r)
+            assert r["short"] == pytest.approx(1.0 / (1 + len(r["completion"]))), (step, r)
+        assert sum(r["advantage"] for r in rows) == pytest.approx(0.0, abs=1e-5)  # GRPO: centred per prompt
+
+
+@pytest.mark.timeout(400)
+def test_a_real_transformers_trainer_reports_to_otel_rl_in_every_backend(tmp_path, mlflow_server):
+    pytest.importorskip("torch")
+    tokenizer_part = _grpo_example().split("model = LlamaForCausalLM")[0]
+    code = tokenizer_part + """
+from transformers import DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=16, n_layer=2, n_head=2, n_positions=64,
+                                   pad_token_id=0, eos_token_id=1, bos_token_id=1))
+texts = Dataset.from_dict({"text": ["the cat sat on the mat", "1+1=2", "abc abc abc", "hello there"] * 4})
+data = texts.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
+args = TrainingArguments(output_dir="out", run_name="lm-tiny", report_to="otel_rl", max_steps=4, logging_steps=1,
+                         per_device_train_batch_size=4, learning_rate=1e-3, use_cpu=True, save_strategy="no")
+Trainer(model=model, args=args, train_dataset=data,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False)).train()
+"""
+    _run(code, tmp_path, _config(tmp_path, mlflow_server.url), timeout=300, **HF_ENV)
+    for name in BACKENDS:
+        scalars = read_scalars(name, tmp_path, "lm-tiny", mlflow_server.url)
+        assert sorted(s for s in scalars["train/loss"] if s != "duplicates") == [1, 2, 3, 4], (name, scalars)
+        assert sorted(scalars["train/learning_rate"]) == [1, 2, 3, 4], name
+        assert 4 in scalars["train/train_runtime"], name
+        params = read_params(name, tmp_path, "lm-tiny", mlflow_server.url)
+        assert float(params["learning_rate"]) == pytest.approx(1e-3) and int(params["max_steps"]) == 4, name
