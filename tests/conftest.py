@@ -45,6 +45,21 @@ def sigkill_at_random(argv: list[str], rng, first: int, window: tuple[float, flo
     return set(range(first, max(acked) + 1)) if acked else set()
 
 
+def wait_for_late_helper(stderr: str, timeout_s: float = 180.0) -> None:
+    """When a run's exit said its helper goes on delivering on its own (a loaded machine: the
+    shutdown deadline passed while a backend SDK was still starting), wait for that helper to end
+    before reading the backends, as a user would wait for it."""
+    import re
+
+    import psutil
+
+    for pid in re.findall(r"the helper \(pid (\d+)\) did not answer", stderr):
+        try:
+            psutil.Process(int(pid)).wait(timeout_s)
+        except psutil.NoSuchProcess:
+            pass
+
+
 def doc_blocks(doc: Path, title: str, language: str) -> list[str]:
     """The ``language`` code blocks of the ``## title`` section of a Markdown file, as written."""
     import re

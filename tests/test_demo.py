@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import ROOT, f32_close, read_tensorboard
+from conftest import ROOT, f32_close, read_tensorboard, wait_for_late_helper
 
 
 def test_demo_writes_every_step_of_every_metric(tmp_path, python):
@@ -105,6 +105,7 @@ def test_demo_with_all_four_backends(tmp_path, python):
          "--run-name", "demo4", "--iterations", "25", "--dump-values", str(values)],
         capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    wait_for_late_helper(proc.stderr)
     for hint in ("tensorboard --logdir runs", "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db",
                  "wandb sync ./wandb/latest-run", "swanlab sync swanlog/run-*"):
         assert hint in proc.stdout

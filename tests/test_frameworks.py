@@ -7,6 +7,7 @@ the backends' own storage."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from backends import (
     read_tb_tables,
     read_wandb_tables,
 )
-from conftest import ROOT, doc_blocks
+from conftest import ROOT, doc_blocks, wait_for_late_helper
 
 DOC = ROOT / "docs" / "integrations.md"
 BACKENDS = ("tensorboard", "wandb", "swanlab", "mlflow")
@@ -34,13 +35,30 @@ def _config(tmp: Path, mlflow_url: str) -> Path:
     return path
 
 
-def _run(code: str, tmp: Path, config: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+#: Set by launchers (torchrun, Lightning): inherited, they would make a script a worker of a
+#: launch that does not exist.
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR",
+                "MASTER_PORT")
+
+
+def _run(code: str, tmp: Path, config: Path, timeout: float = 240, **env: str) -> str:
+    """Run ``code`` as a script in ``tmp`` with ``OTEL_RL_CONFIG=config``; its stdout. The script
+    runs in a session of its own, killed whole on a timeout (a DDP launch's other ranks too)."""
     script = tmp / "example.py"
     script.write_text(code)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=timeout, cwd=tmp,
-                          env={**os.environ, "OTEL_RL_CONFIG": str(config), "OTEL_RL_SYSTEM_METRICS": "false", **env})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, cwd=tmp, start_new_session=True,
+                            env={**base, "OTEL_RL_CONFIG": str(config), "OTEL_RL_SYSTEM_METRICS": "false", **env})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {err[-4000:]}") from None
+    assert proc.returncode == 0, err[-4000:]
+    wait_for_late_helper(err)
+    return out
 
 
 def _samples(tmp: Path, run: str, table: str, mlflow_url: str) -> dict[str, dict[int, int]]:

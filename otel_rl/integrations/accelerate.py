@@ -17,9 +17,9 @@
   dicts flattened with ``/``; strings as texts. Without ``step``, the step after the last one
   logged (the first is 0), as W&B counts.
 - ``end_training()`` finishes the run.
-- Only the main process logs, as with Accelerate's own trackers. For per-rank values reduced
-  across ranks, give every rank a tracker with ``main_process_only=False`` and an ``otlp``
-  section in the config: a collector reduces them.
+- Only the main process logs: Accelerate keeps its trackers on the main process only. Values
+  of other ranks need ``accelerator.reduce``/``gather`` first, or otel-rl's own API on every rank
+  with an ``otlp`` section (a collector reduces them).
 """
 
 from __future__ import annotations
@@ -37,13 +37,12 @@ class OtelRLTracker(GeneralTracker):
 
     name = "otel_rl"
     requires_logging_directory = False
+    main_process_only = True
 
-    def __init__(self, run_name: str | None = None, config: dict | str | None = None,
-                 main_process_only: bool = True) -> None:
+    def __init__(self, run_name: str | None = None, config: dict | str | None = None) -> None:
         super().__init__()
         self.run_name = run_name
         self.config = config
-        self.main_process_only = main_process_only
         self.logger: Logger | None = None
         self._last_step = -1
 

@@ -327,9 +327,9 @@ class HelperLink:
         if reply is not None:
             self.final_stats = reply["stats"]
         elif acked:  # a helper still busy (importing a backend SDK, a hung backend) finishes on its own
-            _log.error("otel-rl: the helper did not answer by the shutdown deadline; it goes on delivering on "
-                       "its own, and what it cannot deliver is left in the spool %s for the next start "
-                       "(or `otel-rl replay`)", self._hello.get("root"))
+            _log.error("otel-rl: the helper (pid %s) did not answer by the shutdown deadline; it goes on "
+                       "delivering on its own, and what it cannot deliver is left in the spool %s for the next "
+                       "start (or `otel-rl replay`)", self._proc.pid if self._proc else "?", self._hello.get("root"))
         with self._lock:
             self._closed = True
             unacked = len(self._unacked)

@@ -1,0 +1,205 @@
+"""What logging costs the whole machine: the CPU of every process the trainer starts, as the
+marginal cost per step, otel-rl against each peer in the same run.
+
+    python bench/machine.py [--short 1000 --long 3000 --rounds 3] [--only NAME ...]
+
+Each logger runs a loop of 10 scalars per step; the step itself sleeps 2 ms, so it uses no CPU
+and what is counted is logging's alone. Every run is a fresh process put in a cpuacct cgroup of
+its own before it starts (``/sys/fs/cgroup/cpuacct``, cgroup v1; where that cannot be written,
+the bench becomes a child subreaper and counts every descendant it reaps, processes that
+outlive the trainer included). The count ends when the last process of the run has exited:
+the trainer, otel-rl's helper, ``wandb-core``, SwanLab's and MLflow's threads and processes.
+
+The marginal cost per step is (CPU of a ``--long`` run - CPU of a ``--short`` run) / (long -
+short): start-up, imports and shutdown cancel. The loop slowdown is reported beside it from the
+same runs: the loop's wall time over the loop's sleeping time, marginal the same way. Medians over
+``--rounds`` interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CGROUP_ROOT = Path("/sys/fs/cgroup/cpuacct")
+KEYS = [f"train/m{i}" for i in range(10)]
+STEP_S = 0.002
+OTEL_RL = ["otel-rl tensorboard", "otel-rl wandb", "otel-rl swanlab", "otel-rl mlflow", "otel-rl all four"]
+PEERS = ["tensorboardX", "wandb offline", "swanlab offline", "mlflow async (sqlite)"]
+#: The peer each otel-rl sink is compared with.
+PEER_OF = {"otel-rl tensorboard": "tensorboardX", "otel-rl wandb": "wandb offline",
+           "otel-rl swanlab": "swanlab offline", "otel-rl mlflow": "mlflow async (sqlite)"}
+
+CHILD = r'''
+import json, os, sys, time
+kind, steps, tmp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+KEYS = [f"train/m{i}" for i in range(10)]
+STEP_S = float(sys.argv[4])
+if kind == "none":
+    log, finish = (lambda values, step: None), (lambda: None)
+elif kind.startswith("otel-rl"):
+    import otel_rl
+    names = ["tensorboard", "wandb", "swanlab", "mlflow"] if kind.endswith("all four") else [kind.split()[1]]
+    cfg = {"run_name": "bench", "system_metrics": {"enabled": False}, "tensorboard": {"enabled": False}}
+    sections = {"tensorboard": {"enabled": True, "log_dir": f"{tmp}/tb"},
+                "wandb": {"enabled": True, "mode": "offline", "dir": f"{tmp}/wb", "project": "bench"},
+                "swanlab": {"enabled": True, "mode": "offline", "logdir": f"{tmp}/sl", "project": "bench"},
+                "mlflow": {"enabled": True, "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "bench"}}
+    cfg.update({n: sections[n] for n in names})
+    logger = otel_rl.Logger(cfg)
+    log, finish = (lambda values, step: logger.log_metrics(values, step)), logger.finish
+elif kind == "tensorboardX":
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(f"{tmp}/tbx")
+    def log(values, step):
+        for k, v in values.items():
+            writer.add_scalar(k, v, step)
+    finish = writer.close
+elif kind == "wandb offline":
+    import wandb
+    run = wandb.init(project="bench", mode="offline", dir=tmp, settings=wandb.Settings(x_disable_stats=True,
+                     console="off"))
+    log, finish = (lambda values, step: run.log(values, step=step)), run.finish
+elif kind == "swanlab offline":
+    import swanlab
+    swanlab.init(project="bench", mode="offline", logdir=f"{tmp}/sl")
+    log, finish = (lambda values, step: swanlab.log(values, step=step)), swanlab.finish
+elif kind == "mlflow async (sqlite)":
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+    mlflow.set_experiment("bench")
+    mlflow.start_run()
+    log = lambda values, step: mlflow.log_metrics(values, step=step, synchronous=False)
+    finish = mlflow.end_run
+else:
+    raise SystemExit(f"unknown logger {kind!r}")
+values = {k: 0.0 for k in KEYS}
+start = time.perf_counter()
+for step in range(steps):
+    for i, k in enumerate(KEYS):
+        values[k] = (step * 7 + i) % 13 / 13
+    log(values, step)
+    time.sleep(STEP_S)
+loop_s = time.perf_counter() - start
+finish()
+print(json.dumps({"loop_s": loop_s}))
+'''
+
+
+def _cgroup_usable() -> bool:
+    probe = CGROUP_ROOT / f"otel_rl_bench_probe_{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+def run_once(kind: str, steps: int, use_cgroup: bool) -> dict:
+    """One fresh process: the CPU seconds of every process of the run, and the loop's wall time."""
+    with tempfile.TemporaryDirectory(prefix="otel-rl-machine-") as tmp:
+        env = {**os.environ, "WANDB_SILENT": "true", "SWANLAB_SAVE_DIR": tmp, "PYTHONPATH": str(ROOT)}
+        argv = [sys.executable, "-c", CHILD, kind, str(steps), tmp, str(STEP_S)]
+        if use_cgroup:
+            group = CGROUP_ROOT / f"otel_rl_bench_{os.getpid()}_{time.monotonic_ns()}"
+            group.mkdir()
+            procs = group / "cgroup.procs"
+            proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900,
+                                  preexec_fn=lambda: procs.write_text(str(os.getpid())))
+            deadline = time.monotonic() + 60
+            while procs.read_text().strip() and time.monotonic() < deadline:  # the run's last process
+                time.sleep(0.05)
+            cpu_s = int((group / "cpuacct.usage").read_text()) / 1e9
+            left = procs.read_text().split()
+            for pid in left:  # started by this run and still there after a minute
+                os.kill(int(pid), 9)
+            while procs.read_text().strip():
+                time.sleep(0.05)
+            group.rmdir()
+        else:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # reap the descendants that outlived the trainer
+                try:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    time.sleep(0.05)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind}: exit {proc.returncode}: {proc.stderr[-2000:]}")
+    loop_s = json.loads(proc.stdout.strip().splitlines()[-1])["loop_s"]
+    return {"cpu_s": cpu_s, "loop_s": loop_s}
+
+
+def measure(kinds: list[str], short: int, long: int, rounds: int) -> dict[str, dict]:
+    use_cgroup = _cgroup_usable()
+    if not use_cgroup:  # orphans of the run are reparented to this process, which reaps them
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for kind in kinds:  # interleaved: the machine's drift spreads over every logger
+            a, b = run_once(kind, short, use_cgroup), run_once(kind, long, use_cgroup)
+            steps = long - short
+            samples[kind].append(((b["cpu_s"] - a["cpu_s"]) / steps, (b["loop_s"] - a["loop_s"]) / steps))
+    out = {}
+    for kind, pairs in samples.items():
+        cpu = [c for c, _ in pairs]
+        loop = [w for _, w in pairs]
+        out[kind] = {"cpu_ms_per_step": statistics.median(cpu) * 1e3, "cpu_ms_min": min(cpu) * 1e3,
+                     "cpu_ms_max": max(cpu) * 1e3, "loop_ms_per_step": statistics.median(loop) * 1e3,
+                     "accounting": "cgroup cpuacct" if use_cgroup else "subreaper rusage"}
+    if "none" in out:
+        base = out["none"]["loop_ms_per_step"]
+        for row in out.values():
+            row["loop_slowdown_pct"] = (row["loop_ms_per_step"] / base - 1) * 100
+    return out
+
+
+def report(out: dict[str, dict]) -> str:
+    lines = ["| logger | CPU per step, all processes (min-max) | loop slowdown |", "|---|---|---|"]
+    for kind, row in out.items():
+        slow = f"{row['loop_slowdown_pct']:+.1f} %" if "loop_slowdown_pct" in row else ""
+        lines.append(f"| {kind} | {row['cpu_ms_per_step']:.3f} ms ({row['cpu_ms_min']:.3f}-{row['cpu_ms_max']:.3f})"
+                     f" | {slow} |")
+    peers = [out[p]["cpu_ms_per_step"] for p in PEERS if p in out]
+    if "otel-rl all four" in out and peers:
+        lines.append(f"\nall four / cheapest single peer: {out['otel-rl all four']['cpu_ms_per_step'] / min(peers):.2f}")
+    for ours, peer in PEER_OF.items():
+        if ours in out and peer in out:
+            lines.append(f"{ours} / {peer}: {out[ours]['cpu_ms_per_step'] / out[peer]['cpu_ms_per_step']:.2f}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--short", type=int, default=1000)
+    parser.add_argument("--long", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="loggers to run (default: all)")
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args()
+    kinds = ["none", *(args.only or OTEL_RL + PEERS)]
+    out = measure(kinds, args.short, args.long, args.rounds)
+    print(report(out))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
