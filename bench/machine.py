@@ -11,9 +11,11 @@ outlive the trainer included). The count ends when the last process of the run h
 the trainer, otel-rl's helper, ``wandb-core``, SwanLab's and MLflow's threads and processes.
 
 The marginal cost per step is (CPU of a ``--long`` run - CPU of a ``--short`` run) / (long -
-short): start-up, imports and shutdown cancel. The loop slowdown is reported beside it from the
-same runs: the loop's wall time over the loop's sleeping time, marginal the same way. Medians over
-``--rounds`` interleaved rounds.
+short): start-up, imports and shutdown cancel. The loop's own cost (the Python loop and its
+sleep calls: the ``none`` row, a run that logs nothing) is then subtracted, so each row is
+logging's CPU alone. The loop's wall time per step is reported beside it from the same runs, as a
+slowdown against ``none`` (a 2 ms sleeping step: ``bench/loop.py`` measures the slowdown of
+loops that compute). Medians over ``--rounds`` interleaved rounds.
 """
 
 from __future__ import annotations
@@ -156,23 +158,29 @@ def measure(kinds: list[str], short: int, long: int, rounds: int) -> dict[str, d
             a, b = run_once(kind, short, use_cgroup), run_once(kind, long, use_cgroup)
             steps = long - short
             samples[kind].append(((b["cpu_s"] - a["cpu_s"]) / steps, (b["loop_s"] - a["loop_s"]) / steps))
+    base_cpu = statistics.median(c for c, _ in samples["none"]) if "none" in samples else 0.0
+    base_loop = statistics.median(w for _, w in samples["none"]) if "none" in samples else None
     out = {}
     for kind, pairs in samples.items():
-        cpu = [c for c, _ in pairs]
-        loop = [w for _, w in pairs]
+        cpu = [c - base_cpu for c, _ in pairs]
+        loop = statistics.median(w for _, w in pairs)
         out[kind] = {"cpu_ms_per_step": statistics.median(cpu) * 1e3, "cpu_ms_min": min(cpu) * 1e3,
-                     "cpu_ms_max": max(cpu) * 1e3, "loop_ms_per_step": statistics.median(loop) * 1e3,
+                     "cpu_ms_max": max(cpu) * 1e3, "loop_ms_per_step": loop * 1e3,
+                     "loop_cpu_ms_per_step": base_cpu * 1e3,
                      "accounting": "cgroup cpuacct" if use_cgroup else "subreaper rusage"}
-    if "none" in out:
-        base = out["none"]["loop_ms_per_step"]
-        for row in out.values():
-            row["loop_slowdown_pct"] = (row["loop_ms_per_step"] / base - 1) * 100
+        if base_loop:
+            out[kind]["loop_slowdown_pct"] = (loop / base_loop - 1) * 100
     return out
 
 
 def report(out: dict[str, dict]) -> str:
-    lines = ["| logger | CPU per step, all processes (min-max) | loop slowdown |", "|---|---|---|"]
+    base = next(iter(out.values()), {}).get("loop_cpu_ms_per_step", 0.0)
+    lines = [f"Logging's CPU per step of 10 scalars, every process, the loop's own {base:.3f} ms subtracted; "
+             f"accounting: {next(iter(out.values()), {}).get('accounting')}.", "",
+             "| logger | CPU per step, all processes (min-max) | 2 ms sleeping step: slowdown |", "|---|---|---|"]
     for kind, row in out.items():
+        if kind == "none":
+            continue
         slow = f"{row['loop_slowdown_pct']:+.1f} %" if "loop_slowdown_pct" in row else ""
         lines.append(f"| {kind} | {row['cpu_ms_per_step']:.3f} ms ({row['cpu_ms_min']:.3f}-{row['cpu_ms_max']:.3f})"
                      f" | {slow} |")
@@ -193,7 +201,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="loggers to run (default: all)")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
-    kinds = ["none", *(args.only or OTEL_RL + PEERS)]
+    kinds = ["none", *(args.only or OTEL_RL + PEERS)]  # none: the loop's own CPU, subtracted
     out = measure(kinds, args.short, args.long, args.rounds)
     print(report(out))
     if args.json:

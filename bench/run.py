@@ -51,12 +51,21 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(HERE / "results.md"))
     args = parser.parse_args()
-    steps, mem_steps, seconds, rank_steps = (300, 100_000, 5, 300) if args.quick else (3000, 1_000_000, 20, 2000)
+    # quick: each bench once, small (CI checks that they run, not their figures)
+    steps, mem_steps, seconds, rank_steps = (200, 30_000, 3, 200) if args.quick else (3000, 1_000_000, 20, 2000)
     started = time.time()
     lines = [f"# otel-rl benchmarks ({'quick' if args.quick else 'full'} mode)", "",
              f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}.", ""]
+    short, long, rounds = (100, 400, 1) if args.quick else (1000, 5000, 3)
+    kinds = ["otel-rl tensorboard", "tensorboardX"] if args.quick else None
+    cpu = subprocess.run([sys.executable, str(HERE / "machine.py"), "--short", str(short), "--long", str(long),
+                          "--rounds", str(rounds), *(["--only", *kinds] if kinds else [])],
+                         capture_output=True, text=True, timeout=3600)
+    lines += ["## What logging costs the whole machine: CPU of every process, per step", ""]
+    lines += cpu.stdout.strip().splitlines() if cpu.returncode == 0 else [f"error: {cpu.stderr[-500:]}"]
+    lines.append("")
     with mlflow_server() as url:
-        for gap in (1.0, 0.0):
+        for gap in (1.0,) if args.quick else (1.0, 0.0):
             rows = hotpath.run_all(steps, gap, url)
             lines += [f"## Hot path: 10 scalars per step, {steps} steps, {gap:g} ms compute gap", ""]
             lines += _hotpath_table(rows) + [""]
@@ -89,7 +98,7 @@ def main() -> int:
                   f"- 10 ranks x {r['steps']} steps x 10 gauges through the real SDK exporter: "
                   f"{r['received_points']:,.0f} points received, collector RSS {r['rss_start_mb']:.0f} MB -> "
                   f"peak {r['rss_peak_mb']:.0f} MB.", ""]
-    images, videos = (30, 2) if args.quick else (100, 4)
+    images, videos = (10, 1) if args.quick else (100, 4)
     media = subprocess.run([sys.executable, str(HERE / "media.py"), "--images", str(images), "--videos", str(videos)],
                            capture_output=True, text=True, timeout=1800)
     lines += ["## Media: the training thread and every process, per call", ""]

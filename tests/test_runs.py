@@ -222,18 +222,20 @@ def test_wandb_and_swanlab_runs_start_when_training_starts(tmp_path):
     logger = Logger({"run_name": "starts", "export_interval_s": 60, "tensorboard": {"enabled": False},
                      "wandb": {"enabled": True, "mode": "offline", "dir": str(tmp_path / "wb")},
                      "swanlab": {"enabled": True, "mode": "offline", "logdir": str(tmp_path / "sl")}})
-    t1 = time.time()  # training starts now; its first write is at finish, 10 s on
-    time.sleep(10)
+    t1 = time.time()  # training starts now; its first write is at finish, 15 s on
+    time.sleep(15)
     logger.log_metrics({"loss": 1.0}, step=0)
     logger.finish()
     (run_dir,) = glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*"))
     header = next(r for r in _wandb_records(run_dir) if r["type"] == "run")["run"]
     started = datetime.fromisoformat(header["start_time"].replace("Z", "+00:00")).timestamp()
-    assert t0 - 1 < started < t1 + 5, (started - t0, t1 - t0)  # at the start, not 10 s on at the first write
+    # at the start (the SDK loads in the helper meanwhile: seconds on a loaded machine), not 15 s
+    # on at the first write
+    assert t0 - 1 < started < t1 + 10, (started - t0, t1 - t0)
     (sl_run,) = glob.glob(str(tmp_path / "sl" / "run-*"))
     # SwanLab names its run folder run-<local time of swanlab.init>
     sl_started = datetime.strptime(Path(sl_run).name.split("-")[1], "%Y%m%d_%H%M%S").timestamp()
-    assert t0 - 1 < sl_started < t1 + 5, (sl_started - t0, t1 - t0)
+    assert t0 - 1 < sl_started < t1 + 10, (sl_started - t0, t1 - t0)
 
 
 TWIN = """

@@ -2,8 +2,8 @@
 
 Layout: ``<dir>/seg-00000001.log``, ... plus ``checkpoint.json``. Each record is framed as
 ``<u32 length><u32 crc32><payload>``; the payload is the batch as a pickle of plain values
-(:func:`encode_batch`). Appends are
-flushed (and fsynced when ``fsync``) before :meth:`Spool.append` returns, so a caller can
+(:func:`encode_batch`). Appends are flushed (and fsynced when ``fsync``) before
+:meth:`Spool.append` returns (``last_append`` then says where the record is), so a caller can
 acknowledge data once it is in the spool. :meth:`Spool.ack` checkpoints the sink's progress
 atomically (write, fsync, rename); after a restart, reading resumes at the checkpoint, so an
 acknowledged batch is neither lost nor delivered twice by the spool (at most the one batch in
@@ -17,9 +17,8 @@ returns False when the batch does not fit, and the caller applies its policy (th
 answers 503 so the sender retries; the in-process pipeline drops the batch and counts it:
 training is never blocked).
 
-A spool directory belongs to one process at a time (an exclusive ``flock`` on ``lock``): a
-second process gets :class:`SpoolLockedError`. The checkpoint also carries the consumer's
-state (:meth:`ack`), so a sink's own progress and the spool's agree after a crash.
+A spool directory belongs to one process at a time (an exclusive ``flock`` on ``lock``): a second
+process gets :class:`SpoolLockedError`. The checkpoint also carries the consumer's state (:meth:`ack`).
 """
 
 from __future__ import annotations
@@ -132,7 +131,7 @@ class Spool:
         self._sizes.setdefault(self._segment, self._file.tell())
         self.quarantined_records = 0
         self._reserve = self.dir / "reserve"
-        self._reserve_ok = self._make_reserve()
+        self._reserve_ok, self.last_append = self._make_reserve(), None
         self._skips: dict[tuple[int, int], int] = {}  # corrupt stretches: start -> where reading goes on
 
     def _path(self, segment: int) -> Path:
@@ -235,6 +234,7 @@ class Spool:
                 self._cut_back(size)
                 raise
             self._sizes[self._segment] += len(frame)
+            self.last_append = ((self._segment, size), (self._segment, size + len(frame)))  # (at, after)
             emission = batch.meta.get("emission")
             if isinstance(emission, int) and emission > self.last_emission:
                 self.last_emission = emission
