@@ -41,7 +41,7 @@ class SpoolQueue:
     before, or once a slow sink has fallen further behind."""
 
     durable = True
-    RECENT, RECENT_BYTES = 16, 32 << 20
+    RECENT, RECENT_BYTES = 2, 8 << 20
 
     def __init__(self, spool) -> None:
         self.spool = spool
