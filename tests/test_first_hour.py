@@ -212,15 +212,21 @@ def test_a_busy_port_is_named(tmp_path):
     assert "receivers.http.port" in proc.stderr
 
 
+def _ready_collector(config: Path) -> subprocess.Popen:
+    """The collector CLI on ``config`` once it says it is ready, its log kept for ``communicate()``."""
+    sys.path.insert(0, str(ROOT / "tests" / "collector"))
+    from trainers import start_collector
+
+    return start_collector(config, stderr=True)
+
+
 def test_the_collector_logs_sigterm_and_what_it_delivered(tmp_path):
     pytest.importorskip("otel_rl_collector")
     config = tmp_path / "c.yaml"
     config.write_text(f"receivers: {{http: {{port: 0}}, grpc: {{port: 0}}}}\n"
                       f"tensorboard: {{log_dir: {tmp_path / 'runs'}}}\nspool: {{dir: {tmp_path / 'spool'}}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "otel_rl.cli", "collector", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _ready_collector(config)
     try:
-        assert proc.stdout.readline().startswith("otel-rl collector ready")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -242,10 +248,8 @@ def test_a_sigterm_the_kernel_hands_to_another_thread_still_stops_the_collector(
     config = tmp_path / "c.yaml"
     config.write_text(f"receivers: {{http: {{port: 0}}, grpc: {{port: 0}}}}\n"
                       f"tensorboard: {{log_dir: {tmp_path / 'runs'}}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "otel_rl.cli", "collector", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _ready_collector(config)
     try:
-        assert proc.stdout.readline().startswith("otel-rl collector ready")
         (thread, *_) = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
         tgkill = {"x86_64": 234, "aarch64": 131}.get(os.uname().machine)  # the syscall's number
         if tgkill is None:

@@ -54,5 +54,5 @@ def start_collector(config_path, stderr: bool = False):
     proc = subprocess.Popen([sys.executable, "-m", "otel_rl.cli", "collector", "--config", str(config_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE if stderr else subprocess.DEVNULL,
                             text=True)
-    assert "ready" in proc.stdout.readline()
+    assert proc.stdout.readline().startswith("otel-rl collector ready")
     return proc
