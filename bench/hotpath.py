@@ -42,17 +42,22 @@ def _cpu(proc: psutil.Process) -> float:
     return total
 
 
-def make_logger(name: str, tmp: Path, mlflow_url: str | None):
-    """(log(step, values), finish(), count_delivered() or None) for logger ``name``."""
+def make_logger(name: str, tmp: Path, mlflow_url: str | None, system_metrics: bool = True):
+    """(log(step, values), finish(), count_delivered() or None) for logger ``name``: one of
+    :data:`LOGGERS`, or ``otel-rl (<backend>)`` for otel-rl with that one backend. ``mlflow_url``:
+    a tracking server or a ``sqlite:///`` store (also the MLflow peers')."""
     if name.startswith("otel-rl"):
         from backends import backend_config, read_scalars
 
         import otel_rl
 
-        names = ["tensorboard"] if "tensorboard" in name else ["tensorboard", "wandb", "swanlab", "mlflow"]
+        inner = name[name.index("(") + 1:name.rindex(")")]
+        names = ["tensorboard", "wandb", "swanlab", "mlflow"] if inner == "4 backends" else [inner]
         cfg = {n: backend_config(n, tmp, mlflow_url) for n in names}
         for other in ("tensorboard",):
             cfg.setdefault(other, {"enabled": False})
+        if not system_metrics:
+            cfg["system_metrics"] = {"enabled": False}
         logger = otel_rl.Logger({"run_name": "bench", **cfg})
 
         def count():

@@ -34,57 +34,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpuacct")
-KEYS = [f"train/m{i}" for i in range(10)]
 STEP_S = 0.002
-OTEL_RL = ["otel-rl tensorboard", "otel-rl wandb", "otel-rl swanlab", "otel-rl mlflow", "otel-rl all four"]
-PEERS = ["tensorboardX", "wandb offline", "swanlab offline", "mlflow async (sqlite)"]
+#: bench/hotpath.py's names (its make_logger sets each up); MLflow on a sqlite store for both.
+OTEL_RL = ["otel-rl (tensorboard)", "otel-rl (wandb)", "otel-rl (swanlab)", "otel-rl (mlflow)", "otel-rl (4 backends)"]
+PEERS = ["tensorboardX", "wandb offline", "swanlab offline", "mlflow async"]
 #: The peer each otel-rl sink is compared with.
-PEER_OF = {"otel-rl tensorboard": "tensorboardX", "otel-rl wandb": "wandb offline",
-           "otel-rl swanlab": "swanlab offline", "otel-rl mlflow": "mlflow async (sqlite)"}
+PEER_OF = {"otel-rl (tensorboard)": "tensorboardX", "otel-rl (wandb)": "wandb offline",
+           "otel-rl (swanlab)": "swanlab offline", "otel-rl (mlflow)": "mlflow async"}
 
 CHILD = r'''
-import json, os, sys, time
-kind, steps, tmp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-KEYS = [f"train/m{i}" for i in range(10)]
-STEP_S = float(sys.argv[4])
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[5])  # bench/: the loggers are set up as bench/hotpath.py sets them up
+from hotpath import KEYS, make_logger
+kind, steps, tmp, STEP_S = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
 if kind == "none":
     log, finish = (lambda values, step: None), (lambda: None)
-elif kind.startswith("otel-rl"):
-    import otel_rl
-    names = ["tensorboard", "wandb", "swanlab", "mlflow"] if kind.endswith("all four") else [kind.split()[1]]
-    cfg = {"run_name": "bench", "system_metrics": {"enabled": False}, "tensorboard": {"enabled": False}}
-    sections = {"tensorboard": {"enabled": True, "log_dir": f"{tmp}/tb"},
-                "wandb": {"enabled": True, "mode": "offline", "dir": f"{tmp}/wb", "project": "bench"},
-                "swanlab": {"enabled": True, "mode": "offline", "logdir": f"{tmp}/sl", "project": "bench"},
-                "mlflow": {"enabled": True, "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "bench"}}
-    cfg.update({n: sections[n] for n in names})
-    logger = otel_rl.Logger(cfg)
-    log, finish = (lambda values, step: logger.log_metrics(values, step)), logger.finish
-elif kind == "tensorboardX":
-    from tensorboardX import SummaryWriter
-    writer = SummaryWriter(f"{tmp}/tbx")
-    def log(values, step):
-        for k, v in values.items():
-            writer.add_scalar(k, v, step)
-    finish = writer.close
-elif kind == "wandb offline":
-    import wandb
-    run = wandb.init(project="bench", mode="offline", dir=tmp, settings=wandb.Settings(x_disable_stats=True,
-                     console="off"))
-    log, finish = (lambda values, step: run.log(values, step=step)), run.finish
-elif kind == "swanlab offline":
-    import swanlab
-    swanlab.init(project="bench", mode="offline", logdir=f"{tmp}/sl")
-    log, finish = (lambda values, step: swanlab.log(values, step=step)), swanlab.finish
-elif kind == "mlflow async (sqlite)":
-    import mlflow
-    mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-    mlflow.set_experiment("bench")
-    mlflow.start_run()
-    log = lambda values, step: mlflow.log_metrics(values, step=step, synchronous=False)
-    finish = mlflow.end_run
 else:
-    raise SystemExit(f"unknown logger {kind!r}")
+    log, finish, _ = make_logger(kind, tmp, f"sqlite:///{tmp}/mlflow.db", system_metrics=False)
 values = {k: 0.0 for k in KEYS}
 start = time.perf_counter()
 for step in range(steps):
@@ -112,7 +79,7 @@ def run_once(kind: str, steps: int, use_cgroup: bool) -> dict:
     """One fresh process: the CPU seconds of every process of the run, and the loop's wall time."""
     with tempfile.TemporaryDirectory(prefix="otel-rl-machine-") as tmp:
         env = {**os.environ, "WANDB_SILENT": "true", "SWANLAB_SAVE_DIR": tmp, "PYTHONPATH": str(ROOT)}
-        argv = [sys.executable, "-c", CHILD, kind, str(steps), tmp, str(STEP_S)]
+        argv = [sys.executable, "-c", CHILD, kind, str(steps), tmp, str(STEP_S), str(ROOT / "bench")]
         if use_cgroup:
             group = CGROUP_ROOT / f"otel_rl_bench_{os.getpid()}_{time.monotonic_ns()}"
             group.mkdir()
@@ -185,8 +152,8 @@ def report(out: dict[str, dict]) -> str:
         lines.append(f"| {kind} | {row['cpu_ms_per_step']:.3f} ms ({row['cpu_ms_min']:.3f}-{row['cpu_ms_max']:.3f})"
                      f" | {slow} |")
     peers = [out[p]["cpu_ms_per_step"] for p in PEERS if p in out]
-    if "otel-rl all four" in out and peers:
-        lines.append(f"\nall four / cheapest single peer: {out['otel-rl all four']['cpu_ms_per_step'] / min(peers):.2f}")
+    if "otel-rl (4 backends)" in out and peers:
+        lines.append(f"\nall four / cheapest single peer: {out['otel-rl (4 backends)']['cpu_ms_per_step'] / min(peers):.2f}")
     for ours, peer in PEER_OF.items():
         if ours in out and peer in out:
             lines.append(f"{ours} / {peer}: {out[ours]['cpu_ms_per_step'] / out[peer]['cpu_ms_per_step']:.2f}")

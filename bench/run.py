@@ -57,7 +57,7 @@ def main() -> int:
     lines = [f"# otel-rl benchmarks ({'quick' if args.quick else 'full'} mode)", "",
              f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}.", ""]
     short, long, rounds = (100, 400, 1) if args.quick else (1000, 5000, 3)
-    kinds = ["otel-rl tensorboard", "tensorboardX"] if args.quick else None
+    kinds = ["otel-rl (tensorboard)", "tensorboardX"] if args.quick else None
     cpu = subprocess.run([sys.executable, str(HERE / "machine.py"), "--short", str(short), "--long", str(long),
                           "--rounds", str(rounds), *(["--only", *kinds] if kinds else [])],
                          capture_output=True, text=True, timeout=3600)
