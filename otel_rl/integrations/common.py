@@ -12,6 +12,7 @@ from typing import Any
 
 from otel_rl.config import Config, load_config
 from otel_rl.config.dialects import adapt
+from otel_rl.model.tape import flatten
 from otel_rl.settings import read_mapping
 
 _log = logging.getLogger(__name__)
@@ -37,21 +38,13 @@ def run_config(config: Config | dict | str | None = None, *, run_name: Any = Non
     return config
 
 
-def numbers_and_texts(values: dict, prefix: str = "") -> tuple[dict[str, Any], dict[str, str]]:
-    """A framework's ``log`` dict split into values to plot (numbers, numpy and torch scalars;
-    nested dicts flattened with ``/``) and texts (strings)."""
-    numbers: dict[str, Any] = {}
-    texts: dict[str, str] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            inner_numbers, inner_texts = numbers_and_texts(value, name + "/")
-            numbers.update(inner_numbers)
-            texts.update(inner_texts)
-        elif isinstance(value, str):
-            texts[name] = value
-        else:
-            numbers[name] = value.item() if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 else value
+def numbers_and_texts(values: dict) -> tuple[dict[str, Any], dict[str, str]]:
+    """A framework's ``log`` dict split into values to plot (numbers; numpy and torch 0-d values
+    as numbers) and texts (strings), nested dicts flattened with ``/`` as ``Logger`` does."""
+    flat = flatten(values)
+    texts = {name: value for name, value in flat.items() if isinstance(value, str)}
+    numbers = {name: value.item() if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 else value
+               for name, value in flat.items() if name not in texts}
     return numbers, texts
 
 
