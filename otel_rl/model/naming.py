@@ -47,7 +47,8 @@ RULES: dict[str, NameRules] = {
 
 #: Attributes that describe a series but do not identify it (the GPU's model name is fixed
 #: by its ``hw.id``): left out of backend keys, kept on the OTel stream.
-DESCRIPTIVE_ATTRIBUTES = frozenset({"hw.name", "hw.vendor", "hw.gpu.pci_bus_id"})
+DESCRIPTIVE_ATTRIBUTES = frozenset({"hw.name", "hw.vendor", "hw.gpu.pci_bus_id", "hw.type", "hw.driver_version",
+                                    "hw.model"})
 
 
 _PLAIN = re.compile(r"[\w.\-:@+=,]{1,128}")

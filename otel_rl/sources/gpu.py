@@ -12,10 +12,17 @@ read at most every ``interval_s`` and the latest reading is reported):
 | ``hw.gpu.power`` | W | ``nvmlDeviceGetPowerUsage() / 1000`` |
 | ``hw.gpu.temperature`` | Cel | ``nvmlDeviceGetTemperature(NVML_TEMPERATURE_GPU)`` |
 | ``hw.gpu.clock.sm`` / ``hw.gpu.clock.memory`` | Hz | ``nvmlDeviceGetClockInfo() * 1e6`` |
+| ``hw.energy`` (observable counter) | J | ``nvmlDeviceGetTotalEnergyConsumption() / 1000`` (Volta+) |
 | ``hw.gpu.process.memory.usage`` | By | per process (``process.pid``, ``otel_rl.role``) |
 
-Attributes: ``hw.id`` (GPU UUID, required by the conventions), ``hw.name``, ``hw.vendor``,
-``hw.gpu.pci_bus_id`` and ``host.name``: a bounded set per node.
+The first four and ``hw.energy`` are the conventions' own names. The conventions name GPU
+power ``hw.power`` (with ``hw.type=gpu``) and define no GPU temperature or clock; the
+``hw.gpu.power``, ``hw.gpu.temperature`` and ``hw.gpu.clock.*`` names are otel-rl's, kept
+under the ``hw.gpu.`` prefix so one dashboard query finds every GPU gauge.
+
+Attributes: ``hw.id`` (GPU UUID, required by the conventions), ``hw.type`` (``gpu``, required),
+``hw.name``, ``hw.vendor``, ``hw.driver_version``, ``hw.gpu.pci_bus_id`` and ``host.name``:
+a bounded set per node.
 
 One sampler per node, not per worker (wandb#5078: colocated workers double-count): the first
 process to take the node's lock file samples; the others only register their role with
@@ -52,6 +59,9 @@ _GAUGES = {  # name: (unit, description, reading key)
     "hw.gpu.temperature": ("Cel", "GPU temperature", "temp"),
     "hw.gpu.clock.sm": ("Hz", "SM clock", "clock_sm"),
     "hw.gpu.clock.memory": ("Hz", "memory clock", "clock_mem"),
+}
+_COUNTERS = {  # cumulative since the driver loaded: an observable counter
+    "hw.energy": ("J", "energy consumed by the GPU", "energy"),
 }
 
 
@@ -122,15 +132,24 @@ class GpuSampler:
             return False
         self._nvml = nvml
         host = socket.gethostname()
+        try:
+            driver = _text(nvml.nvmlSystemGetDriverVersion())
+        except Exception:  # recommended, not required: left out when NVML cannot say
+            driver = None
         for index in range(count):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            self._handles.append((handle, {
-                "hw.id": _text(nvml.nvmlDeviceGetUUID(handle)), "hw.name": _text(nvml.nvmlDeviceGetName(handle)),
-                "hw.vendor": "NVIDIA", "hw.gpu.pci_bus_id": _text(nvml.nvmlDeviceGetPciInfo(handle).busId),
-                "host.name": host}))
+            attrs = {"hw.id": _text(nvml.nvmlDeviceGetUUID(handle)), "hw.type": "gpu",
+                     "hw.name": _text(nvml.nvmlDeviceGetName(handle)), "hw.vendor": "NVIDIA",
+                     "hw.gpu.pci_bus_id": _text(nvml.nvmlDeviceGetPciInfo(handle).busId), "host.name": host}
+            if driver:
+                attrs["hw.driver_version"] = driver
+            self._handles.append((handle, attrs))
         for name, (unit, description, key) in _GAUGES.items():
             self._meter.create_observable_gauge(name, callbacks=[self._callback(key)], unit=unit,
                                                 description=description)
+        for name, (unit, description, key) in _COUNTERS.items():
+            self._meter.create_observable_counter(name, callbacks=[self._callback(key)], unit=unit,
+                                                  description=description)
         if self.config.per_process:
             self._meter.create_observable_gauge("hw.gpu.process.memory.usage", callbacks=[self._per_process],
                                                 unit="By", description="GPU memory used per process")
@@ -176,6 +195,7 @@ class GpuSampler:
             "temp": lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
             "clock_sm": lambda: nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM) * 1e6,
             "clock_mem": lambda: nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM) * 1e6,
+            "energy": lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0,
         }
         out: dict[str, float] = {}
         for key, query in queries.items():
@@ -204,7 +224,7 @@ class GpuSampler:
                 used = getattr(proc, "usedGpuMemory", None)
                 if used is None:
                     continue
-                out.append(({"hw.id": attrs["hw.id"], "host.name": attrs["host.name"],
+                out.append(({"hw.id": attrs["hw.id"], "hw.type": "gpu", "host.name": attrs["host.name"],
                              "process.pid": int(proc.pid), "otel_rl.role": roles.get(int(proc.pid), "unknown")},
                             float(used)))
         return out
