@@ -99,7 +99,10 @@ class _Journal:
 
     W&B history rows cannot be overwritten, so a batch replayed from a spool after a crash (written,
     but the spool checkpoint had not moved yet) is recognized and skipped. Only batches after the
-    checkpoint can be replayed, so the last 1,000 fingerprints are plenty.
+    checkpoint can be replayed, so the last 1,000 fingerprints are plenty. One line per
+    fingerprint, appended per batch (rewriting the whole list each time cost more than the
+    fingerprint); cut back to the last 1,000 when it reaches twice that. A line cut short by a
+    crash matches nothing. (Before: one JSON list, still read.)
     """
 
     LIMIT = 1000
@@ -107,10 +110,16 @@ class _Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._seen = list(json.loads(path.read_text()))
-        except (OSError, ValueError):
+            text = path.read_text()
+        except OSError:
+            text = ""
+        try:
+            self._seen = list(json.loads(text)) if text.startswith("[") else text.split()
+        except ValueError:
             self._seen = []
+        self._seen = self._seen[-self.LIMIT:]
         self._set = set(self._seen)
+        self._lines = len(self._seen)
 
     def __contains__(self, fingerprint: str) -> bool:
         return fingerprint in self._set
@@ -121,9 +130,15 @@ class _Journal:
         if len(self._seen) > self.LIMIT:
             self._set.discard(self._seen.pop(0))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._seen))
-        os.replace(tmp, self.path)
+        if self._lines >= 2 * self.LIMIT:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(f"{f}\n" for f in self._seen))
+            os.replace(tmp, self.path)
+            self._lines = len(self._seen)
+            return
+        with open(self.path, "a") as f:
+            f.write(f"{fingerprint}\n")
+        self._lines += 1
 
 
 def histogram_arrays(hist: HistogramValue) -> tuple[list[int], list[float]] | None:

@@ -179,6 +179,35 @@ def test_wandb_histograms_and_config(tmp_path):
     assert [r["otel_rl/step"] for r in run["rows"]] == [1, 2]
 
 
+def test_wandb_replayed_batches_are_written_once_across_restarts(tmp_path, monkeypatch):
+    """A batch replayed from a spool after a crash (written to W&B, spool checkpoint not moved)
+    is skipped by the next process, also once the journal has been cut back; the rows are in the
+    offline run exactly once."""
+    from otel_rl.model.records import Batch, Point
+    from otel_rl.sinks import wandb as wandb_sink
+
+    monkeypatch.setattr(wandb_sink._Journal, "LIMIT", 3)  # cut back every 6 lines
+    cfg = load_config({"wandb": backend_config("wandb", tmp_path)}).backends["wandb"]
+
+    def batch(step):
+        return Batch(points=[Point("rp", "loss", step, step * 0.5, 1000.0 + step)])
+
+    first = registry.create("wandb", cfg)
+    first.bind_spool("spool-1", None)
+    for step in range(8):
+        first.write(batch(step))
+    first.close()  # as far as W&B is concerned, the process ends here; its spool keeps steps 5-7
+    journal = next((tmp_path / "wb" / "wandb").glob("otel-rl-written-*.json")).read_text().split()
+    assert 3 <= len(journal) <= 6, journal  # appended per batch, cut back to the last LIMIT
+    second = registry.create("wandb", cfg)
+    second.bind_spool("spool-1", None)  # the restarted process: same spool, same W&B run
+    for step in (5, 6, 7, 8, 9):  # the replay, then new batches
+        second.write(batch(step))
+    second.close()
+    rows = read_wandb(tmp_path / "wb", "rp")["rows"]
+    assert sorted(r["otel_rl/step"] for r in rows) == list(range(10))
+
+
 def test_wandb_config_errors():
     with pytest.raises(ConfigError, match=r"wandb.mode: 'cloud' is not allowed; allowed: 'online', 'offline'"):
         load_config({"wandb": {"mode": "cloud"}})
