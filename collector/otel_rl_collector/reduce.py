@@ -129,24 +129,50 @@ class Reducer:
         if all(world_size.get(run, 1) <= 1 for run in set(map(_RUN, points))):
             return list(points)  # no run here is reduced across ranks: everything passes through
         ready: list[Point] = []
-        touched: set[str] = set()
+        touched: dict[str, dict[int, int]] = {}  # run -> its ranks' progress
         late: dict[tuple, str] = {}  # groups corrected by this call: reduced once, at the end
+        ops, pending = self._ops, self._pending
         for p in points:
-            size = world_size.get(p.run, 1)
-            if size <= 1 or p.rank < 0 or p.kind in _NOT_REDUCED:
-                if p.kind == "media" and size > 1 and p.rank >= 0:  # every rank's item, told apart
-                    p = p.replace(attributes=p.attributes + (("rank", str(p.rank)),))
+            run, kind, rank = p.run, p.kind, p.rank
+            size = world_size.get(run, 1)
+            if size <= 1 or rank < 0 or kind in _NOT_REDUCED:
+                if kind == "media" and size > 1 and rank >= 0:  # every rank's item, told apart
+                    p = p.replace(attributes=p.attributes + (("rank", str(rank)),))
                 ready.append(p)  # texts and samples: every rank's, as logged
                 continue
-            op = self.op_for(p.name, p.kind)
-            self._advance(p.run, p.rank, p.step)
-            touched.add(p.run)
+            name, step = p.name, p.step
+            op = ops.get((name, kind)) or self.op_for(name, kind)
+            progress = touched.get(run)  # _advance, inline (the collector's hottest loop)
+            if progress is None:
+                progress = touched[run] = self._progress.setdefault(run, {})
+            if step > progress.get(rank, -1):
+                progress[rank] = step
             if op == "none":
-                ready.append(p.replace(attributes=p.attributes + (("rank", str(p.rank)),), rank=-1))
-            elif p.kind in _SUMS and p.temporality == "delta":
+                ready.append(p.replace(attributes=p.attributes + (("rank", str(rank)),), rank=-1))
+            elif kind in _SUMS and p.temporality == "delta":
                 self._increment(p, op, now, ready)
-            else:
-                self._group(p, size, op, now, ready, late)
+            else:  # _group and Group.add, inline: the common case, a gauge waiting for its ranks
+                key = (run, name, kind, p.attributes, step)
+                if key in self._emitted:
+                    self._group(p, size, op, now, ready, late)
+                    continue
+                groups = pending.get(run)
+                if groups is None:
+                    groups = pending[run] = {}
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = Group(now, p.temporality)
+                    self._waiting += 1
+                group.ranks.add(rank)
+                values = group.values
+                values.append(p.value)
+                group.count += 1
+                if p.time > group.time:
+                    group.time = p.time
+                if len(values) >= FOLD:
+                    group.values = [reduce_values("sum" if op == "mean" else op, values)]
+                if len(group.ranks) >= size:
+                    self._emit_group(groups, key, op, ready)
         for key, op in late.items():
             group = self._emitted.get(key)
             if group is None:  # evicted by newer groups of this same call
