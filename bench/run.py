@@ -64,6 +64,12 @@ def main() -> int:
     lines += ["## What logging costs the whole machine: CPU of every process, per step", ""]
     lines += cpu.stdout.strip().splitlines() if cpu.returncode == 0 else [f"error: {cpu.stderr[-500:]}"]
     lines.append("")
+    stage_args = ["--steps", "100", "--backends", "tensorboard"] if args.quick else ["--steps", "3000"]
+    stages = subprocess.run([sys.executable, str(HERE / "stages.py"), *stage_args],
+                            capture_output=True, text=True, timeout=1800)
+    lines += ["## Where the CPU goes, stage by stage", ""]
+    lines += stages.stdout.strip().splitlines() if stages.returncode == 0 else [f"error: {stages.stderr[-500:]}"]
+    lines.append("")
     with mlflow_server() as url:
         for gap in (1.0,) if args.quick else (1.0, 0.0):
             rows = hotpath.run_all(steps, gap, url)

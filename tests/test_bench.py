@@ -15,5 +15,7 @@ def test_bench_quick_mode_completes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "## Hot path" in text and "## Collector" in text and "## Trainer memory" in text
+    stages = text.split("## Where the CPU goes, stage by stage")[1].split("##")[0]
+    assert "| sink: tensorboard |" in stages and "| translate |" in stages, stages
     assert "p99" in text.split("## Collector")[1], text
     assert "error" not in text, text
