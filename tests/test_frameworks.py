@@ -131,6 +131,37 @@ def test_accelerate_tracker_example_reaches_every_backend(tmp_path, mlflow_serve
     assert "notes/text_summary" in read_tensorboard(tmp_path / "tb" / "accelerate-tiny")["tensors"]
 
 
+ACCELERATE_NESTED = """
+import torch
+from accelerate import Accelerator
+from otel_rl.accelerate import OtelRLTracker
+
+accelerator = Accelerator(log_with=OtelRLTracker(run_name="nested"))
+accelerator.init_trackers("proj", config={"opt": {"lr": 0.5, "betas": [0.9, 0.99]}})
+accelerator.log({"eval": {"acc": {"top1": 0.25, "top5": torch.tensor(0.75)}, "note": "first"}}, step=3)
+accelerator.log({"eval": {"acc": {"top1": 0.5}}})  # no step: the one after the last
+accelerator.end_training()
+"""
+
+
+def test_accelerate_nested_values_without_a_step(tmp_path):
+    """Nested dicts flattened with "/", a 0-d tensor as a number, a string as a text, and a log
+    without ``step`` at the next step; nested hyperparameters flattened too (TensorBoard)."""
+    pytest.importorskip("accelerate")
+    pytest.importorskip("torch")
+    config = tmp_path / "otel-rl.yaml"
+    config.write_text(yaml.safe_dump({"tensorboard": backend_config("tensorboard", tmp_path)}))
+    _run(ACCELERATE_NESTED, tmp_path, config)
+    from conftest import read_tensorboard
+
+    run = read_tensorboard(tmp_path / "tb" / "nested")
+    assert run["scalars"]["eval/acc/top1"] == {3: 0.25, 4: 0.5}
+    assert run["scalars"]["eval/acc/top5"] == {3: 0.75}
+    assert "eval/note/text_summary" in run["tensors"]
+    params = read_params("tensorboard", tmp_path, "nested")
+    assert float(params["opt/lr"]) == 0.5, params
+
+
 # -- PyTorch Lightning ------------------------------------------------------------------------
 
 @pytest.mark.timeout(400)
