@@ -107,6 +107,20 @@ def test_no_tensorboard_files_lets_otel_rl_write_the_writers_event_files(tmp_pat
     histogram_steps = sorted({step for step, _ in want["losses/value_loss"]})
     assert sorted(read_tensorboard(tmp_path / "captured" / RUN)["histograms"]["train/advantages"]) == histogram_steps
     assert "hyperparameters/text_summary" in read_tensorboard(tmp_path / "captured" / RUN)["tensors"]
+    if writer == "tensorboardX":  # as a user sees them: a real tensorboard server, default flags
+        from backends import TensorBoardServer
+
+        server = TensorBoardServer(tmp_path / "captured").start()
+        try:
+            runs = server.wait_loaded([RUN], ["losses/value_loss"])
+            for tag in ("losses/value_loss", "charts/episodic_return"):
+                steps = {step for run, tags in runs.items()
+                         if (run == RUN or run.startswith(f"{RUN}/late-")) and tag in tags
+                         for _, step, _ in server.scalars(run, tag)}
+                assert steps == {step for step, _ in want[tag]}, tag  # every step shown, none dropped
+        finally:
+            server.proc.terminate()
+            server.proc.wait(30)
 
 
 def test_otel_rl_run_says_what_is_wrong_with_its_command_line(tmp_path):
