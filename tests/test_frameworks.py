@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,57 @@ t.finish(exit_code=1)                                  # verl calls it again fro
     assert found["scalars"]["loss"] == {1: 1.0}
     assert found["status"] == "FAILED"
     assert not (tmp_path / "tb" / "console-only").exists()
+
+
+VERL_OUTAGE = """
+import time
+from verl.utils.tracking import Tracking
+
+t = Tracking(project_name="p", experiment_name="outage", default_backend=["console", "otel_rl"])
+for step in range(60):
+    t.log({"actor/pg_loss": step * 0.5}, step=step)
+    time.sleep(0.1)
+t.finish()
+"""
+
+
+def test_verl_training_while_mlflow_is_down_loses_nothing(tmp_path):
+    """MLflow's server is down when verl's trainer starts logging and comes back mid-run: every
+    step reaches MLflow once, and TensorBoard meanwhile; the script never waits on MLflow."""
+    pytest.importorskip("verl.utils.tracking")
+    from backends import MlflowServer, read_mlflow
+
+    server = MlflowServer(tmp_path)  # its port is chosen, nothing listens there yet
+    config = tmp_path / "otel-rl.yaml"
+    config.write_text(yaml.safe_dump({"tensorboard": backend_config("tensorboard", tmp_path),
+                                      "mlflow": backend_config("mlflow", tmp_path, server.url)}))
+    script = tmp_path / "outage.py"
+    script.write_text(VERL_OUTAGE)
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, cwd=tmp_path, start_new_session=True,
+                            env={**base, "OTEL_RL_CONFIG": str(config), "OTEL_RL_SYSTEM_METRICS": "false"})
+    try:
+        time.sleep(3.0)  # about half the steps are logged while MLflow is down
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        server.start()
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-3000:]
+        wait_for_late_helper(err)
+        found = read_mlflow(server.url, f"exp-{tmp_path.name}", "outage")
+        assert found["scalars"]["actor/pg_loss"] == {s: s * 0.5 for s in range(60)}
+        from mlflow.tracking import MlflowClient
+
+        history = MlflowClient(tracking_uri=server.url).get_metric_history(found["run_id"], "actor/pg_loss")
+        assert sorted(m.step for m in history) == list(range(60))  # each step once
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        server.stop()
+    from conftest import read_tensorboard
+
+    assert read_tensorboard(tmp_path / "tb" / "outage")["scalars"]["actor/pg_loss"] == {s: s * 0.5 for s in range(60)}
 
 
 # -- Accelerate -------------------------------------------------------------------------------
