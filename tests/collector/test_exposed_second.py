@@ -36,7 +36,7 @@ def exposed(tmp_path):
 
     yield start
     for collector in started:
-        collector.shutdown()
+        collector.shutdown(timeout_s=5)  # a sink that never answers (MLflow at port 9) would hold it 30 s
 
 
 def _silent(port: int, n: int, source: str = "127.0.0.2") -> list[socket.socket]:
