@@ -38,6 +38,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+from hotpath import _cpu as _tree_cpu  # noqa: E402
+
 KEYS = [f"train/m{i}" for i in range(10)]
 
 _cpu = defaultdict(float)  # stage -> CPU seconds
@@ -100,14 +103,8 @@ def _frames_cost(bodies: list[tuple]) -> dict[str, float]:
 
 
 def _process_cpu() -> float:
-    me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
-    for child in me.children(recursive=True):
-        try:
-            total += sum(child.cpu_times()[:2])
-        except psutil.Error:
-            pass
-    return total
+    """CPU of this process and its children (``wandb-core``), as the hot-path bench counts it."""
+    return _tree_cpu(psutil.Process())
 
 
 def _loop(log, steps: int, gap_s: float, first: int = 0) -> float:
