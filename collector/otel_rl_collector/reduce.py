@@ -32,13 +32,12 @@ output, and :meth:`state` / :meth:`restore` snapshot everything.
 from __future__ import annotations
 
 import fnmatch
-import math
 import operator
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from otel_rl.model.records import HistogramValue, Point, merge_histograms
+from otel_rl.model.records import HistogramValue, Point, fmean, fsum, merge_histograms
 
 _RUN = operator.attrgetter("run")
 OPS = ("mean", "max", "min", "sum", "none")
@@ -55,9 +54,9 @@ def reduce_values(op: str, values: list, count: int | None = None) -> float | Hi
     if isinstance(values[0], HistogramValue):
         return merge_histograms(values) if len(values) > 1 else values[0]
     if op == "mean":
-        return math.fsum(values) / (count or len(values))
+        return fmean(values, count)
     if op == "sum":
-        return math.fsum(values)
+        return fsum(values)
     return max(values) if op == "max" else min(values)
 
 
@@ -173,6 +172,51 @@ class Reducer:
                     group.values = [reduce_values("sum" if op == "mean" else op, values)]
                 if len(group.ranks) >= size:
                     self._emit_group(groups, key, op, ready)
+        return self._after(ready, late, touched, world_size, now)
+
+    def add_columns(self, columns, world_size: dict[str, int], now: float) -> list[Point]:
+        """:meth:`add` for the points of a block of gauge columns (one run and rank,
+        :mod:`otel_rl.model.columns`), without making an input point: the same output and state."""
+        run, rank, names = columns.run, columns.rank, columns.names
+        size = world_size.get(run, 1)
+        ops = [self._ops.get((name, "gauge")) or self.op_for(name, "gauge") for name in names]
+        if size <= 1 or rank < 0 or "none" in ops or not len(columns):
+            return self.add(columns.points(), world_size, now)
+        progress = self._progress.setdefault(run, {})  # nothing reads it before _after
+        if columns.steps[-1] > progress.get(rank, -1):
+            progress[rank] = int(columns.steps[-1])
+        ready: list[Point] = []
+        late: dict[tuple, str] = {}
+        emitted, pending = self._emitted, self._pending
+        for i, step, value, t in zip(columns.index.tolist(), columns.steps.tolist(), columns.values.tolist(),
+                                     columns.times.tolist()):
+            name, op = names[i], ops[i]
+            key = (run, name, "gauge", (), step)
+            if key in emitted:
+                self._group(Point(run, name, step, value, t, "gauge", (), rank), size, op, now, ready, late)
+                continue
+            groups = pending.get(run)  # as in add (the group's update inline)
+            if groups is None:
+                groups = pending[run] = {}
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = Group(now, "")
+                self._waiting += 1
+            group.ranks.add(rank)
+            values = group.values
+            values.append(value)
+            group.count += 1
+            if t > group.time:
+                group.time = t
+            if len(values) >= FOLD:
+                group.values = [reduce_values("sum" if op == "mean" else op, values)]
+            if len(group.ranks) >= size:
+                self._emit_group(groups, key, op, ready)
+        return self._after(ready, late, {run: progress}, world_size, now)
+
+    def _after(self, ready: list[Point], late: dict, touched: dict, world_size: dict[str, int],
+               now: float) -> list[Point]:
+        """The end of an add: the steps corrected by late points, once each; sums due; shedding."""
         for key, op in late.items():
             group = self._emitted.get(key)
             if group is None:  # evicted by newer groups of this same call

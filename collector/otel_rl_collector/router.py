@@ -104,14 +104,22 @@ class Router:
             params = record.params
             if record.info and len(self.info) < 100_000:
                 self.info.update(record.info)
-            points = record.points
-            if (set(map(_TEMPORALITY, points)) <= _GAUGES
-                    and all(self.world.get(run, 1) <= 1 for run in set(map(_RUN, points)))):
-                # gauges of runs of one rank: no increments, no totals, nothing reduced; what
-                # the steps below would return unchanged (the collector's common case)
-                self.emission += 1
-                return self._with_info(Batch(list(points), list(params), {"emission": self.emission}), record)
-            ready = self.reducer.add(self.stream.deltas(points), self.world, now=meta.get("t", 0.0))
+            columns = record.gauge_columns()  # one sender's gauges, not made into points
+            if columns is not None and self.world.get(columns.run, 1) <= 1:
+                self.emission += 1  # passed through, as below
+                return self._with_info(Batch(params=list(params), meta={"emission": self.emission},
+                                             columns=columns), record)
+            if columns is not None:  # gauges have no increments: deltas would return them
+                ready = self.reducer.add_columns(columns, self.world, now=meta.get("t", 0.0))
+            else:
+                points = record.points
+                if (set(map(_TEMPORALITY, points)) <= _GAUGES
+                        and all(self.world.get(run, 1) <= 1 for run in set(map(_RUN, points)))):
+                    # gauges of runs of one rank: no increments, no totals, nothing reduced;
+                    # what the steps below would return unchanged (the collector's common case)
+                    self.emission += 1
+                    return self._with_info(Batch(list(points), list(params), {"emission": self.emission}), record)
+                ready = self.reducer.add(self.stream.deltas(points), self.world, now=meta.get("t", 0.0))
         self.emission += 1
         out = self._with_info(Batch(self.stream.totals(ready), list(params), {"emission": self.emission}), record)
         if "tick" in meta or any(self.world.get(run, 1) > 1 for run in set(map(_RUN, out.points))):

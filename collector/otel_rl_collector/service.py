@@ -329,7 +329,7 @@ class Collector:
                 translation = translate_proto(request)
             self._check_ranks(translation, world)
             self._admit(translation, world, ids)
-            self.stats.received_points += len(translation.batch.points)
+            self.stats.received_points += translation.batch.point_count()
             self.stats.rejected_points += translation.rejected
         response = mpb.ExportMetricsServiceResponse()
         if translation.reasons:  # rejected points, or warnings (a bad step placed at the latest)
@@ -340,13 +340,14 @@ class Collector:
     def _check_ranks(self, translation, world: dict) -> None:
         """Points of a rank outside its run's world size are refused (a client claiming ranks
         0..K-1 of a world of 2 would otherwise make every late step re-reduced K times)."""
-        points = translation.batch.points
-        senders = set(map(_RUN_RANK, points))
+        columns = translation.batch.gauge_columns()  # one sender: kept or refused whole
+        points = [] if columns is not None else translation.batch.points
+        senders = {(columns.run, columns.rank)} if columns is not None else set(map(_RUN_RANK, points))
         size_of = {run: world.get(run) or self.router.world.get(run) for run, _ in senders}
         if all(rank < 0 or not size_of[run] or rank < size_of[run] for run, rank in senders):
             return
         kept = [p for p in points if p.rank < 0 or not size_of[p.run] or p.rank < size_of[p.run]]
-        bad = len(points) - len(kept)
+        bad = translation.batch.point_count() - len(kept)
         if bad:
             translation.batch.points = kept
             translation.reject(bad, "rank", f"{bad} points of a rank outside its run's world size "

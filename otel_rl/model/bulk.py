@@ -19,7 +19,6 @@ general path.
 
 from __future__ import annotations
 
-from itertools import repeat
 from typing import Any
 
 np: Any = None  # numpy, imported on first use: a training process never needs it here
@@ -118,11 +117,13 @@ def gauge_columns(data: bytes):
     return np.concatenate(steps), np.concatenate(values), np.concatenate(times)
 
 
-def gauge_points(point_cls, run: str, rank: int, metrics: list[tuple[str, bytes]]) -> list | None:
-    """The :class:`~otel_rl.model.records.Point` of every data point of ``metrics``
-    (``(name, serialized Gauge)`` pairs of one resource), ordered by step, and in each step
-    by metric, then as sent: the order a stable sort by step of the points metric by metric
-    gives. None when any point is not of the simple shape (see :func:`gauge_columns`)."""
+def gauge_block(run: str, rank: int, metrics: list[tuple[str, bytes]]):
+    """Every data point of ``metrics`` (``(name, serialized Gauge)`` pairs of one resource) as
+    :class:`~otel_rl.model.columns.GaugeColumns`, ordered by step, and in each step by metric,
+    then as sent: the order a stable sort by step of the points metric by metric gives. None
+    when any point is not of the simple shape (see :func:`gauge_columns`)."""
+    from otel_rl.model.columns import GaugeColumns
+
     names, steps, values, times = [], [], [], []
     for name, data in metrics:
         columns = gauge_columns(data)
@@ -133,11 +134,10 @@ def gauge_points(point_cls, run: str, rank: int, metrics: list[tuple[str, bytes]
         values.append(columns[1])
         times.append(columns[2])
     if not names:
-        return []
+        return GaugeColumns(run, rank, [], np.zeros(0, np.intp), np.zeros(0, np.int64), np.zeros(0),
+                            np.zeros(0))
     index = np.repeat(np.arange(len(names)), [len(s) for s in steps])
     step = np.concatenate(steps)
     order = np.argsort(step, kind="stable")
-    n = len(step)
-    return list(map(point_cls, repeat(run, n), np.array(names, dtype=object)[index[order]].tolist(),
-                    step[order].tolist(), np.concatenate(values)[order].tolist(),
-                    np.concatenate(times)[order].tolist(), repeat("gauge", n), repeat((), n), repeat(rank, n)))
+    return GaugeColumns(run, rank, names, index[order], step[order], np.concatenate(values)[order],
+                        np.concatenate(times)[order])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from otel_rl.model.bulk import gauge_points
+from otel_rl.model.bulk import gauge_block
 from otel_rl.model.media import FORMATS, Media
 from otel_rl.model.records import Batch, Point
 from otel_rl.model.semconv import HPARAMS_METRIC, MEDIA_FIELDS, MEDIA_FORMAT, MEDIA_KIND, STEP_ATTRIBUTE
@@ -80,6 +80,7 @@ def translate_proto(request) -> Translation:
     # True while the points are already in (run, step) order: resources whose metrics were all
     # read as columns (ordered by step), runs increasing
     ordered, last_run = True, None
+    pending = None  # the columns of the first sender, while nothing else came
     for rm in request.resource_metrics:
         resource = proto_attributes(rm.resource.attributes)
         metrics = [m for sm in rm.scope_metrics for m in sm.metrics]
@@ -92,24 +93,33 @@ def translate_proto(request) -> Translation:
             continue
         rank = rank_of(resource)
         run = run_of(resource)
-        points = _bulk_gauges(run, rank, metrics) if count >= BULK_MIN_POINTS else None
-        if points is not None:
-            out.batch.points.extend(points)
+        block = _bulk_gauges(run, rank, metrics) if count >= BULK_MIN_POINTS else None
+        if pending is not None:  # more than one sender's points: the columns become points
+            out.batch.points.extend(pending.points())
+            pending = None
+        if block is not None:
+            if out.batch.points:
+                out.batch.points.extend(block.points())
+            else:
+                pending = block
             ordered = ordered and (last_run is None or run > last_run)
             last_run = run
             continue
         ordered = False
         for metric in metrics:
             _proto_metric(out, run, rank, metric)
+    if pending is not None:  # one sender's gauges, the request's only points: kept as columns
+        out.batch = Batch(params=out.batch.params, meta=out.batch.meta, info=out.batch.info, columns=pending)
+        return out
     return out if ordered else finish(out)
 
 
-def _bulk_gauges(run: str, rank: int, metrics: list) -> list[Point] | None:
+def _bulk_gauges(run: str, rank: int, metrics: list):
     """A resource's points read as columns (:mod:`.bulk`) when all its metrics are plain gauges
     of the simple shape (the collector's common case), in (step, metric) order; else None."""
     if not all(m.WhichOneof("data") == "gauge" and m.name != HPARAMS_METRIC for m in metrics):
         return None
-    return gauge_points(Point, run, rank, [(m.name, m.gauge.SerializeToString()) for m in metrics])
+    return gauge_block(run, rank, [(m.name, m.gauge.SerializeToString()) for m in metrics])
 
 
 def translate_logs(request, max_chars: int = 10_000, max_records: int | None = None,

@@ -8,8 +8,32 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Optional, Union
+
+
+def fsum(values: Iterable[float]) -> float:
+    """``math.fsum``, with IEEE arithmetic's answer where it raises (values come from clients):
+    +inf and -inf give NaN; finite values whose sum passes float's range give +-inf, and a sum
+    back within range after an intermediate overflow is still exact."""
+    values = values if isinstance(values, list) else list(values)
+    try:
+        return math.fsum(values)
+    except ValueError:  # +inf and -inf
+        return math.nan
+    except OverflowError:  # halving is exact (but for subnormals); doubling back may overflow: +-inf
+        return math.fsum([v * 0.5 for v in values]) * 2.0
+
+
+def fmean(values: list[float], count: int | None = None) -> float:
+    """The mean of ``values`` (standing for ``count`` values: a folded partial sum stands for
+    several), finite whenever they are, even where their sum is past float's range."""
+    count = count or len(values)
+    mean = fsum(values) / count
+    if math.isinf(mean) and all(map(math.isfinite, values)):
+        mean = fsum([v / count for v in values])
+    return mean
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +85,7 @@ def merge_histograms(values: list[HistogramValue]) -> HistogramValue:
     count, sum, min and max stay exact, the shape is approximate within one source bucket."""
     mins = [h.min for h in values if not math.isnan(h.min)]
     maxs = [h.max for h in values if not math.isnan(h.max)]
-    count, total = sum(h.count for h in values), math.fsum(h.sum for h in values)
+    count, total = sum(h.count for h in values), fsum([h.sum for h in values])
     lo, hi = (min(mins) if mins else math.nan), (max(maxs) if maxs else math.nan)
     layouts = {tuple((left, right) for left, right, _ in h.buckets) for h in values}
     if len(layouts) == 1 or not (mins and maxs):
@@ -173,22 +197,69 @@ class RunParams:
     time: float
 
 
-@dataclass(slots=True)
 class Batch:
-    """What one export hands to a sink: points sorted by (run, step), plus params."""
+    """What one export hands to a sink: points sorted by (run, step), plus params.
 
-    points: list[Point] = field(default_factory=list)
-    params: list[RunParams] = field(default_factory=list)
-    #: Delivery metadata (a sender's batch id, an emission number), kept through spools.
-    meta: dict[str, Any] = field(default_factory=dict)
-    #: What the instruments said of their metrics: name -> (unit, description, instrumentation
-    #: scope), for the sinks that carry it (OTLP, Prometheus ``# HELP``).
-    info: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    The collector may carry a sender's gauges as columns (:mod:`otel_rl.model.columns`):
+    ``points`` then makes the points from them on first use, and the list is the batch's
+    content from then on; :meth:`gauge_columns` gives the columns to the stages that read them."""
+
+    __slots__ = ("_points", "_columns", "params", "meta", "info")
+
+    def __init__(self, points: list[Point] | None = None, params: list[RunParams] | None = None,
+                 meta: dict[str, Any] | None = None, info: dict[str, tuple[str, str, str]] | None = None,
+                 *, columns: Any = None) -> None:
+        self._points = points if points is not None or columns is not None else []
+        self._columns = columns if points is None else None
+        self.params: list[RunParams] = params if params is not None else []
+        #: Delivery metadata (a sender's batch id, an emission number), kept through spools.
+        self.meta: dict[str, Any] = meta if meta is not None else {}
+        #: What the instruments said of their metrics: name -> (unit, description, instrumentation
+        #: scope), for the sinks that carry it (OTLP, Prometheus ``# HELP``).
+        self.info: dict[str, tuple[str, str, str]] = info if info is not None else {}
+
+    @property
+    def points(self) -> list[Point]:
+        points = self._points
+        if points is None:
+            columns = self._columns
+            if columns is None:  # another thread made them between the two reads
+                return self._points
+            points = self._points = columns.points()
+            self._columns = None
+        return points
+
+    @points.setter
+    def points(self, points: list[Point]) -> None:
+        self._points, self._columns = points, None
+
+    def gauge_columns(self) -> Any:
+        """The :class:`~otel_rl.model.columns.GaugeColumns` this batch's points are, while they
+        have not been made into points; else None."""
+        return self._columns
+
+    def point_count(self) -> int:
+        columns = self._columns
+        return len(columns) if columns is not None else len(self._points)
 
     def __len__(self) -> int:
-        return len(self.points) + len(self.params)
+        return self.point_count() + len(self.params)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Batch):
+            return NotImplemented
+        return (self.points, self.params, self.meta, self.info) == (other.points, other.params, other.meta, other.info)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it was
+
+    def __repr__(self) -> str:
+        return f"Batch(points={self.points!r}, params={self.params!r}, meta={self.meta!r}, info={self.info!r})"
 
     def runs(self) -> list[str]:
         seen = dict.fromkeys(p.run for p in self.params)
-        seen.update(dict.fromkeys(p.run for p in self.points))
+        columns = self._columns
+        if columns is not None:
+            seen[columns.run] = None
+        else:
+            seen.update(dict.fromkeys(p.run for p in self.points))
         return list(seen)

@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from otel_rl.model.records import HistogramValue, Point, RunParams
+from otel_rl.model.records import HistogramValue, Point, RunParams, fsum
 from otel_rl.model.semconv import STEP_ATTRIBUTE
 from otel_rl.model.steps import NO_STEP, as_step
 from otel_rl.model.tables import table_from_rows
@@ -78,7 +78,7 @@ def fit_histogram(samples: list[float], bounds: Sequence[float] | None = None) -
     from min to max, or the instrument's advisory ``bounds``."""
     n = len(samples)
     lo, hi = min(samples), max(samples)
-    total = math.fsum(samples)
+    total = fsum(samples)
     if bounds:
         edges = [-math.inf, *bounds, math.inf]
         counts = [0] * (len(edges) - 1)

@@ -24,13 +24,12 @@ restarts from a checkpoint and replays its ingress produces exactly what it prod
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Iterable
 from typing import Any
 
 from otel_rl.model.lru import LRU, MAX_TRACKED
-from otel_rl.model.records import Batch, HistogramValue, Point
+from otel_rl.model.records import Batch, HistogramValue, Point, fsum
 from otel_rl.model.steps import NO_STEP
 
 _RUN, _STEP, _TEMPORALITY = (operator.attrgetter(a) for a in ("run", "step", "temporality"))
@@ -60,6 +59,11 @@ class Stream:
     def place(self, batch: Batch) -> Batch:
         """Give step-less points their run's latest step (this batch's steps included)."""
         latest = self.latest_step
+        columns = batch.gauge_columns()
+        if columns is not None:  # one run, every point with a step, in step order
+            if len(columns) and columns.steps[-1] > latest.get(columns.run, -1):
+                latest.put(columns.run, int(columns.steps[-1]))
+            return batch
         points = batch.points
         if not points:
             return batch
@@ -149,7 +153,7 @@ class Stream:
                 late.setdefault(key, (step, p))
             else:
                 steps[step] = steps.get(step, 0.0) + p.value
-                total = window[0] + math.fsum(v for s, v in steps.items() if s <= step)
+                total = window[0] + fsum([v for s, v in steps.items() if s <= step])
                 if key not in late or step < late[key][0]:
                     late[key] = (step, p)
             out.append(p.replace(value=total, increment=p.value, temporality=""))

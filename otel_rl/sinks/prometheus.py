@@ -167,7 +167,8 @@ class PrometheusExporter(Sink):
             if (description or unit) and len(self._described) < 100_000:
                 self._described[name] = f"{description} ({unit})" if unit and description else description or unit
         keys, all_series, to_end = self._keys, self._series, self._series.move_to_end
-        points = batch.points
+        columns = batch.gauge_columns()
+        points = columns.last_per_series() if columns is not None else batch.points
         if len(points) > 64 and set(map(_KIND, points)) == _GAUGE:
             order = list(map(_STEP_TIME, points))
             if order == sorted(order):

@@ -21,7 +21,6 @@ capture of the process's stdout is turned off (it would record the trainer's pri
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any, Literal, Optional
 
 from otel_rl.errors import ConfigError, PermanentError
 from otel_rl.model.naming import NameMapper
-from otel_rl.model.records import Batch, scalar_items
+from otel_rl.model.records import Batch, fmean, scalar_items
 from otel_rl.settings import env_default, readable_file
 from otel_rl.sinks.base import LazyModule, Sink
 
@@ -149,7 +148,7 @@ class SwanlabExporter(Sink):
                                    "keeps one per step, so it gets their mean (counted in "
                                    "averaged_values; every value is in TensorBoard, W&B and MLflow)",
                                    key, len(logged), step)
-                    row[key] = math.fsum(logged) / len(logged)
+                    row[key] = fmean(logged)
                 else:
                     row[key] = logged[0]
             row = self._first_writes(run, step, row)

@@ -63,6 +63,16 @@ def other_scalar(tag: str, value) -> bytes:
     return scalar_prefix(tag) + f32(float(value))
 
 
+def set_hparam(slot, value: object) -> None:
+    """An HParams ``Value`` (or hparam proto slot) set from a Python value."""
+    if isinstance(value, bool):  # before int: isinstance(True, int) holds
+        slot.bool_value = value
+    elif isinstance(value, (int, float)):
+        slot.number_value = float(value)
+    else:
+        slot.string_value = str(value)
+
+
 def summary_field(value) -> bytes:
     """A ``Summary.Value`` proto as a serialized ``Summary.value`` field."""
     data = value.SerializeToString()
@@ -114,8 +124,6 @@ class EventFile:
     def size(self) -> int:
         return self._file.tell()
 
-
-
     def _masked(self, data: bytes) -> int:
         x = self._crc(data) & 0xFFFFFFFF
         return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
@@ -125,6 +133,14 @@ class EventFile:
         data = event if isinstance(event, bytes) else event.SerializeToString()
         header = _U64.pack(len(data))
         self._file.write(header + _U32.pack(self._masked(header)) + data + _U32.pack(self._masked(data)))
+
+    def write_records(self, records: list[bytes]) -> None:
+        """Append serialized ``Event`` records, in one write (the bytes :meth:`write` gives each)."""
+        pack, masked, parts = _U64.pack, self._masked, []
+        for data in records:
+            header = pack(len(data))
+            parts += (header, _U32.pack(masked(header)), data, _U32.pack(masked(data)))
+        self._file.write(b"".join(parts))
 
     def flush(self) -> None:
         self._file.flush()

@@ -33,6 +33,7 @@ from otel_rl.model.naming import NameMapper
 from otel_rl.model.records import Batch, HistogramValue, Point, RunParams
 from otel_rl.settings import env_default, positive
 from otel_rl.sinks.base import Sink, require
+from otel_rl.sinks.tb_columns import write_columns
 from otel_rl.sinks.tb_events import (
     F32,
     SHARED_FILES,
@@ -42,6 +43,7 @@ from otel_rl.sinks.tb_events import (
     media_field,
     other_scalar,
     scalar_prefix,
+    set_hparam,
     summary_field,
 )
 from otel_rl.sinks.tb_rundirs import RUN_DIR_LOCKS, choose
@@ -212,7 +214,9 @@ class TensorBoardExporter(Sink):
         try:
             for params in batch.params:
                 self._write_hparams(params)
-            self._write_points(batch.points)
+            columns = batch.gauge_columns()
+            if columns is None or not write_columns(self, columns):
+                self._write_points(batch.points)
             self._last.trim()
             for f in {f for f, _ in self._before.values()}:
                 f.flush()
@@ -364,7 +368,7 @@ class TensorBoardExporter(Sink):
 
         info = plugin_data_pb2.SessionStartInfo(start_time_secs=params.time)
         for key, value in params.params.items():
-            _set_hparam(info.hparams[key], value)
+            set_hparam(info.hparams[key], value)
         self._file(params.run).write(self._hparams_event(
             "_hparams_/session_start_info", plugin_data_pb2.HParamsPluginData(session_start_info=info),
             params.time))
@@ -438,13 +442,3 @@ def _rewrites_tail(points: list[Point], i: int, last: int) -> bool:
 def _run_key(run) -> str:
     """A run key as the checkpoint names it (late sub-runs: ``run/late-<n>``)."""
     return f"{run[0]}/late-{run[1]}" if isinstance(run, tuple) else run
-
-
-def _set_hparam(slot, value: Any) -> None:
-    # bool before int: isinstance(True, int) holds.
-    if isinstance(value, bool):
-        slot.bool_value = value
-    elif isinstance(value, (int, float)):
-        slot.number_value = float(value)
-    else:
-        slot.string_value = str(value)

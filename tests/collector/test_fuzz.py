@@ -181,6 +181,11 @@ def test_the_columnar_path_is_taken_for_the_common_shape():
     request = mpb.ExportMetricsServiceRequest()
     request.ParseFromString(payload)
     metrics = [m for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
-    points = translate._bulk_gauges("run", 0, metrics)
-    assert points is not None and len(points) == 600
+    block = translate._bulk_gauges("run", 0, metrics)
+    assert block is not None and len(block) == 600
+    points = block.points()
     assert [(p.step, p.name) for p in points[:4]] == [(0, "m0"), (0, "m1"), (0, "m2"), (1, "m0")]
+    # one sender's request: the batch carries the columns, and its points are theirs
+    batch = translate_proto(request).batch
+    assert batch.gauge_columns() is not None and batch.point_count() == 600
+    assert batch.points == points and batch.gauge_columns() is None

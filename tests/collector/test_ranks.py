@@ -3,6 +3,7 @@ MLflow server show the per-step values reduced across ranks; Prometheus scrapes 
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -231,3 +232,46 @@ def test_an_idle_run_is_forgotten_and_state_survives_a_snapshot():
     assert "r" in again._progress  # not idle long enough
     again.expire(now=61.0)
     assert "r" not in again._progress and again.pending == 0
+
+
+def _ranked_request(rank: int, world: int, step: int, values: dict[str, float]) -> bytes:
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+
+    request = mpb.ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    for key, value in (("otel_rl.run.id", "edge"), ("otel_rl.rank", rank), ("otel_rl.world_size", world)):
+        slot = rm.resource.attributes.add(key=key).value
+        if isinstance(value, int):
+            slot.int_value = value
+        else:
+            slot.string_value = value
+    scope = rm.scope_metrics.add()
+    for name, value in values.items():
+        dp = scope.metrics.add(name=name).gauge.data_points.add(as_double=value, time_unix_nano=1_700_000_000 * 10**9)
+        dp.attributes.add(key="step").value.int_value = step
+    return request.SerializeToString()
+
+
+def test_infinities_and_sums_past_float_range_across_ranks_are_reduced_not_a_crash(tmp_path):
+    """+inf from one rank and -inf from another (a diverged loss), or two values whose sum passes
+    float's range, made the reducer raise (math.fsum) inside the collector."""
+    from test_receive import _post
+
+    collector = create({"receivers": {"http": {"port": 0}, "grpc": {"enabled": False}},
+                        "reduce": {"timeout_s": 30}, "tensorboard": {"log_dir": str(tmp_path / "tb")}}).start()
+    try:
+        url = f"http://127.0.0.1:{collector.http_port}/v1/metrics"
+        for step, pair in enumerate([(math.inf, -math.inf), (1.0, 3.0)]):
+            for rank, value in enumerate(pair):
+                status, body, _ = _post(url, _ranked_request(rank, 2, step, {"loss": value}))
+                assert status == 200, body
+    finally:
+        collector.shutdown()
+    loss = read_tensorboard(tmp_path / "tb" / "edge")["scalars"]["loss"]
+    assert math.isnan(loss[0]) and loss[1] == 2.0
+
+    reducer = Reducer(gauge_op="mean")
+    huge = 8.98846567431158e+307
+    out = reducer.add([_p(0, huge, 0), _p(1, huge, 0)], {"r": 2}, now=0.0)
+    assert [p.value for p in out] == [huge]  # the mean is finite though the sum is not
+    assert Reducer(gauge_op="sum").add([_p(0, huge), _p(1, huge)], {"r": 2}, now=0.0)[0].value == math.inf
