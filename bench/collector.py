@@ -1,13 +1,16 @@
 """Collector throughput on one core, and collector RSS under a 10-rank load.
 
-    python bench/collector.py [--seconds 20] [--points-per-request 5000] [--load 0.8]
+    python bench/collector.py [--seconds 20] [--points-per-request 5000] [--load 0.8] [--ranks 4] [--spool]
 
 Throughput: the collector runs pinned to CPU 0 with the TensorBoard and Prometheus sinks.
 The payload is what the real SDK exporter sends: a MetricsData of 500 steps x 10 gauges
 (step attribute), encoded by the OTel SDK's OTLP encoder; the first request goes through the
 real ``OTLPMetricExporter``, then the same bytes are replayed over one keep-alive HTTP
 connection from CPU 1 (so the client's Python encoding is not what is measured). Reported:
-points/s from the first request until TensorBoard has written every point.
+points/s from the first request until TensorBoard has written every point. The client sends at
+most ``MAX_BODIES`` requests (each a distinct 160 KB body): a collector faster than the client
+can build bodies for ends the run early, on the points it had. ``--spool``: also with the
+durable ingress and sink spools, as the Helm chart deploys it.
 
 Latency: a fresh collector under an open-loop load of ``--load`` (0.8) times that throughput,
 the same requests due at fixed times on 4 connections; p50/p99/max from when each request was
@@ -39,11 +42,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 MAX_BODIES = 2_400
 
 
-def _start_collector(tmp: Path, cpu: int | None) -> tuple[subprocess.Popen, int]:
+def _start_collector(tmp: Path, cpu: int | None, spool: bool = False) -> tuple[subprocess.Popen, int]:
     from backends import free_port
 
     port, prom = free_port(), free_port()
     (tmp / "c.yaml").write_text(
+        (f"spool: {{dir: {tmp / 'spool'}}}\n" if spool else "") +
         f"receivers:\n  http: {{port: {port}}}\n  grpc: {{enabled: false}}\n"
         f"limits: {{max_request_bytes: 67108864, max_queue_points: 5000000}}\n"
         f"tensorboard: {{log_dir: {tmp / 'tb'}}}\nprometheus: {{enabled: true, port: {prom}}}\n")
@@ -115,12 +119,12 @@ def _bodies(body: bytes, points: int, count: int, ranks: int = 1) -> list[bytes]
 
 
 def throughput(seconds: float, points_per_request: int, repeat_steps: bool = False,
-               expected_rate: float = 1_500_000, ranks: int = 1) -> dict:
+               expected_rate: float = 1_500_000, ranks: int = 1, spool: bool = False) -> dict:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
     os.sched_setaffinity(0, {1 % os.cpu_count()})
     with tempfile.TemporaryDirectory() as tmpdir:
-        proc, port = _start_collector(Path(tmpdir), cpu=0)
+        proc, port = _start_collector(Path(tmpdir), cpu=0, spool=spool)
         try:
             data, body = _payload(points_per_request)
             # one body per request: steps go forward (--repeat-steps: the same steps every time,
@@ -176,7 +180,7 @@ def latency(points_per_s: float, seconds: float, points_per_request: int) -> dic
 
     os.sched_setaffinity(0, {1 % os.cpu_count()})
     interval = points_per_request / points_per_s
-    count = int(seconds / interval)
+    count = min(int(seconds / interval), MAX_BODIES)
     with tempfile.TemporaryDirectory() as tmpdir:
         proc, port = _start_collector(Path(tmpdir), cpu=0)
         try:
@@ -265,6 +269,8 @@ def main() -> int:
                         help="also measure throughput with this many ranks of one run, reduced across ranks")
     parser.add_argument("--load", type=float, default=0.8,
                         help="the latency run's load, as a fraction of the measured throughput")
+    parser.add_argument("--spool", action="store_true",
+                        help="also measure throughput with a spool (durable ingress and sink queues, as the Helm chart deploys it)")
     parser.add_argument("--repeat-steps", action="store_true",
                         help="send the same steps in every request (the benchmark before 2026-11-28)")
     args = parser.parse_args()
@@ -272,6 +278,8 @@ def main() -> int:
     print(json.dumps({"throughput": measured}))
     if args.ranks > 1:
         print(json.dumps({"reduced": throughput(args.seconds, args.points_per_request, ranks=args.ranks)}))
+    if args.spool:
+        print(json.dumps({"spooled": throughput(args.seconds, args.points_per_request, spool=True)}))
     if not args.repeat_steps:
         load = args.load * measured["points_per_s"]
         print(json.dumps({"latency": latency(load, args.seconds, args.points_per_request)}))

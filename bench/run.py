@@ -89,13 +89,14 @@ def main() -> int:
         lines.append(f"error: {lat.stderr[-500:]}")
     lines.append("")
     out = subprocess.run([sys.executable, str(HERE / "collector.py"), "--seconds", str(seconds),
-                          "--rank-steps", str(rank_steps), "--ranks", "4"], capture_output=True, text=True, timeout=1200)
+                          "--rank-steps", str(rank_steps), "--ranks", "4", "--spool"], capture_output=True, text=True,
+                         timeout=1200)
     results = {k: v for x in out.stdout.splitlines() if x.startswith("{") for k, v in json.loads(x).items()}
-    if out.returncode != 0 or set(results) != {"throughput", "reduced", "latency", "ten_ranks"}:
+    if out.returncode != 0 or set(results) != {"throughput", "reduced", "spooled", "latency", "ten_ranks"}:
         lines += ["## Collector", "", f"error: {out.stderr[-500:]}", ""]
     else:
         t, lat, r = results["throughput"], results["latency"], results["ten_ranks"]
-        red = results["reduced"]
+        red, spooled = results["reduced"], results["spooled"]
         lines += ["## Collector", "",
                   f"- Throughput, collector pinned to 1 core, TensorBoard + Prometheus sinks: "
                   f"**{t['points_per_s']:,.0f} points/s** ({t['points']:,} points in {t['seconds']:.1f} s, until "
@@ -103,6 +104,8 @@ def main() -> int:
                   f"- The same from 4 ranks of one run, every point reduced across them: "
                   f"**{red['points_per_s']:,.0f} received points/s** ({red['points']:,} points in "
                   f"{red['seconds']:.1f} s; target 300,000/s).",
+                  f"- One rank with a spool (durable ingress and sink queues, as the Helm chart deploys it): "
+                  f"**{spooled['points_per_s']:,.0f} points/s**.",
                   f"- Request latency at {lat['offered_points_per_s']:,.0f} points/s (80 % of that, open loop, "
                   f"{lat['points_per_request']:,} points per request): p50 {lat['p50_ms']:.1f} ms, "
                   f"**p99 {lat['p99_ms']:.1f} ms**, max {lat['max_ms']:.1f} ms, {lat['failed']} refused; "

@@ -199,3 +199,25 @@ def test_the_reducer_takes_columns_as_it_takes_their_points(sent, world, kl_per_
         if expire:
             assert _norm(by_columns.expire(now + 0.3)) == _norm(by_points.expire(now + 0.3))
         assert _reducer_state(by_columns) == _reducer_state(by_points)
+
+
+def test_a_spool_record_of_columns_reads_back_as_the_same_columns():
+    import pickle
+
+    import pytest
+
+    from otel_rl.model.codec import decode_batch, encode_batch
+    from otel_rl.model.records import RunParams
+
+    block = _columns("r", 3, [("a", [(2, 1.5, 5.0), (1, -math.inf, 4.0)]), ("b", [(1, math.nan, 4.0)])])
+    batch = Batch(params=[RunParams("r", {"lr": 0.1}, 1.0)], meta={"emission": 7}, info={"a": ("s", "d", "x")},
+                  columns=block)
+    back = decode_batch(encode_batch(batch))
+    assert back.gauge_columns() is not None and back.meta == {"emission": 7} and back.params == batch.params
+    assert _norm(back.points) == _norm(block.points()) and back.info == batch.info
+    doc = pickle.loads(encode_batch(Batch(columns=block)))
+    for bad in ([*doc["c"][:5], doc["c"][5][:-8], doc["c"][6]],  # a value short
+                [*doc["c"][:3], np.array([0, 5, 1], "<i8").tobytes(), *doc["c"][4:]],  # no name 5
+                doc["c"][:4], None):
+        with pytest.raises(ValueError, match="undecodable spool record"):
+            decode_batch(pickle.dumps({**doc, "c": bad}))
