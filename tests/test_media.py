@@ -425,3 +425,46 @@ def test_an_image_replayed_to_mlflow_after_a_restart_is_stored_once(tmp_path, ml
     (run,) = client.search_runs([exp.experiment_id])
     pngs = [f.path for f in client.list_artifacts(run.info.run_id, "images") if f.path.endswith(".png")]
     assert sorted(p.split("+timestamp+")[0] for p in pngs) == ["images/obs~frame+step+3", "images/obs~frame+step+4"]
+
+
+def test_images_while_tensorboards_disk_fills_up_and_frees_are_each_there_once(tmp_path, small_disk):
+    """TensorBoard's disk (a 2 MiB tmpfs) fills up while images are logged, records torn half-way:
+    the batch is rolled back and retried, the spool (on another disk) holds what waits; once the
+    space is freed, every image is in the event file once, and it is the image of its step."""
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    import otel_rl
+
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (2 * 2**20 - 160 * 1024))  # about 160 KiB left: a dozen images
+    logger = otel_rl.Logger({"run_name": "media-disk", "export_interval_s": 0.05, "spool_dir": str(tmp_path / "spool"),
+                             "system_metrics": {"enabled": False},
+                             "tensorboard": {"log_dir": str(small_disk / "tb")}})
+    rng = np.random.default_rng(3)
+    for step in range(60):
+        pixels = (rng.random((48, 48, 3)) * 255).astype(np.uint8)  # noise: about 7 KB as PNG
+        pixels[0, 0, 0] = step
+        logger.log_image("env/frame", pixels, step)
+        logger.log_metrics({"loss": 1.0 / (step + 1)}, step)
+    deadline = time.monotonic() + 60
+    while logger.pipeline.stats()["tensorboard"]["failed_attempts"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert logger.pipeline.stats()["tensorboard"]["failed_attempts"] > 0  # the disk really was full
+    filler.unlink()
+    logger.finish(timeout_s=60)
+    stats = logger.pipeline.stats()["tensorboard"]
+    assert stats["dropped_points"] == 0 and stats["quarantined_points"] == 0
+    seen: dict[int, int] = {}
+    losses: dict[int, int] = {}
+    for path in sorted((small_disk / "tb" / "media-disk").rglob("events.out.tfevents.*")):
+        for event in LegacyEventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "env/frame":
+                    assert Image.open(io.BytesIO(value.image.encoded_image_string)).getpixel((0, 0))[0] == event.step
+                    seen[event.step] = seen.get(event.step, 0) + 1
+                elif value.tag == "loss":
+                    losses[event.step] = losses.get(event.step, 0) + 1
+    assert seen == dict.fromkeys(range(60), 1)
+    assert losses == dict.fromkeys(range(60), 1)
