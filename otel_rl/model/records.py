@@ -253,7 +253,9 @@ class Batch:
     __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it was
 
     def __repr__(self) -> str:
-        return f"Batch(points={self.points!r}, params={self.params!r}, meta={self.meta!r}, info={self.info!r})"
+        columns = self._columns  # made for the text, not kept: a repr changes nothing
+        points = columns.points() if columns is not None else self._points
+        return f"Batch(points={points!r}, params={self.params!r}, meta={self.meta!r}, info={self.info!r})"
 
     def runs(self) -> list[str]:
         seen = dict.fromkeys(p.run for p in self.params)

@@ -169,7 +169,7 @@ class PrometheusExporter(Sink):
         keys, all_series, to_end = self._keys, self._series, self._series.move_to_end
         columns = batch.gauge_columns()
         points = columns.last_per_series() if columns is not None else batch.points
-        if len(points) > 64 and set(map(_KIND, points)) == _GAUGE:
+        if columns is None and len(points) > 64 and set(map(_KIND, points)) == _GAUGE:
             order = list(map(_STEP_TIME, points))
             if order == sorted(order):
                 # (step, time) never goes down in this batch: the last point of each series is
