@@ -4,8 +4,10 @@ samples and media (:func:`encode_logs_request`), for otel-rl's OTLP sink and the
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
+from otel_rl.model.protowire import varint
 from otel_rl.model.records import HistogramValue, Point
 from otel_rl.model.semconv import (
     BATCH_ID,
@@ -19,6 +21,10 @@ from otel_rl.model.semconv import (
     SENDER_ID,
     STEP_ATTRIBUTE,
 )
+
+_U64, _F64 = struct.Struct("<Q"), struct.Struct("<d")
+#: ``KeyValue.key = "step"`` and the tag of its ``value``, serialized.
+_STEP_KEY = b"\x0a" + varint(len(STEP_ATTRIBUTE)) + STEP_ATTRIBUTE.encode() + b"\x12"
 
 
 def _any(value: Any, out) -> None:
@@ -72,6 +78,8 @@ def encode_request(points: list[Point], params, resource: dict[str, Any], batch_
 
     sm = scope("otel_rl")
     metrics: dict[tuple[str, str], Any] = {}
+    numbers: dict[tuple[str, str], list[bytes]] = {}  # a number metric's data points, serialized
+    step_fields: dict[int, bytes] = {}  # step -> its serialized ``step`` attribute field
     for p in points:
         metric = metrics.get((p.name, p.kind))
         if metric is None:
@@ -94,11 +102,30 @@ def encode_request(points: list[Point], params, resource: dict[str, Any], batch_
                 dp.min = p.value.min
             if not math.isnan(p.value.max):
                 dp.max = p.value.max
+            dp.start_time_unix_nano = dp.time_unix_nano = t
+            _attrs(dp.attributes, [(STEP_ATTRIBUTE, p.step), *p.attributes])
+            continue
+        value = p.increment if p.increment is not None else p.value
+        if value.__class__ is float and p.step.__class__ is int and not p.attributes and 0 <= t < 1 << 64:
+            # the common case without a protobuf object: the bytes the runtime writes for it
+            attribute = step_fields.get(p.step)
+            if attribute is None:
+                any_value = b"\x18" + varint(p.step)
+                key_value = _STEP_KEY + varint(len(any_value)) + any_value
+                attribute = step_fields[p.step] = b"\x3a" + varint(len(key_value)) + key_value
+            stamp = _U64.pack(t)
+            data = attribute + b"\x11" + stamp + b"\x19" + stamp + b"\x21" + _F64.pack(value)
         else:
-            dp = (metric.sum if p.kind in ("counter", "sum") else metric.gauge).data_points.add()
-            dp.as_double = p.increment if p.increment is not None else p.value
-        dp.start_time_unix_nano = dp.time_unix_nano = t
-        _attrs(dp.attributes, [(STEP_ATTRIBUTE, p.step), *p.attributes])
+            from opentelemetry.proto.metrics.v1.metrics_pb2 import NumberDataPoint
+
+            dp = NumberDataPoint(as_double=value)
+            dp.start_time_unix_nano = dp.time_unix_nano = t
+            _attrs(dp.attributes, [(STEP_ATTRIBUTE, p.step), *p.attributes])
+            data = dp.SerializeToString()
+        numbers.setdefault((p.name, p.kind), []).append(b"\x0a" + varint(len(data)) + data)
+    for key, parts in numbers.items():  # Gauge and Sum: data_points is field 1 of both
+        metric = metrics[key]
+        (metric.sum if key[1] in ("counter", "sum") else metric.gauge).MergeFromString(b"".join(parts))
     for rp in params:
         metric = sm.metrics.add()
         metric.name = HPARAMS_METRIC

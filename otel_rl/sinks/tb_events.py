@@ -12,28 +12,13 @@ import threading
 import time
 from pathlib import Path
 
+from otel_rl.model.protowire import varint as _varint
 from otel_rl.sinks.base import WarnOnce
 
 _log = logging.getLogger("otel_rl.sinks.tensorboard")
 
 
-_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
-
-
 _U64, _U32, F32, _F64 = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<f"), struct.Struct("<d")
-
-
-def _varint(n: int) -> bytes:
-    """A protobuf varint (int64 two's complement for negative numbers, as protobuf does)."""
-    if 0 <= n < 0x80:
-        return _ONE_BYTE[n]
-    n &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def f32(value: float) -> bytes:
