@@ -204,3 +204,21 @@ def test_a_frame_with_a_cyclic_value_still_goes_over():
     records, *_ = pickle.loads(_dumps_records(([("t", "x", cyclic, 1, 2, None)], None, True, 2.0)))
     value = records[0][2]
     assert value[0] == 1.5 and value[1] is value
+
+
+def test_the_helper_starts_without_otel_rls_public_api_or_the_opentelemetry_sdk():
+    """Half of the helper's start was importing ``otel_rl/__init__`` (the public API and the
+    OpenTelemetry SDK), which it never uses: its command registers the package without it. This
+    runs that command up to the helper's main loop and lists what it imported."""
+    from otel_rl.runtime.link import _HELPER_MAIN
+
+    assert _HELPER_MAIN.endswith("run(sys.argv)")
+    probe = _HELPER_MAIN[:-len("run(sys.argv)")] + (
+        "import json; print(json.dumps(sorted(m for m in sys.modules if m.startswith(('otel_rl', 'opentelemetry')))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    modules = json.loads(out.stdout)
+    assert "otel_rl.runtime.child" in modules and "otel_rl.route.engine" in modules
+    assert not [m for m in modules if m.startswith(("otel_rl.api", "opentelemetry.sdk"))], modules
