@@ -105,11 +105,12 @@ class Router:
             if record.info and len(self.info) < 100_000:
                 self.info.update(record.info)
             columns = record.gauge_columns()  # one sender's gauges, not made into points
-            if columns is not None and self.world.get(columns.run, 1) <= 1:
-                self.emission += 1  # passed through, as below
-                return self._with_info(Batch(params=list(params), meta={"emission": self.emission},
-                                             columns=columns), record)
-            if columns is not None:  # gauges have no increments: deltas would return them
+            if columns is not None:
+                if self.world.get(columns.run, 1) <= 1:
+                    self.emission += 1  # passed through, as below
+                    return self._with_info(Batch(params=list(params), meta={"emission": self.emission},
+                                                 columns=columns), record)
+                # gauges have no increments: deltas would return them as they are
                 ready = self.reducer.add_columns(columns, self.world, now=meta.get("t", 0.0))
             else:
                 points = record.points

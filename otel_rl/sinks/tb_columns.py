@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from otel_rl.sinks.tb_events import _F64, _varint, scalar_prefix
+from otel_rl.sinks.tb_events import event_bytes
 
 
 def write_columns(exporter: Any, columns: Any) -> bool:
@@ -26,17 +26,7 @@ def write_columns(exporter: Any, columns: Any) -> bool:
         return False
     steps, row, first_times = grid
     run = columns.run
-    scalars = exporter._scalars
-    if len(scalars) > 100_000:  # as the loop: a cache, bounded against clients inventing names
-        scalars.clear()
-    entries = []
-    for i in row:
-        name = columns.names[i]
-        entry = scalars.get((name, ()))
-        if entry is None:
-            tag = exporter._names.key(name, ())
-            entry = scalars[(name, ())] = (tag, scalar_prefix(tag))
-        entries.append(entry)
+    entries = [exporter._scalar_entry(columns.names[i], ()) for i in row]
     tags = [tag for tag, _ in entries]
     if len(set(tags)) != len(tags):  # two names of one tag: the loop starts a record at the second
         return False
@@ -52,9 +42,7 @@ def write_columns(exporter: Any, columns: Any) -> bool:
             lasts[(run, 0, tag)] = top
             lasts.move_to_end((run, 0, tag))
     summaries, width = _summaries(entries, columns.values.reshape(len(steps), len(row)))
-    tail = b"\x2a" + _varint(width)
-    pack = _F64.pack
-    records = [b"\x09" + pack(t) + b"\x10" + _varint(step) + tail + summaries[k * width:(k + 1) * width]
+    records = [event_bytes(t, step, summaries[k * width:(k + 1) * width])
                for k, (t, step) in enumerate(zip(first_times.tolist(), steps.tolist()))]
     exporter._file(run).write_records(records)
     return True

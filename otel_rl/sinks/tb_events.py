@@ -115,9 +115,7 @@ class EventFile:
 
     def write(self, event) -> None:
         """Append one record: an ``Event`` proto, or its serialized bytes."""
-        data = event if isinstance(event, bytes) else event.SerializeToString()
-        header = _U64.pack(len(data))
-        self._file.write(header + _U32.pack(self._masked(header)) + data + _U32.pack(self._masked(data)))
+        self.write_records([event if isinstance(event, bytes) else event.SerializeToString()])
 
     def write_records(self, records: list[bytes]) -> None:
         """Append serialized ``Event`` records, in one write (the bytes :meth:`write` gives each)."""

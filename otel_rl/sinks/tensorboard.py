@@ -214,6 +214,8 @@ class TensorBoardExporter(Sink):
         try:
             for params in batch.params:
                 self._write_hparams(params)
+            if len(self._scalars) > 100_000:  # a cache, bounded against clients inventing names
+                self._scalars.clear()
             columns = batch.gauge_columns()
             if columns is None or not write_columns(self, columns):
                 self._write_points(batch.points)
@@ -233,8 +235,6 @@ class TensorBoardExporter(Sink):
         past ``step``, a late sub-run. One loop over the batch (this is the collector's hottest
         loop: a scalar costs a few dict operations and no protobuf object)."""
         scalars = self._scalars  # (name, attributes) -> (tag, serialized value up to its float)
-        if len(scalars) > 100_000:  # a cache, bounded against clients inventing names
-            scalars.clear()
         pack_f32, key, target_of, emit = F32.pack, self._names.key, self._target, self._emit
         lasts = self._last
         last_of, to_end = lasts.get, lasts.move_to_end
@@ -249,10 +249,7 @@ class TensorBoardExporter(Sink):
             kind = p.kind
             scalar = kind in _SCALAR_KINDS and p.value.__class__ is float
             if scalar:
-                entry = scalars.get((p.name, p.attributes))
-                if entry is None:
-                    tag = key(p.name, p.attributes)
-                    entry = scalars[(p.name, p.attributes)] = (tag, scalar_prefix(tag))
+                entry = scalars.get((p.name, p.attributes)) or self._scalar_entry(p.name, p.attributes)
                 tag = entry[0]
             else:
                 tag = key(p.name, p.attributes)
@@ -298,6 +295,14 @@ class TensorBoardExporter(Sink):
                 group[2].append(other_scalar(tag, p.value))
         for target, group in groups.items():
             emit(target, step, group)
+
+    def _scalar_entry(self, name: str, attributes: tuple) -> tuple[str, bytes]:
+        """A scalar's (tag, serialized value up to its float), cached (the cache is emptied per batch past 100k)."""
+        entry = self._scalars.get((name, attributes))
+        if entry is None:
+            tag = self._names.key(name, attributes)
+            entry = self._scalars[(name, attributes)] = (tag, scalar_prefix(tag))
+        return entry
 
     def _target(self, run: str, tag: str, step: int):
         """``run``, or ``(run, n)`` for the first late sub-run where ``tag`` has not passed ``step``."""
